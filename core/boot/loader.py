@@ -1,0 +1,144 @@
+"""Put a kernel, an initrd, a command line and the boot structures into guest RAM.
+
+``load_kernel`` picks the protocol from the file: an ELF ``vmlinux`` with a PVH
+note is entered in 32-bit mode at the note's address; any other ELF vmlinux
+and every bzImage are entered in 64-bit mode with a zero page.  The result says
+where and how the boot vCPU starts; ``cpu.py`` turns that into registers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from stratovmm.boot import cpu, layout, mptable, params
+from stratovmm.boot.bzimage import looks_like_bzimage, parse_bzimage
+from stratovmm.boot.cmdline import Cmdline
+from stratovmm.boot.elf import ElfKernel, looks_like_elf, parse_elf
+from stratovmm.errors import KernelImageError
+from stratovmm.memory import GuestMemory
+
+BZIMAGE_DECOMPRESS_AT = 16 * layout.MiB   # CONFIG_PHYSICAL_START of x86_64 kernels
+
+
+@dataclass(frozen=True)
+class BootEntry:
+    """How the boot vCPU starts: mode, instruction pointer, and the boot info pointer."""
+
+    long_mode: bool
+    rip: int
+    boot_info: int      # %rsi (zero page) in 64-bit mode, %ebx (start info) for PVH
+    stack: int = layout.BOOT_STACK_ADDR
+
+
+def _read(path: str, option: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise KernelImageError(f"{option} {path}: {exc.strerror}") from exc
+
+
+def load_kernel(
+    memory: GuestMemory,
+    kernel_path: str,
+    cmdline: Cmdline,
+    vcpus: int,
+    initrd_path: str | None = None,
+) -> BootEntry:
+    """Load everything the guest needs to boot and return its entry state."""
+    data = _read(kernel_path, "-kernel")
+    ram_end = memory.regions[0].end
+    if looks_like_elf(data):
+        elf = parse_elf(data, f"-kernel {kernel_path}")
+        _load_elf(memory, data, elf, kernel_path, _loader_ranges(vcpus))
+        kernel_end, header, cmdline_limit = elf.end, b"", layout.CMDLINE_MAX - 1
+        initrd_max = ram_end
+    elif looks_like_bzimage(data):
+        bz = parse_bzimage(data, f"-kernel {kernel_path}")
+        kernel_end = max(layout.HIGH_RAM_START + bz.kernel_size,
+                         BZIMAGE_DECOMPRESS_AT + bz.init_size)
+        if kernel_end > ram_end:
+            raise KernelImageError(f"-kernel {kernel_path}: kernel does not fit in guest RAM")
+        memory.write(layout.HIGH_RAM_START, memoryview(data)[bz.kernel_offset:])
+        header = bz.header
+        cmdline_limit = min(bz.cmdline_size or 255, layout.CMDLINE_MAX - 1)
+        initrd_max = min(ram_end, bz.initrd_addr_max + 1)
+        elf = None
+    else:
+        raise KernelImageError(f"-kernel {kernel_path}: not a bzImage or an ELF vmlinux")
+    del data
+    initrd = _load_initrd(memory, initrd_path, kernel_end, initrd_max) if initrd_path else None
+    memory.write(layout.CMDLINE_ADDR, cmdline.render(cmdline_limit))
+    memory.write(layout.EBDA_START, mptable.build_mptable(vcpus))
+    e820 = params.e820_map(memory.size)
+    if elf is not None and elf.pvh_entry is not None:
+        memory.write(layout.GDT_ADDR, cpu.gdt_bytes(cpu.GDT_32))
+        memory.write(layout.IDT_ADDR, bytes(8))
+        info = params.pvh_start_info(layout.PVH_INFO_ADDR, e820, layout.CMDLINE_ADDR, initrd)
+        memory.write(layout.PVH_INFO_ADDR, info)
+        return BootEntry(long_mode=False, rip=elf.pvh_entry, boot_info=layout.PVH_INFO_ADDR)
+    memory.write(layout.GDT_ADDR, cpu.gdt_bytes(cpu.GDT_64))
+    memory.write(layout.IDT_ADDR, bytes(8))
+    for addr, table in cpu.identity_page_tables():
+        memory.write(addr, table)
+    zero = params.zero_page(header, e820, layout.CMDLINE_ADDR, cmdline_limit, initrd)
+    memory.write(layout.ZERO_PAGE_ADDR, zero)
+    rip = elf.entry if elf is not None else layout.HIGH_RAM_START + 0x200
+    return BootEntry(long_mode=True, rip=rip, boot_info=layout.ZERO_PAGE_ADDR)
+
+
+def _loader_ranges(vcpus: int) -> list[tuple[int, int]]:
+    """[start, end) of low memory the loader itself writes (boot structures, MP table)."""
+    return [(0, layout.CMDLINE_ADDR + layout.CMDLINE_MAX),
+            (layout.EBDA_START, layout.EBDA_START + mptable.mptable_size(vcpus))]
+
+
+def _load_elf(memory: GuestMemory, data: bytes, elf: ElfKernel, path: str,
+              reserved: list[tuple[int, int]]) -> None:
+    """Copy each PT_LOAD to its physical address and zero its bss tail."""
+    for seg in elf.segments:
+        where = f"-kernel {path}: segment at {seg.paddr:#x}+{seg.memsz:#x}"
+        if not memory.contains(seg.paddr, seg.memsz):
+            raise KernelImageError(f"{where} is outside guest RAM")
+        if any(seg.paddr < end and start < seg.paddr + seg.memsz for start, end in reserved):
+            raise KernelImageError(f"{where} overlaps the boot structures below 0x30000 or"
+                                   " the MP table")
+        memory.write(seg.paddr, memoryview(data)[seg.offset : seg.offset + seg.filesz])
+        _zero(memory, seg.paddr + seg.filesz, seg.memsz - seg.filesz)
+
+
+def _zero(memory: GuestMemory, gpa: int, length: int) -> None:
+    chunk = bytes(min(length, 1 << 20))
+    while length > 0:
+        n = min(length, len(chunk))
+        memory.write(gpa, chunk[:n])
+        gpa += n
+        length -= n
+
+
+def _load_initrd(
+    memory: GuestMemory, path: str, kernel_end: int, limit: int
+) -> tuple[int, int]:
+    """Read the initrd into the highest page-aligned spot below ``limit``."""
+    try:
+        size = os.stat(path).st_size
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise KernelImageError(f"-initrd {path}: {exc.strerror}") from exc
+    try:
+        addr = (limit - size) & ~(layout.PAGE_SIZE - 1)
+        if size == 0 or addr < kernel_end:
+            raise KernelImageError(
+                f"-initrd {path}: {size} bytes do not fit in guest RAM above the kernel"
+            )
+        view = memory.slice(addr, size)
+        done = 0
+        while done < size:
+            n = os.preadv(fd, [view[done:]], done)
+            if n <= 0:
+                raise KernelImageError(f"-initrd {path}: file shrank while reading")
+            done += n
+        return addr, size
+    finally:
+        os.close(fd)

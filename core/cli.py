@@ -1,0 +1,57 @@
+"""``stratovmm``: discover plugins, assemble the parser and schema, build, run."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from stratovmm.config.core_options import CORE_OPTIONS
+from stratovmm.config.help import render_help
+from stratovmm.config.load import load_config, parse_command_line
+from stratovmm.errors import ConfigError, HostError, PluginError, StratoVmmError
+from stratovmm.logsetup import setup_logging
+from stratovmm.plugin import PluginHost
+from stratovmm.registry import Registry
+
+log = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def core_registry() -> Registry:
+    """A registry holding the core's own options."""
+    registry = Registry()
+    for option in CORE_OPTIONS:
+        registry.devices.add_option(option)
+    return registry
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one VM; the exit status follows SPEC §1."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        host = PluginHost.discover()
+        registry = host.register(core_registry())
+        parsed = parse_command_line(args, registry.devices)
+        if parsed.help:
+            sys.stdout.write(render_help(registry.devices))
+            return 0
+        config = load_config(args, registry.devices, parsed)
+        setup_logging(config.runtime.log_path)
+        host.check_config(config.document, config.runtime)
+        from stratovmm.runner import run_vm
+
+        return run_vm(config, host, registry)
+    except (ConfigError, PluginError) as exc:
+        print(f"stratovmm: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (HostError, StratoVmmError) as exc:
+        print(f"stratovmm: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The core's own options (SPEC.md §1) and its part of the JSON schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stratovmm.boot import layout
+from stratovmm.registry import OptionSpec, SubOption, ValueKind
+
+S, P, I, B, Z = ValueKind.STR, ValueKind.PATH, ValueKind.INT, ValueKind.BOOL, ValueKind.SIZE
+
+CORE_OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("config", "load the JSON config file (the command line overrides it)", "config",
+               style="value", sub=(SubOption("path", "path", P),), file_key=False, metavar="PATH"),
+    OptionSpec("name", "guest name (logs, QMP query-name)", "name", style="value",
+               sub=(SubOption("name", "name", S),), file_key=False, metavar="NAME"),
+    OptionSpec("machine", "machine type and memory options", "machine-config", implied="type",
+               sub=(SubOption("type", "type", values={"microvm": "MicroVm"},
+                              help="only microvm"),
+                    SubOption("dump-guest-core", "dump_guest_core", B,
+                              help="include guest RAM in core dumps (default on)"),
+                    SubOption("mem-share", "mem_share", B,
+                              help="map guest RAM MAP_SHARED (default off)")),
+               metavar="[type=]microvm[,dump-guest-core=on|off][,mem-share=on|off]"),
+    OptionSpec("smp", "number of vCPUs, 1..254", "machine-config", implied="cpus",
+               sub=(SubOption("cpus", "vcpu_count", I),), metavar="[cpus=]N"),
+    OptionSpec("m", "guest RAM: bytes or K/M/G suffix, 256M..512G (default 256M)",
+               "machine-config", implied="size", sub=(SubOption("size", "mem_size", Z),),
+               metavar="[size=]SIZE"),
+    OptionSpec("mem-path", "file or directory (e.g. hugetlbfs) backing guest RAM; absolute",
+               "machine-config", style="value", sub=(SubOption("path", "mem_path", P),),
+               metavar="PATH"),
+    OptionSpec("kernel", "bzImage or ELF vmlinux (PVH note or 64-bit entry)", "boot-source",
+               style="value", sub=(SubOption("path", "kernel_image_path", P),), metavar="PATH"),
+    OptionSpec("append", "kernel command line (one quoted argument or several words)",
+               "boot-source", style="words", sub=(SubOption("args", "boot_args", S),),
+               metavar="ARGS..."),
+    OptionSpec("initrd", "initial ramdisk", "boot-source", style="value",
+               sub=(SubOption("path", "initrd_fs_path", P),), metavar="PATH"),
+    OptionSpec("iothread", "an I/O thread devices can name with iothread=ID (repeatable)",
+               "iothread", repeatable=True, id_field="id",
+               sub=(SubOption("id", "id", S, required=True),), metavar="id=ID"),
+    OptionSpec("api-channel", "QMP server on a unix socket", "api-channel", style="value",
+               sub=(SubOption("channel", "channel", S),), file_key=False, metavar="unix:PATH"),
+    OptionSpec("freeze", "create the VM paused; QMP cont starts it", "freeze", style="flag",
+               file_key=False),
+    OptionSpec("daemonize", "detach after set-up (forbids -serial stdio and logging to stdio)",
+               "daemonize", style="flag", file_key=False),
+    OptionSpec("pidfile", "write the pid here; removed on exit", "pidfile", style="value",
+               sub=(SubOption("path", "path", P),), file_key=False, metavar="PATH"),
+    OptionSpec("disable-seccomp", "run without the seccomp filter", "disable-seccomp",
+               style="flag", file_key=False),
+    OptionSpec("D", "log to PATH, or stderr (level: STRATOVMM_LOG_LEVEL, default error)", "D",
+               style="optional", sub=(SubOption("path", "path", P),), file_key=False,
+               metavar="[PATH]"),
+)
+
+_ITEM_ID = {"type": "string", "minLength": 1, "pattern": "^[A-Za-z0-9_.-]+$",
+            "x-message": "must be letters, digits, '_', '.' or '-'"}
+
+CORE_SCHEMA: dict[str, Any] = {
+    "boot-source": {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "kernel_image_path": {"type": "string", "minLength": 1},
+            "boot_args": {"type": "string"},
+            "initrd_fs_path": {"type": "string", "minLength": 1},
+        },
+    },
+    "machine-config": {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "type": {"enum": ["MicroVm"]},
+            "vcpu_count": {"type": "integer", "minimum": 1, "maximum": layout.MAX_VCPUS},
+            "mem_size": {"type": "integer", "minimum": layout.MIN_MEM,
+                         "maximum": layout.MAX_MEM, "x-unit": "size"},
+            "mem_path": {"type": "string", "pattern": "^/",
+                         "x-message": "must be an absolute path"},
+            "dump_guest_core": {"type": "boolean"},
+            "mem_share": {"type": "boolean"},
+        },
+    },
+    "iothread": {
+        "type": "array",
+        "items": {"type": "object", "additionalProperties": False, "required": ["id"],
+                  "properties": {"id": _ITEM_ID}},
+    },
+}
+
+ITEM_ID_SCHEMA = _ITEM_ID

@@ -1,0 +1,106 @@
+"""The typed configuration the machine is built from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from stratovmm.boot import layout
+from stratovmm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """``machine-config``: vCPUs and guest RAM."""
+
+    vcpus: int = 1
+    mem_size: int = layout.MIN_MEM
+    mem_path: str | None = None
+    mem_share: bool = False
+    dump_guest_core: bool = True
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    """``boot-source``: kernel, command line, initrd."""
+
+    kernel: str
+    append: str = ""
+    initrd: str | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Options with no config-file equivalent."""
+
+    name: str | None = None
+    api_channel: str | None = None
+    freeze: bool = False
+    daemonize: bool = False
+    pidfile: str | None = None
+    seccomp: bool = True
+    log_path: str | None = None
+    log_enabled: bool = False
+    config_file: str | None = None
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    """Everything needed to build and run one VM."""
+
+    machine: MachineConfig
+    boot: BootConfig
+    iothreads: tuple[str, ...]
+    runtime: RuntimeOptions
+    document: dict[str, Any] = field(default_factory=dict)
+
+    def devices(self, json_key: str) -> list[dict[str, Any]]:
+        """The items configured under ``json_key`` (a list, even for single devices)."""
+        value = self.document.get(json_key)
+        if value is None:
+            return []
+        return list(value) if isinstance(value, list) else [value]
+
+
+def runtime_options(runtime: dict[str, Any]) -> RuntimeOptions:
+    """Typed runtime options from the command line's runtime switches."""
+    channel = runtime.get("api-channel")
+    if channel is not None:
+        if not isinstance(channel, str) or not channel.startswith("unix:") or len(channel) < 6:
+            raise ConfigError(f"-api-channel: {channel!r} is not unix:PATH")
+        channel = channel[len("unix:"):]
+    log = runtime.get("D")
+    return RuntimeOptions(
+        name=runtime.get("name"),
+        api_channel=channel,
+        freeze=bool(runtime.get("freeze", False)),
+        daemonize=bool(runtime.get("daemonize", False)),
+        pidfile=runtime.get("pidfile"),
+        seccomp=not runtime.get("disable-seccomp", False),
+        log_path=log if isinstance(log, str) else None,
+        log_enabled=log is not None,
+        config_file=runtime.get("config"),
+    )
+
+
+def build_vm_config(document: dict[str, Any], runtime: RuntimeOptions) -> VmConfig:
+    """The typed config from a merged, validated document."""
+    machine = document.get("machine-config", {})
+    boot = document.get("boot-source", {})
+    kernel = boot.get("kernel_image_path")
+    if not kernel:
+        raise ConfigError("no kernel: give -kernel PATH (or boot-source.kernel_image_path)")
+    return VmConfig(
+        machine=MachineConfig(
+            vcpus=machine.get("vcpu_count", 1),
+            mem_size=machine.get("mem_size", layout.MIN_MEM),
+            mem_path=machine.get("mem_path"),
+            mem_share=machine.get("mem_share", False),
+            dump_guest_core=machine.get("dump_guest_core", True),
+        ),
+        boot=BootConfig(kernel=kernel, append=boot.get("boot_args", ""),
+                        initrd=boot.get("initrd_fs_path")),
+        iothreads=tuple(item["id"] for item in document.get("iothread", [])),
+        runtime=runtime,
+        document=document,
+    )

@@ -1,0 +1,127 @@
+"""``VmApi``: the one object plugins get to reach the VM.
+
+Device factories receive it while the VM is built (``BuildContext`` is the same
+type under the name the factories use), QMP handlers and lifecycle hooks
+while it runs.  It exposes what a device needs (guest memory, buses, IRQs, the
+event loops, the kernel command line, virtio slots, events, named fds) and
+nothing of KVM itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from stratovmm.bus import BusDevice
+from stratovmm.errors import ConfigError
+from stratovmm.eventloop import EventLoop
+from stratovmm.irq import IrqLine
+
+if TYPE_CHECKING:
+    from stratovmm.boot.cmdline import Cmdline
+    from stratovmm.machine import MicroVm
+    from stratovmm.memory import GuestMemory
+
+log = logging.getLogger(__name__)
+
+
+class VmApi:
+    """The VM as plugins see it."""
+
+    def __init__(self, machine: MicroVm) -> None:
+        self._machine = machine
+
+    # -- identity and state ------------------------------------------------------
+
+    @property
+    def name(self) -> str | None:
+        """The ``-name`` of the guest."""
+        return self._machine.config.runtime.name
+
+    @property
+    def state(self) -> str:
+        """``prelaunch``, ``running``, ``paused`` or ``shutdown``."""
+        return self._machine.state.value
+
+    @property
+    def memory(self) -> GuestMemory:
+        """Guest RAM with checked access."""
+        return self._machine.memory
+
+    @property
+    def cmdline(self) -> Cmdline:
+        """The kernel command line (append to it only while the VM is built)."""
+        return self._machine.cmdline
+
+    @property
+    def vcpu_count(self) -> int:
+        """Number of vCPUs."""
+        return self._machine.config.machine.vcpus
+
+    # -- event loops ---------------------------------------------------------------
+
+    @property
+    def main_loop(self) -> EventLoop:
+        """The main thread's loop."""
+        return self._machine.main_loop
+
+    def loop_for(self, iothread: str | None) -> EventLoop:
+        """The named iothread's loop, or the main loop for None."""
+        if iothread is None:
+            return self._machine.main_loop
+        try:
+            return self._machine.iothreads[iothread]
+        except KeyError:
+            raise ConfigError(f"iothread {iothread!r} is not defined (add -iothread id=NAME)") from None
+
+    # -- devices -------------------------------------------------------------------
+
+    def add_pio_device(self, device: BusDevice, base: int, length: int, name: str) -> None:
+        """Claim I/O ports [base, base+length)."""
+        self._machine.pio.insert(device, base, length, name)
+
+    def add_mmio_device(self, device: BusDevice, base: int, length: int, name: str) -> None:
+        """Claim guest physical [base, base+length) outside RAM."""
+        self._machine.mmio.insert(device, base, length, name)
+
+    def irq_line(self, gsi: int) -> IrqLine:
+        """An interrupt line to GSI ``gsi`` (irqfd-backed)."""
+        return self._machine.irq_line(gsi)
+
+    def add_device(self, device_id: str, device: Any) -> None:
+        """Record a device under its id (QMP lookup, counters, close at exit)."""
+        if device_id in self._machine.devices:
+            raise ConfigError(f"duplicate device id {device_id!r}")
+        self._machine.devices[device_id] = device
+
+    def remove_device(self, device_id: str) -> Any:
+        """Forget a device (hot-unplug); returns it."""
+        return self._machine.devices.pop(device_id)
+
+    def device(self, device_id: str) -> Any | None:
+        """The device recorded under ``device_id``."""
+        return self._machine.devices.get(device_id)
+
+    def devices(self) -> Iterator[tuple[str, Any]]:
+        """Every recorded (id, device)."""
+        return iter(list(self._machine.devices.items()))
+
+    def add_virtio_device(self, device: Any, iothread: str | None = None) -> Any:
+        """Put a ``VirtioDevice`` on the next free virtio-mmio slot; returns its transport."""
+        return self._machine.virtio.attach(device, self.loop_for(iothread))
+
+    # -- events --------------------------------------------------------------------
+
+    def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
+        """Send a QMP event to every client."""
+        self._machine.events.emit(name, data)
+
+    # -- named fds (QMP getfd) -------------------------------------------------------
+
+    def take_fd(self, name: str) -> int | None:
+        """Remove and return the fd a QMP client passed with ``getfd`` under ``name``."""
+        return self._machine.named_fds.pop(name, None)
+
+
+BuildContext = VmApi

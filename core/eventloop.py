@@ -1,0 +1,144 @@
+"""The epoll event loop and named I/O threads.
+
+The main thread runs one ``EventLoop`` (QMP, signals, stdin, devices without
+an iothread); each ``-iothread id=NAME`` is an ``IoThread``: the same loop on its
+own thread.  Handlers never block.  ``call_soon`` is the only thread-safe entry
+point: it queues a callable and wakes the loop through an eventfd, so other
+threads (vCPUs, QMP) hand work to the loop that owns a device instead of
+touching its state.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import select
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLLERR = select.EPOLLERR
+EPOLLHUP = select.EPOLLHUP
+
+Handler = Callable[[int], None]
+
+
+class EventLoop:
+    """``register(fd, events, handler)`` over epoll, with a wake-up eventfd."""
+
+    def __init__(self, name: str = "main") -> None:
+        self.name = name
+        self._epoll = select.epoll()
+        self._handlers: dict[int, Handler] = {}
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wake, EPOLLIN)
+        self._pending: collections.deque[Callable[[], None]] = collections.deque()
+        self._running = False
+        self.thread_id: int | None = None
+
+    def register(self, fd: int, events: int, handler: Handler) -> None:
+        """Call ``handler(events)`` whenever ``fd`` is ready for ``events``."""
+        self._epoll.register(fd, events)
+        self._handlers[fd] = handler
+
+    def modify(self, fd: int, events: int) -> None:
+        """Change the events ``fd`` is watched for."""
+        self._epoll.modify(fd, events)
+
+    def unregister(self, fd: int) -> None:
+        """Stop watching ``fd`` (no error if it was not watched)."""
+        if self._handlers.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on this loop's thread (safe from any thread)."""
+        self._pending.append(callback)
+        try:
+            os.eventfd_write(self._wake, 1)
+        except OSError:
+            pass
+
+    def in_loop_thread(self) -> bool:
+        """True when called from the thread running this loop."""
+        return self.thread_id == threading.get_ident()
+
+    def stop(self) -> None:
+        """Make ``run`` return after the current iteration (safe from any thread)."""
+        self._running = False
+        try:
+            os.eventfd_write(self._wake, 1)
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        """Dispatch events until ``stop``."""
+        self.thread_id = threading.get_ident()
+        self._running = True
+        while self._running:
+            self.run_once(-1)
+
+    def run_once(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds (-1: forever) and dispatch what is ready."""
+        try:
+            ready = self._epoll.poll(timeout)
+        except InterruptedError:
+            ready = []
+        for fd, events in ready:
+            if fd == self._wake:
+                try:
+                    os.eventfd_read(self._wake)
+                except BlockingIOError:
+                    pass
+                continue
+            handler = self._handlers.get(fd)
+            if handler is not None:
+                self._dispatch(handler, events)
+        while self._pending:
+            self._dispatch_call(self._pending.popleft())
+
+    def _dispatch(self, handler: Handler, events: int) -> None:
+        try:
+            handler(events)
+        except Exception:
+            log.exception("event handler %r on loop %s failed", handler, self.name)
+
+    def _dispatch_call(self, callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception:
+            log.exception("callback %r on loop %s failed", callback, self.name)
+
+    def close(self) -> None:
+        """Release the epoll and eventfd."""
+        self._epoll.close()
+        os.close(self._wake)
+
+
+class IoThread(EventLoop):
+    """A named event loop on its own (daemon) thread: ``-iothread id=NAME``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._thread = threading.Thread(target=self.run, name=f"iothread-{name}", daemon=True)
+
+    def start(self) -> None:
+        """Start serving events on the thread."""
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Stop the loop and wait for the thread."""
+        self.stop()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def native_id(self) -> int | None:
+        """The thread's kernel tid (for per-thread CPU accounting)."""
+        return self._thread.native_id

@@ -1,0 +1,1 @@
+"""Legacy devices the core itself needs (the i8042 reset line)."""

@@ -1,0 +1,232 @@
+"""MicroVm: the machine that owns KVM, guest memory, buses, vCPUs and devices.
+
+States (QMP ``query-status``)::
+
+    prelaunch ──cont──► running ◄──cont/stop──► paused
+        │                  │                      │
+        └──────────────────┴──────► shutdown ◄────┘
+
+``run()`` serves the main event loop until a vCPU reports a reset/shutdown,
+QMP asks to quit, or a signal arrives; it returns the process exit status.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+import threading
+from typing import Any
+
+from stratovmm.boot import layout
+from stratovmm.boot.cmdline import Cmdline
+from stratovmm.boot.loader import load_kernel
+from stratovmm.bus import Bus
+from stratovmm.config.model import VmConfig
+from stratovmm.context import VmApi
+from stratovmm.errors import ConfigError, HostError
+from stratovmm.eventloop import EventLoop, IoThread
+from stratovmm.events import EventBus
+from stratovmm.irq import IrqLine
+from stratovmm.kvm import Kvm
+from stratovmm.kvm._kvm import lib
+from stratovmm.legacy.i8042 import PORT_BASE, PORT_LENGTH, I8042
+from stratovmm.memory import HostGuestMemory, MemoryOptions
+from stratovmm.plugin import PluginHost
+from stratovmm.registry import Registry
+from stratovmm.vcpu import StopReason, Vcpu, install_kick_handler
+
+log = logging.getLogger(__name__)
+
+REQUIRED_CAPS = ("KVM_CAP_IRQCHIP", "KVM_CAP_USER_MEMORY", "KVM_CAP_SET_TSS_ADDR",
+                 "KVM_CAP_EXT_CPUID", "KVM_CAP_PIT2", "KVM_CAP_IRQFD", "KVM_CAP_IOEVENTFD",
+                 "KVM_CAP_IMMEDIATE_EXIT")
+
+
+class VmState(str, enum.Enum):
+    """QMP run states."""
+
+    PRELAUNCH = "prelaunch"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"
+
+
+EXIT_OK = 0
+EXIT_VM_ERROR = 1
+
+
+class MicroVm:
+    """One microVM: build it, boot it, run it."""
+
+    def __init__(self, config: VmConfig, host: PluginHost, registry: Registry) -> None:
+        self.config = config
+        self.host = host
+        self.registry = registry
+        self.state = VmState.PRELAUNCH
+        self.exit_status = EXIT_OK
+        self.shutdown_reason: str | None = None
+        self.devices: dict[str, Any] = {}
+        self.named_fds: dict[str, int] = {}
+        self.events = EventBus()
+        self.main_loop = EventLoop("main")
+        self.iothreads = {name: IoThread(name) for name in config.iothreads}
+        self.cmdline = Cmdline(config.boot.append)
+        self.pio = Bus("pio")
+        self.mmio = Bus("mmio")
+        self.vcpus: list[Vcpu] = []
+        self._irq_lines: dict[int, IrqLine] = {}
+        self._lock = threading.Lock()
+        self._setup_kvm()
+        self._setup_memory()
+        self.pio.insert(I8042(self._guest_reset), PORT_BASE, PORT_LENGTH, "i8042")
+        self.api = VmApi(self)
+        from stratovmm.virtio.slots import VirtioSlots
+
+        self.virtio = VirtioSlots(self)
+
+    # -- construction -------------------------------------------------------------
+
+    def _setup_kvm(self) -> None:
+        self.kvm = Kvm()
+        missing = [c for c in REQUIRED_CAPS if not self.kvm.check_extension(getattr(lib, c))]
+        if missing:
+            raise HostError(f"/dev/kvm lacks {', '.join(missing)}")
+        max_vcpus = self.kvm.check_extension(lib.KVM_CAP_MAX_VCPUS)
+        if self.config.machine.vcpus > max_vcpus:
+            raise ConfigError(f"-smp: {self.config.machine.vcpus} vCPUs, KVM allows {max_vcpus}")
+        self.vm = self.kvm.create_vm()
+        self.vm.set_tss_addr(layout.TSS_ADDR)
+        self.vm.set_identity_map_addr(layout.IDENTITY_MAP_ADDR)
+        self.vm.create_irqchip()
+        self.vm.create_pit2()
+
+    def _setup_memory(self) -> None:
+        m = self.config.machine
+        options = MemoryOptions(m.mem_size, m.mem_path, m.mem_share, m.dump_guest_core)
+        self.memory = HostGuestMemory(options, layout.ram_regions(m.mem_size))
+        for slot, region in enumerate(self.memory.regions):
+            self.vm.set_user_memory_region(slot, region.gpa, region.size,
+                                           self.memory.host_address(region))
+
+    def irq_line(self, gsi: int) -> IrqLine:
+        """The (shared) irqfd line for ``gsi``."""
+        with self._lock:
+            line = self._irq_lines.get(gsi)
+            if line is None:
+                line = self._irq_lines[gsi] = IrqLine(self.vm, gsi)
+            return line
+
+    def build_devices(self) -> None:
+        """Create every cold-plugged device through its registered factory."""
+        for device_type in self.registry.devices.device_types.values():
+            for item in self.config.devices(device_type.option.json_key):
+                device_type.create(self.api, item)
+        self.virtio.reserve_hotplug_slots(self.registry.devices.hotplug_drivers.values())
+
+    def load(self) -> None:
+        """Load the kernel and create the vCPUs (the command line is final now)."""
+        boot = self.config.boot
+        entry = load_kernel(self.memory, boot.kernel, self.cmdline, self.config.machine.vcpus,
+                            boot.initrd)
+        supported = self.kvm.supported_cpuid()
+        count = self.config.machine.vcpus
+        for index in range(count):
+            vcpu = Vcpu(self.vm.create_vcpu(index), self.pio, self.mmio, self)
+            vcpu.configure(supported, count, entry if index == 0 else None)
+            self.vcpus.append(vcpu)
+        log.info("kernel %s loaded; cmdline: %s", boot.kernel, self.cmdline)
+
+    # -- running ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start the iothreads and vCPUs and serve the main loop until the VM ends."""
+        install_kick_handler()
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for thread in self.iothreads.values():
+                thread.start()
+            frozen = self.config.runtime.freeze
+            for vcpu in self.vcpus:
+                vcpu.start(paused=frozen)
+            if not frozen:
+                self.state = VmState.RUNNING
+                self.host.vm_started(self.api)
+            self.main_loop.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._teardown()
+        return self.exit_status
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.shutdown("host-signal", f"signal {signal.Signals(signum).name}")
+
+    def vcpu_stopped(self, index: int, reason: StopReason, detail: str) -> None:
+        """Called on a vCPU thread when the guest reset, shut down, or KVM failed."""
+        status = EXIT_VM_ERROR if reason is StopReason.INTERNAL_ERROR else EXIT_OK
+        if status != EXIT_OK:
+            log.error("vCPU %d: %s", index, detail)
+        self.main_loop.call_soon(lambda: self.shutdown(reason.value, f"vCPU {index}: {detail}",
+                                                       status))
+
+    def _guest_reset(self) -> None:
+        """The i8042 reset line (on a vCPU thread)."""
+        self.main_loop.call_soon(
+            lambda: self.shutdown(StopReason.GUEST_RESET.value, "i8042 reset (0xFE on port 0x64)")
+        )
+
+    def pause(self) -> None:
+        """Park every vCPU (QMP ``stop``)."""
+        if self.state is not VmState.RUNNING:
+            return
+        for vcpu in self.vcpus:
+            vcpu.pause()
+        self.state = VmState.PAUSED
+        self.events.emit("STOP")
+        self.host.vm_paused(self.api)
+
+    def resume(self) -> None:
+        """Run parked vCPUs (QMP ``cont``; also the first start after ``-freeze``)."""
+        if self.state not in (VmState.PAUSED, VmState.PRELAUNCH):
+            return
+        first = self.state is VmState.PRELAUNCH
+        for vcpu in self.vcpus:
+            vcpu.resume()
+        self.state = VmState.RUNNING
+        self.events.emit("RESUME")
+        if first:
+            self.host.vm_started(self.api)
+        else:
+            self.host.vm_resumed(self.api)
+
+    def shutdown(self, reason: str, detail: str = "", status: int = EXIT_OK) -> None:
+        """End the VM (idempotent; main loop thread): SHUTDOWN event, then leave ``run``."""
+        if self.state is VmState.SHUTDOWN:
+            return
+        self.state = VmState.SHUTDOWN
+        self.shutdown_reason = reason
+        self.exit_status = status
+        log.log(logging.ERROR if status else logging.INFO, "VM shutting down: %s (%s)", reason,
+                detail)
+        guest = reason.startswith("guest")
+        self.events.emit("SHUTDOWN", {"guest": guest, "reason": reason})
+        for vcpu in self.vcpus:
+            vcpu.stop()
+        self.main_loop.stop()
+
+    def _teardown(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.stop()
+        for vcpu in self.vcpus:
+            vcpu.join(2.0)
+        self.host.vm_shutdown(self.api, self.shutdown_reason or "host-error")
+        for thread in self.iothreads.values():
+            thread.join(2.0)
+        for device_id, device in list(self.devices.items()):
+            close = getattr(device, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing device %s failed", device_id)

@@ -1,0 +1,257 @@
+"""What plugins register into: options, schema fragments, device types, hotplug
+drivers, QMP commands and seccomp rules.
+
+The registries check what they are given (names unique, schemas valid and
+strict) so a broken plugin fails at start-up with its name, not later in a
+guest.  ``Registry`` bundles them; each plugin's hookimpls see only the part
+they register into.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+
+from stratovmm.errors import PluginError
+
+if TYPE_CHECKING:
+    from stratovmm.context import BuildContext, VmApi
+
+
+class ValueKind(str, enum.Enum):
+    """How a sub-option's text becomes a JSON value."""
+
+    STR = "str"        # any text
+    PATH = "path"      # non-empty text (a host path)
+    INT = "int"        # decimal integer
+    BOOL = "bool"      # on|off|true|false (JSON: true/false)
+    SIZE = "size"      # bytes, or with K/M/G suffix (JSON: bytes)
+
+
+@dataclass(frozen=True)
+class SubOption:
+    """One ``key=value`` of an option, and the JSON field it fills."""
+
+    key: str
+    field: str
+    kind: ValueKind = ValueKind.STR
+    required: bool = False
+    help: str = ""
+    values: Mapping[str, Any] | None = None   # text → JSON value (e.g. microvm → "MicroVm")
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """A command-line option and where its value lands in the JSON config.
+
+    Forms, by ``style``:
+      ``keyvalue``  ``-drive id=a,file=b``: sub-options, ``implied`` names the key a
+                    leading bare value belongs to (``-smp 2`` = ``-smp cpus=2``)
+      ``value``     ``-kernel PATH``: the whole text is ``sub[0]``'s value
+      ``words``     ``-append a b c``: every word up to the next option
+      ``flag``      ``-freeze``: no value (JSON: true)
+      ``optional``  ``-D [PATH]``: a value only if the next word is not an option
+    With ``driver`` set the option is ``-device DRIVER,k=v,...``.
+    ``json_key`` is the top-level JSON key; with ``repeatable`` its value is a list of
+    objects (merged with the file's by ``id_field``), otherwise one object merged
+    key by key.  ``file_key`` False keeps the option out of the JSON file (runtime only).
+    """
+
+    name: str
+    help: str
+    json_key: str
+    sub: tuple[SubOption, ...] = ()
+    style: str = "keyvalue"
+    implied: str | None = None
+    repeatable: bool = False
+    id_field: str | None = None
+    driver: str | None = None
+    file_key: bool = True
+    metavar: str = ""
+
+    @property
+    def display(self) -> str:
+        """How the option is written on the command line (``-drive``, ``-device vsock``)."""
+        return f"-{self.name} {self.driver}" if self.driver else f"-{self.name}"
+
+    def subkey(self, key: str) -> SubOption | None:
+        """The sub-option named ``key``."""
+        return next((s for s in self.sub if s.key == key), None)
+
+
+@dataclass(frozen=True)
+class DeviceType:
+    """A cold-pluggable device kind: its option, its schema, and the factory.
+
+    ``schema`` describes one JSON item (an object with ``additionalProperties:
+    false``); for a repeatable option the file holds a list of them.
+    ``create(ctx, item)`` builds one device from a validated item.
+    """
+
+    name: str
+    option: OptionSpec
+    schema: Mapping[str, Any]
+    create: Callable[[BuildContext, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class HotplugDriver:
+    """A ``device_add`` driver (e.g. ``virtio-blk-mmio``) and the slots it reserves at boot.
+
+    ``create(vm, args)`` returns the device to put in a slot; ``args`` are the
+    ``device_add`` arguments (already checked against ``schema``).
+    """
+
+    driver: str
+    slots: int
+    schema: Mapping[str, Any]
+    create: Callable[[VmApi, dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class QmpCommand:
+    """A QMP command: its argument schema (an object schema) and its handler.
+
+    ``handler(vm, args)`` returns the ``return`` value (``None`` → ``{}``) or raises
+    ``stratovmm.qmp.errors.QmpError``.
+    """
+
+    name: str
+    handler: Callable[[VmApi, dict[str, Any]], Any]
+    schema: Mapping[str, Any] = field(
+        default_factory=lambda: {"type": "object", "additionalProperties": False}
+    )
+    returns: Mapping[str, Any] = field(default_factory=lambda: {"type": "object"})
+    help: str = ""
+
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+def check_strict_schema(schema: Mapping[str, Any], where: str) -> None:
+    """A fragment must be a valid JSON schema for an object that refuses unknown keys."""
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise PluginError(f"{where}: invalid JSON schema: {exc.message}") from exc
+    if schema.get("type") != "object" or schema.get("additionalProperties") is not False:
+        raise PluginError(f"{where}: schema must be an object with additionalProperties false")
+
+
+class DeviceRegistry:
+    """Device types (with their options) and hotplug drivers."""
+
+    def __init__(self) -> None:
+        self.device_types: dict[str, DeviceType] = {}
+        self.options: dict[tuple[str, str | None], OptionSpec] = {}
+        self.hotplug_drivers: dict[str, HotplugDriver] = {}
+        self.owner: dict[str, str] = {}
+        self._current_plugin = "core"
+
+    def set_plugin(self, name: str) -> None:
+        """Attribute the next registrations to plugin ``name`` (for error messages)."""
+        self._current_plugin = name
+
+    def add_option(self, option: OptionSpec) -> None:
+        """An option that is not a device (core options, or plugin runtime switches)."""
+        key = (option.name, option.driver)
+        if key in self.options:
+            raise PluginError(
+                f"plugin {self._current_plugin}: option {option.display} is already registered"
+                f" by {self.owner.get(option.display, '?')}"
+            )
+        if not _NAME.match(option.name):
+            raise PluginError(f"plugin {self._current_plugin}: bad option name {option.name!r}")
+        self.options[key] = option
+        self.owner[option.display] = self._current_plugin
+
+    def add_device_type(self, device_type: DeviceType) -> None:
+        """A cold-pluggable device: option + schema + factory."""
+        where = f"plugin {self._current_plugin}: device {device_type.name}"
+        if device_type.name in self.device_types:
+            raise PluginError(f"{where}: already registered")
+        check_strict_schema(device_type.schema, where)
+        if any(o.json_key == device_type.option.json_key for o in self.options.values()):
+            raise PluginError(f"{where}: JSON key {device_type.option.json_key!r} already taken")
+        self.add_option(device_type.option)
+        self.device_types[device_type.name] = device_type
+
+    def add_hotplug_driver(self, driver: HotplugDriver) -> None:
+        """A ``device_add`` driver name and its reserved slots."""
+        where = f"plugin {self._current_plugin}: hotplug driver {driver.driver}"
+        if driver.driver in self.hotplug_drivers:
+            raise PluginError(f"{where}: already registered")
+        if not 0 <= driver.slots <= 16:
+            raise PluginError(f"{where}: slots must be 0..16")
+        check_strict_schema(driver.schema, where)
+        self.hotplug_drivers[driver.driver] = driver
+
+
+class QmpRegistry:
+    """QMP commands and event names."""
+
+    def __init__(self) -> None:
+        self.commands: dict[str, QmpCommand] = {}
+        self.events: dict[str, Mapping[str, Any]] = {}
+        self._current_plugin = "core"
+
+    def set_plugin(self, name: str) -> None:
+        """Attribute the next registrations to plugin ``name``."""
+        self._current_plugin = name
+
+    def add_command(self, command: QmpCommand) -> None:
+        """Register a command; its argument schema must be strict."""
+        where = f"plugin {self._current_plugin}: QMP command {command.name}"
+        if command.name in self.commands:
+            raise PluginError(f"{where}: already registered")
+        check_strict_schema(command.schema, where)
+        self.commands[command.name] = command
+
+    def add_event(self, name: str, data_schema: Mapping[str, Any] | None = None) -> None:
+        """Declare an event the plugin emits (listed by query-qmp-schema)."""
+        if name in self.events:
+            raise PluginError(f"plugin {self._current_plugin}: QMP event {name} already declared")
+        self.events[name] = data_schema or {"type": "object"}
+
+
+class SeccompRules:
+    """Syscalls (by name) and ioctl request numbers a plugin needs after set-up."""
+
+    def __init__(self) -> None:
+        self.syscalls: dict[str, str] = {}
+        self.ioctls: dict[int, str] = {}
+        self._current_plugin = "core"
+
+    def set_plugin(self, name: str) -> None:
+        """Attribute the next rules to plugin ``name``."""
+        self._current_plugin = name
+
+    def allow(self, *syscalls: str) -> None:
+        """Allow these syscalls with any arguments."""
+        for name in syscalls:
+            self.syscalls.setdefault(name, self._current_plugin)
+
+    def allow_ioctl(self, *requests: int) -> None:
+        """Allow ioctl with these request numbers (the filter checks argument 1)."""
+        for request in requests:
+            self.ioctls.setdefault(request, self._current_plugin)
+
+
+@dataclass
+class Registry:
+    """Everything the plugins registered, as the core reads it."""
+
+    devices: DeviceRegistry = field(default_factory=DeviceRegistry)
+    qmp: QmpRegistry = field(default_factory=QmpRegistry)
+    seccomp: SeccompRules = field(default_factory=SeccompRules)
+
+    def set_plugin(self, name: str) -> None:
+        """Attribute what follows to plugin ``name``."""
+        self.devices.set_plugin(name)
+        self.qmp.set_plugin(name)
+        self.seccomp.set_plugin(name)

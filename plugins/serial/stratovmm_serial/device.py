@@ -1,0 +1,160 @@
+"""A 16550A UART (ports base..base+7), as Linux's 8250 driver expects it.
+
+Transmit is immediate (THR always empty, LSR THRE|TEMT), so the guest never
+waits on us; received bytes queue in a bounded FIFO that the host side fills.
+The interrupt is an edge on the IRQ line each time a newly enabled condition
+becomes pending (data ready, transmitter empty), as Firecracker's serial does;
+IIR reports the highest-priority pending one.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+
+# register offsets (DLAB=0 unless noted)
+RBR_THR, IER, IIR_FCR, LCR, MCR, LSR, MSR, SCR = range(8)
+# IER bits
+IER_RDA, IER_THRE = 0x01, 0x02
+# IIR values
+IIR_NONE, IIR_THRE, IIR_RDA, IIR_FIFO = 0x01, 0x02, 0x04, 0xC0
+# LCR / MCR / LSR / MSR bits
+LCR_DLAB = 0x80
+MCR_LOOP = 0x10
+LSR_DR, LSR_THRE, LSR_TEMT = 0x01, 0x20, 0x40
+MSR_CTS, MSR_DSR, MSR_RI, MSR_DCD = 0x10, 0x20, 0x40, 0x80
+
+FIFO_CAPACITY = 64
+
+
+class Uart16550:
+    """The UART's registers; ``out`` receives transmitted bytes, ``irq`` raises the line."""
+
+    def __init__(self, out: Callable[[bytes], None], irq: Callable[[], None],
+                 on_rx_space: Callable[[], None] | None = None) -> None:
+        self._out = out
+        self._irq = irq
+        self._on_rx_space = on_rx_space
+        self._lock = threading.Lock()
+        self._rx: collections.deque[int] = collections.deque()
+        self._ier = 0
+        self._lcr = 0x03          # 8N1
+        self._mcr = 0x08          # OUT2
+        self._scr = 0
+        self._dll, self._dlm = 0x0C, 0x00   # 9600 baud
+        self._fifo = False
+        self._thre_pending = False
+        self.tx_bytes = 0
+        self.rx_bytes = 0
+
+    # -- host side ------------------------------------------------------------------
+
+    def rx_space(self) -> int:
+        """How many bytes ``receive`` can take now."""
+        with self._lock:
+            return FIFO_CAPACITY - len(self._rx)
+
+    def receive(self, data: bytes) -> int:
+        """Queue input for the guest; returns how many bytes fit."""
+        with self._lock:
+            n = min(len(data), FIFO_CAPACITY - len(self._rx))
+            self._rx.extend(data[:n])
+            self.rx_bytes += n
+            raise_irq = n > 0 and self._ier & IER_RDA
+        if raise_irq:
+            self._irq()
+        return n
+
+    # -- guest side (vCPU threads) -------------------------------------------------------
+
+    def read(self, offset: int, size: int) -> bytes:
+        """A guest ``in`` from base + ``offset``."""
+        with self._lock:
+            value, freed = self._read_register(offset)
+        if freed and self._on_rx_space is not None:
+            self._on_rx_space()
+        return bytes([value]) + bytes(size - 1)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """A guest ``out`` to base + ``offset``."""
+        if not data:
+            return
+        with self._lock:
+            out, raise_irq = self._write_register(offset, data[0])
+        if out is not None:
+            self._out(out)
+        if raise_irq:
+            self._irq()
+
+    def _read_register(self, offset: int) -> tuple[int, bool]:
+        dlab = self._lcr & LCR_DLAB
+        if offset == RBR_THR:
+            if dlab:
+                return self._dll, False
+            if not self._rx:
+                return 0, False
+            return self._rx.popleft(), len(self._rx) == FIFO_CAPACITY - 1
+        if offset == IER:
+            return (self._dlm if dlab else self._ier), False
+        if offset == IIR_FCR:
+            return self._iir(), False
+        if offset == LCR:
+            return self._lcr, False
+        if offset == MCR:
+            return self._mcr, False
+        if offset == LSR:
+            return LSR_THRE | LSR_TEMT | (LSR_DR if self._rx else 0), False
+        if offset == MSR:
+            return self._msr(), False
+        return self._scr, False
+
+    def _iir(self) -> int:
+        fifo = IIR_FIFO if self._fifo else 0
+        if self._ier & IER_RDA and self._rx:
+            return IIR_RDA | fifo
+        if self._ier & IER_THRE and self._thre_pending:
+            self._thre_pending = False       # reading IIR clears a THRE interrupt
+            return IIR_THRE | fifo
+        return IIR_NONE | fifo
+
+    def _msr(self) -> int:
+        if self._mcr & MCR_LOOP:             # loopback: outputs wired to inputs
+            m = self._mcr
+            return ((MSR_CTS if m & 0x02 else 0) | (MSR_DSR if m & 0x01 else 0)
+                    | (MSR_RI if m & 0x04 else 0) | (MSR_DCD if m & 0x08 else 0))
+        return MSR_DCD | MSR_DSR | MSR_CTS
+
+    def _write_register(self, offset: int, value: int) -> tuple[bytes | None, bool]:
+        dlab = self._lcr & LCR_DLAB
+        if offset == RBR_THR:
+            if dlab:
+                self._dll = value
+                return None, False
+            if self._mcr & MCR_LOOP:
+                self._rx.append(value)
+                return None, bool(self._ier & IER_RDA)
+            self.tx_bytes += 1
+            self._thre_pending = True
+            return bytes([value]), bool(self._ier & IER_THRE)
+        if offset == IER:
+            if dlab:
+                self._dlm = value
+                return None, False
+            newly = value & ~self._ier
+            self._ier = value & 0x0F
+            if newly & IER_THRE:
+                self._thre_pending = True
+            return None, bool((newly & IER_THRE) or (newly & IER_RDA and self._rx))
+        if offset == IIR_FCR:
+            self._fifo = bool(value & 0x01)
+            if value & 0x02:
+                self._rx.clear()
+            return None, False
+        if offset == LCR:
+            self._lcr = value
+        elif offset == MCR:
+            self._mcr = value & 0x1F
+        elif offset == SCR:
+            self._scr = value
+        return None, False

@@ -11,11 +11,15 @@ touching its state.
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,20 @@ EPOLLERR = select.EPOLLERR
 EPOLLHUP = select.EPOLLHUP
 
 Handler = Callable[[int], None]
+
+
+@dataclass(order=True)
+class Timer:
+    """A ``call_later`` callback; ``cancel()`` stops it from running."""
+
+    deadline: float
+    seq: int
+    callback: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        """Do not run the callback."""
+        self.cancelled = True
 
 
 class EventLoop:
@@ -38,6 +56,8 @@ class EventLoop:
         self._epoll.register(self._wake, EPOLLIN)
         self._pending: collections.deque[Callable[[], None]] = collections.deque()
         self._running = False
+        self._timers: list[Timer] = []
+        self._seq = itertools.count()
         self.thread_id: int | None = None
 
     def register(self, fd: int, events: int, handler: Handler) -> None:
@@ -65,6 +85,12 @@ class EventLoop:
         except OSError:
             pass
 
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` after ``delay`` seconds (call from the loop's own thread)."""
+        timer = Timer(time.monotonic() + delay, next(self._seq), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
     def in_loop_thread(self) -> bool:
         """True when called from the thread running this loop."""
         return self.thread_id == threading.get_ident()
@@ -86,6 +112,9 @@ class EventLoop:
 
     def run_once(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds (-1: forever) and dispatch what is ready."""
+        if self._timers:
+            wait = max(0.0, self._timers[0].deadline - time.monotonic())
+            timeout = wait if timeout < 0 else min(timeout, wait)
         try:
             ready = self._epoll.poll(timeout)
         except InterruptedError:
@@ -102,6 +131,11 @@ class EventLoop:
                 self._dispatch(handler, events)
         while self._pending:
             self._dispatch_call(self._pending.popleft())
+        now = time.monotonic()
+        while self._timers and self._timers[0].deadline <= now:
+            timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                self._dispatch_call(timer.callback)
 
     def _dispatch(self, handler: Handler, events: int) -> None:
         try:

@@ -122,7 +122,6 @@ class MicroVm:
         for device_type in self.registry.devices.device_types.values():
             for item in self.config.devices(device_type.option.json_key):
                 device_type.create(self.api, item)
-        self.virtio.reserve_hotplug_slots(self.registry.devices.hotplug_drivers.values())
 
     def load(self) -> None:
         """Load the kernel and create the vCPUs (the command line is final now)."""
@@ -160,7 +159,11 @@ class MicroVm:
         return self.exit_status
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        self.shutdown("host-signal", f"signal {signal.Signals(signum).name}")
+        # A Python signal handler runs between two bytecodes of whatever the main thread
+        # was doing (holding the event bus lock, writing a QMP reply): hand the shutdown
+        # to the loop instead of running it here.
+        name = signal.Signals(signum).name
+        self.main_loop.call_soon(lambda: self.shutdown("host-signal", f"signal {name}"))
 
     def vcpu_stopped(self, index: int, reason: StopReason, detail: str) -> None:
         """Called on a vCPU thread when the guest reset, shut down, or KVM failed."""
@@ -223,6 +226,7 @@ class MicroVm:
         self.host.vm_shutdown(self.api, self.shutdown_reason or "host-error")
         for thread in self.iothreads.values():
             thread.join(2.0)
+        self.virtio.close()
         for device_id, device in list(self.devices.items()):
             close = getattr(device, "close", None)
             if close is not None:

@@ -1,0 +1,145 @@
+"""Walking one descriptor chain, with every check of virtio 1.2 §2.7.5 and §2.7.5.3.
+
+A chain is validated whole before a device sees it: a device never acts on
+half of a bad request.  ``ChainError`` (a ``GuestError``) means "this request is
+bad": the queue completes it with length 0 and the device keeps running.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from stratovmm.errors import GuestError
+from stratovmm.memory import GuestMemoryProtocol
+from stratovmm.virtio.constants import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE
+
+DESC_SIZE = 16
+_DESC = struct.Struct("<QIHH")
+MAX_CHAIN_BYTES = 1 << 32       # total length must fit the used ring's u32
+
+
+class ChainError(GuestError):
+    """A descriptor chain breaks a rule of §2.7.5; the request is refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """One buffer of a chain: ``length`` bytes at guest ``addr``; ``writable`` by the device."""
+
+    addr: int
+    length: int
+    writable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DescriptorChain:
+    """A validated chain: readable buffers first, then writable ones (§2.7.4.2)."""
+
+    head: int
+    readable: tuple[Descriptor, ...]
+    writable: tuple[Descriptor, ...]
+
+    @property
+    def readable_len(self) -> int:
+        """Bytes the driver gave us."""
+        return sum(d.length for d in self.readable)
+
+    @property
+    def writable_len(self) -> int:
+        """Bytes we may write back."""
+        return sum(d.length for d in self.writable)
+
+    def read_views(self, memory: GuestMemoryProtocol) -> list[memoryview]:
+        """Views of the readable buffers (zero-copy, for ``os.pwritev``)."""
+        return [memory.slice(d.addr, d.length) for d in self.readable]
+
+    def write_views(self, memory: GuestMemoryProtocol) -> list[memoryview]:
+        """Views of the writable buffers (zero-copy, for ``os.preadv``)."""
+        return [memory.slice(d.addr, d.length) for d in self.writable]
+
+    def read_all(self, memory: GuestMemoryProtocol, limit: int) -> bytes:
+        """Copy up to ``limit`` readable bytes (for small headers and control requests)."""
+        out = bytearray()
+        for d in self.readable:
+            if len(out) >= limit:
+                break
+            out += memory.read(d.addr, min(d.length, limit - len(out)))
+        return bytes(out)
+
+    def write_all(self, memory: GuestMemoryProtocol, data: bytes | memoryview) -> int:
+        """Scatter ``data`` over the writable buffers; returns how many bytes fit."""
+        done = 0
+        for d in self.writable:
+            if done >= len(data):
+                break
+            n = min(d.length, len(data) - done)
+            memory.write(d.addr, data[done : done + n])
+            done += n
+        return done
+
+
+def read_descriptor(memory: GuestMemoryProtocol, table: int, index: int) -> tuple[int, int, int, int]:
+    """(addr, len, flags, next) of entry ``index`` of the table at ``table``."""
+    return _DESC.unpack(memory.read(table + index * DESC_SIZE, DESC_SIZE))
+
+
+def walk_chain(memory: GuestMemoryProtocol, desc_table: int, queue_size: int,
+               head: int) -> DescriptorChain:
+    """Follow the chain starting at ``head``; ``ChainError`` on any violation.
+
+    Checks (virtio 1.2):
+    - every index < the table's size (§2.7.5);
+    - at most ``queue_size`` descriptors, so a ``next`` loop ends (§2.7.5.2: "The driver
+      MUST NOT create a descriptor chain longer than the Queue Size");
+    - every buffer inside guest RAM, checked overflow-safe by ``GuestMemory``;
+    - no readable descriptor after a writable one (§2.7.4.2);
+    - total length < 2^32 (the used ring's ``len`` is 32 bits);
+    - an indirect descriptor has no NEXT, is not itself inside an indirect table, and
+      its length is a non-zero multiple of 16 with at most ``queue_size`` entries
+      (§2.7.5.3.1).
+    """
+    readable: list[Descriptor] = []
+    writable: list[Descriptor] = []
+    table, table_size, index = desc_table, queue_size, head
+    in_indirect = False
+    steps = 0
+    total = 0
+    while True:
+        if index >= table_size:
+            raise ChainError(f"descriptor index {index} >= table size {table_size} (§2.7.5)")
+        steps += 1
+        if steps > queue_size:
+            raise ChainError(f"chain longer than the queue size {queue_size} (loop?) (§2.7.5.2)")
+        try:
+            addr, length, flags, next_index = read_descriptor(memory, table, index)
+        except GuestError as exc:
+            raise ChainError(f"descriptor table outside guest RAM: {exc}") from None
+        if flags & DESC_F_INDIRECT:
+            if in_indirect:
+                raise ChainError("indirect descriptor inside an indirect table (§2.7.5.3.1)")
+            if flags & DESC_F_NEXT:
+                raise ChainError("indirect descriptor with NEXT set (§2.7.5.3.1)")
+            if length == 0 or length % 16 or length // 16 > queue_size:
+                raise ChainError(f"indirect table length {length} is not 16·n, 0 < n <= "
+                                 f"{queue_size} (§2.7.5.3.1)")
+            if not memory.contains(addr, length):
+                raise ChainError(f"indirect table {addr:#x}+{length:#x} outside guest RAM")
+            table, table_size, index = addr, length // 16, 0
+            in_indirect = True
+            steps = 0
+            continue
+        if length and not memory.contains(addr, length):
+            raise ChainError(f"buffer {addr:#x}+{length:#x} outside guest RAM (§2.7.5)")
+        total += length
+        if total >= MAX_CHAIN_BYTES:
+            raise ChainError("chain total length >= 2^32")
+        if flags & DESC_F_WRITE:
+            writable.append(Descriptor(addr, length, True))
+        elif writable:
+            raise ChainError("readable descriptor after a writable one (§2.7.4.2)")
+        else:
+            readable.append(Descriptor(addr, length, False))
+        if not flags & DESC_F_NEXT:
+            return DescriptorChain(head, tuple(readable), tuple(writable))
+        index = next_index

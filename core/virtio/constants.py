@@ -1,0 +1,76 @@
+"""Numbers from the virtio 1.2 specification (section cited beside each group)."""
+
+from __future__ import annotations
+
+# §2.1 device status field
+STATUS_ACKNOWLEDGE = 1
+STATUS_DRIVER = 2
+STATUS_DRIVER_OK = 4
+STATUS_FEATURES_OK = 8
+STATUS_DEVICE_NEEDS_RESET = 64
+STATUS_FAILED = 128
+
+# §6 reserved feature bits
+F_INDIRECT_DESC = 28
+F_EVENT_IDX = 29
+F_VERSION_1 = 32
+F_ACCESS_PLATFORM = 33
+F_RING_PACKED = 34
+F_IN_ORDER = 35
+
+# §2.7.5 split virtqueue descriptor flags
+DESC_F_NEXT = 1
+DESC_F_WRITE = 2
+DESC_F_INDIRECT = 4
+# §2.7.6 / §2.7.8 ring flags
+AVAIL_F_NO_INTERRUPT = 1
+USED_F_NO_NOTIFY = 1
+
+MAX_QUEUE_SIZE = 32768          # §2.7: split queue size is a power of 2, at most 32768
+
+# §4.2.2 virtio-mmio register offsets
+MAGIC_VALUE = 0x000
+VERSION = 0x004
+DEVICE_ID = 0x008
+VENDOR_ID = 0x00C
+DEVICE_FEATURES = 0x010
+DEVICE_FEATURES_SEL = 0x014
+DRIVER_FEATURES = 0x020
+DRIVER_FEATURES_SEL = 0x024
+QUEUE_SEL = 0x030
+QUEUE_NUM_MAX = 0x034
+QUEUE_NUM = 0x038
+QUEUE_READY = 0x044
+QUEUE_NOTIFY = 0x050
+INTERRUPT_STATUS = 0x060
+INTERRUPT_ACK = 0x064
+STATUS = 0x070
+QUEUE_DESC_LOW = 0x080
+QUEUE_DESC_HIGH = 0x084
+QUEUE_DRIVER_LOW = 0x090
+QUEUE_DRIVER_HIGH = 0x094
+QUEUE_DEVICE_LOW = 0x0A0
+QUEUE_DEVICE_HIGH = 0x0A4
+SHM_SEL = 0x0AC
+SHM_LEN_LOW = 0x0B0
+SHM_LEN_HIGH = 0x0B4
+SHM_BASE_LOW = 0x0B8
+SHM_BASE_HIGH = 0x0BC
+CONFIG_GENERATION = 0x0FC
+CONFIG = 0x100
+
+MMIO_MAGIC = 0x74726976         # "virt"
+MMIO_VERSION = 2                # modern (virtio 1.x) transport
+VENDOR = 0x4D56_5453            # "STVM"
+
+# §4.2.2 interrupt status bits
+INT_USED_RING = 1
+INT_CONFIG = 2
+
+# §5 device ids
+ID_NET = 1
+ID_BLOCK = 2
+ID_CONSOLE = 3
+ID_RNG = 4
+ID_BALLOON = 5
+ID_VSOCK = 19

@@ -1,0 +1,333 @@
+"""The virtio-mmio transport, version 2 (virtio 1.2 §4.2.2), for one device.
+
+Registers are accessed from vCPU threads (under ``self._lock``); the device
+runs on its own loop.  On DRIVER_OK the transport registers one ioeventfd per
+ready queue (a write of the queue index to QueueNotify then signals the
+eventfd inside KVM, with no exit to userspace) and hands the queues to the
+device on its loop; interrupts leave through an irqfd (``IrqLine``).
+
+Guest mistakes (bad register access, impossible status transition, feature
+set we never offered, bad queue addresses) are logged once and counted; they
+never raise out of the transport.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+from collections.abc import Callable
+
+from stratovmm.eventloop import EPOLLIN, EventLoop
+from stratovmm.irq import IrqLine
+from stratovmm.kvm.fds import VmFd
+from stratovmm.memory import GuestMemoryProtocol
+from stratovmm.virtio import constants as c
+from stratovmm.virtio.device import VirtioDevice
+from stratovmm.virtio.queue import QueueConfig, SplitQueue
+
+log = logging.getLogger(__name__)
+
+_U32 = struct.Struct("<I")
+
+# §3.1.1 driver initialisation: each step adds one bit; FAILED may be set at any time
+ACK, DRV, FOK, DOK = (c.STATUS_ACKNOWLEDGE, c.STATUS_DRIVER, c.STATUS_FEATURES_OK,
+                      c.STATUS_DRIVER_OK)
+VALID_TRANSITIONS: dict[int, frozenset[int]] = {
+    0: frozenset({ACK}),
+    ACK: frozenset({ACK | DRV}),
+    ACK | DRV: frozenset({ACK | DRV | FOK}),
+    ACK | DRV | FOK: frozenset({ACK | DRV | FOK | DOK}),
+}
+
+
+class VirtioMmioTransport:
+    """One virtio-mmio window (4 KiB) bound to a ``VirtioDevice``."""
+
+    def __init__(self, device: VirtioDevice, vm: VmFd | None, memory: GuestMemoryProtocol,
+                 base: int, irq: IrqLine | Callable[[], None], loop: EventLoop) -> None:
+        self.device = device
+        self.base = base
+        self._vm = vm
+        self._memory = memory
+        self._trigger = irq.trigger if isinstance(irq, IrqLine) else irq
+        self._loop = loop
+        self._lock = threading.Lock()
+        self.status = 0
+        self.interrupt_status = 0
+        self.config_generation = 0
+        self._device_features_sel = 0
+        self._driver_features_sel = 0
+        self._driver_features = 0
+        self._queue_sel = 0
+        self._queues = [QueueConfig(size) for size in device.QUEUE_SIZES]
+        self._eventfds: list[tuple[int, int]] = []     # (queue index, eventfd)
+        self.faults = 0
+        self._logged: set[str] = set()
+
+    # -- interrupts (any thread) ---------------------------------------------------------------
+
+    def signal_used(self) -> None:
+        """Used-buffer notification (§4.2.3.4)."""
+        with self._lock:
+            self.interrupt_status |= c.INT_USED_RING
+        self._trigger()
+
+    def signal_config(self) -> None:
+        """Configuration-change notification; bumps ConfigGeneration (§4.2.3.3)."""
+        with self._lock:
+            self.interrupt_status |= c.INT_CONFIG
+            self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
+        self._trigger()
+
+    def needs_reset(self) -> None:
+        """The device can no longer work with this driver state (§2.1.2)."""
+        with self._lock:
+            self.status |= c.STATUS_DEVICE_NEEDS_RESET
+        self.signal_config()
+
+    # -- guest register access (vCPU threads) -----------------------------------------------------
+
+    def read(self, offset: int, size: int) -> bytes:
+        """A driver load from the window."""
+        if offset >= c.CONFIG:
+            return self.device.read_config(offset - c.CONFIG, size)
+        if size != 4 or offset % 4:
+            self._fault("access", f"{size}-byte read at {offset:#x} (§4.2.2.2: 32-bit only)")
+            return bytes(size)
+        with self._lock:
+            return _U32.pack(self._read_register(offset) & 0xFFFFFFFF)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """A driver store to the window."""
+        if offset >= c.CONFIG:
+            if self.status & c.STATUS_DRIVER_OK or self.status & c.STATUS_DRIVER:
+                self.device.write_config(offset - c.CONFIG, data)
+            return
+        if len(data) != 4 or offset % 4:
+            self._fault("access", f"{len(data)}-byte write at {offset:#x} (§4.2.2.2: 32-bit only)")
+            return
+        value = _U32.unpack(data)[0]
+        with self._lock:
+            work = self._write_register(offset, value)
+        if work is not None:
+            work()
+
+    def _read_register(self, offset: int) -> int:
+        if offset == c.MAGIC_VALUE:
+            return c.MMIO_MAGIC
+        if offset == c.VERSION:
+            return c.MMIO_VERSION
+        if offset == c.DEVICE_ID:
+            return self.device.DEVICE_TYPE
+        if offset == c.VENDOR_ID:
+            return c.VENDOR
+        if offset == c.DEVICE_FEATURES:
+            return (self.device.avail_features >> (32 * self._device_features_sel)
+                    if self._device_features_sel < 2 else 0)
+        if offset == c.QUEUE_NUM_MAX:
+            queue = self._selected_queue()
+            return queue.max_size if queue else 0
+        if offset == c.QUEUE_READY:
+            queue = self._selected_queue()
+            return int(queue.ready) if queue else 0
+        if offset == c.INTERRUPT_STATUS:
+            return self.interrupt_status
+        if offset == c.STATUS:
+            return self.status
+        if offset == c.CONFIG_GENERATION:
+            return self.config_generation
+        if offset in (c.SHM_LEN_LOW, c.SHM_LEN_HIGH, c.SHM_BASE_LOW, c.SHM_BASE_HIGH):
+            return 0xFFFFFFFF        # no shared memory region (§4.2.2: length -1)
+        self._fault("register", f"read of write-only or unknown register {offset:#x}")
+        return 0
+
+    def _selected_queue(self) -> QueueConfig | None:
+        sel = self._queue_sel
+        return self._queues[sel] if sel < len(self._queues) else None
+
+    def _write_register(self, offset: int, value: int) -> Callable[[], None] | None:
+        """Apply a register write; returns work to do outside the lock, if any."""
+        if offset == c.DEVICE_FEATURES_SEL:
+            self._device_features_sel = value
+        elif offset == c.DRIVER_FEATURES_SEL:
+            self._driver_features_sel = value
+        elif offset == c.DRIVER_FEATURES:
+            self._write_driver_features(value)
+        elif offset == c.QUEUE_SEL:
+            self._queue_sel = value
+        elif offset == c.QUEUE_NOTIFY:
+            return self._notify_without_ioeventfd(value)
+        elif offset == c.INTERRUPT_ACK:
+            self.interrupt_status &= ~value
+        elif offset == c.STATUS:
+            return self._write_status(value)
+        elif offset in _QUEUE_REGISTERS:
+            self._write_queue_register(offset, value)
+        elif offset == c.SHM_SEL:
+            pass
+        else:
+            self._fault("register", f"write of read-only or unknown register {offset:#x}")
+        return None
+
+    def _write_driver_features(self, value: int) -> None:
+        # §3.1.1: features are written after DRIVER and before FEATURES_OK
+        if not self.status & c.STATUS_DRIVER or self.status & c.STATUS_FEATURES_OK:
+            self._fault("features", "DriverFeatures written outside feature negotiation")
+            return
+        if self._driver_features_sel > 1:
+            return
+        shift = 32 * self._driver_features_sel
+        self._driver_features = (self._driver_features & ~(0xFFFFFFFF << shift)) | (value << shift)
+
+    def _write_queue_register(self, offset: int, value: int) -> None:
+        queue = self._selected_queue()
+        if queue is None:
+            self._fault("queue", f"queue register {offset:#x} for absent queue {self._queue_sel}")
+            return
+        if queue.ready or self.status & c.STATUS_DRIVER_OK:
+            self._fault("queue", f"queue {self._queue_sel} reconfigured while ready (§4.2.2.3)")
+            return
+        if offset == c.QUEUE_NUM:
+            queue.size = value
+        elif offset == c.QUEUE_READY:
+            if value == 1:
+                problem = queue.check(self._memory)
+                if problem is not None:
+                    self._fault("queue", f"queue {self._queue_sel}: {problem}")
+                    self.status |= c.STATUS_DEVICE_NEEDS_RESET
+                    return
+            queue.ready = value == 1
+        else:
+            attr, high = _QUEUE_REGISTERS[offset]
+            old = getattr(queue, attr)
+            new = (old & 0xFFFFFFFF) | (value << 32) if high else (old & ~0xFFFFFFFF) | value
+            setattr(queue, attr, new)
+
+    def _write_status(self, value: int) -> Callable[[], None] | None:
+        if value == 0:
+            return self._reset()
+        old = self.status & ~c.STATUS_DEVICE_NEEDS_RESET
+        new = value & ~c.STATUS_DEVICE_NEEDS_RESET
+        if new == old:
+            return None
+        if new & c.STATUS_FAILED:
+            self.status |= c.STATUS_FAILED       # the driver gave up on the device
+            return None
+        if new not in VALID_TRANSITIONS.get(old, frozenset()):
+            self._fault("status", f"status {old:#x} -> {new:#x} is not a valid step (§3.1.1)")
+            return None
+        if new & c.STATUS_FEATURES_OK and not old & c.STATUS_FEATURES_OK:
+            problem = self._check_features()
+            if problem is not None:
+                self._fault("features", problem)
+                return None                   # FEATURES_OK stays clear (§3.1.1 step 6)
+            self.device.acked_features = self._driver_features
+        self.status = new | (self.status & c.STATUS_DEVICE_NEEDS_RESET)
+        if new & c.STATUS_DRIVER_OK and not old & c.STATUS_DRIVER_OK:
+            return self._activate()
+        return None
+
+    def _check_features(self) -> str | None:
+        offered = self.device.avail_features
+        extra = self._driver_features & ~offered
+        if extra:
+            return f"driver accepted features {extra:#x} that were never offered (§2.2.1)"
+        if not self._driver_features & (1 << c.F_VERSION_1):
+            return "driver did not accept VIRTIO_F_VERSION_1 (legacy drivers unsupported)"
+        return None
+
+    # -- activation and reset ----------------------------------------------------------------------
+
+    def _activate(self) -> Callable[[], None]:
+        event_idx = bool(self._driver_features & (1 << c.F_EVENT_IDX))
+        queues: list[SplitQueue | None] = [
+            SplitQueue.from_config(self._memory, q, event_idx) if q.ready else None
+            for q in self._queues
+        ]
+        eventfds = []
+        for index, queue in enumerate(queues):
+            if queue is None:
+                continue
+            efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            if self._vm is not None:
+                self._vm.register_ioeventfd(efd, self.base + c.QUEUE_NOTIFY, 4, datamatch=index)
+            eventfds.append((index, efd))
+        self._eventfds = eventfds
+
+        def on_loop() -> None:
+            self.device.activate(self._memory, queues, self)
+            for index, efd in eventfds:
+                self._loop.register(efd, EPOLLIN, self._kick_handler(index, efd))
+
+        return lambda: self._loop.call_soon(on_loop)
+
+    def _kick_handler(self, index: int, efd: int) -> Callable[[int], None]:
+        def handler(_events: int) -> None:
+            try:
+                os.eventfd_read(efd)
+            except BlockingIOError:
+                return
+            self.device.process_queue(index)
+        return handler
+
+    def _notify_without_ioeventfd(self, value: int) -> Callable[[], None] | None:
+        """A QueueNotify that KVM did not catch: before DRIVER_OK, or a bad queue index."""
+        if not self.status & c.STATUS_DRIVER_OK:
+            return None
+        if value >= len(self._queues) or not self._queues[value].ready:
+            self._fault("notify", f"notify for absent queue {value}")
+            return None
+        return lambda: self._loop.call_soon(lambda: self.device.process_queue(value))
+
+    def _reset(self) -> Callable[[], None]:
+        """§2.1.1 / §4.2.2.1: writing 0 to Status resets the device."""
+        self.status = 0
+        self.interrupt_status = 0
+        self._driver_features = 0
+        self._device_features_sel = self._driver_features_sel = self._queue_sel = 0
+        for queue in self._queues:
+            queue.reset()
+        eventfds, self._eventfds = self._eventfds, []
+        for index, efd in eventfds:
+            if self._vm is not None:
+                self._vm.unregister_ioeventfd(efd, self.base + c.QUEUE_NOTIFY, 4, datamatch=index)
+
+        def on_loop() -> None:
+            for _index, efd in eventfds:
+                self._loop.unregister(efd)
+                os.close(efd)
+            self.device.reset()
+
+        return lambda: self._loop.call_soon(on_loop)
+
+    def close(self) -> None:
+        """Release the ioeventfds (the VM is ending)."""
+        for index, efd in self._eventfds:
+            if self._vm is not None:
+                try:
+                    self._vm.unregister_ioeventfd(efd, self.base + c.QUEUE_NOTIFY, 4,
+                                                  datamatch=index)
+                except OSError:
+                    pass
+            self._loop.unregister(efd)
+            os.close(efd)
+        self._eventfds = []
+
+    def _fault(self, kind: str, message: str) -> None:
+        self.faults += 1
+        self.device.counters["guest_faults"] += 1
+        if kind not in self._logged:
+            self._logged.add(kind)
+            log.warning("%s: bad driver access (%s): %s (logged once; counted after)",
+                        self.device.id, kind, message)
+
+
+_QUEUE_REGISTERS: dict[int, tuple[str, bool]] = {
+    c.QUEUE_NUM: ("size", False),
+    c.QUEUE_READY: ("ready", False),
+    c.QUEUE_DESC_LOW: ("desc_table", False), c.QUEUE_DESC_HIGH: ("desc_table", True),
+    c.QUEUE_DRIVER_LOW: ("avail_ring", False), c.QUEUE_DRIVER_HIGH: ("avail_ring", True),
+    c.QUEUE_DEVICE_LOW: ("used_ring", False), c.QUEUE_DEVICE_HIGH: ("used_ring", True),
+}

@@ -1,0 +1,247 @@
+"""virtio-blk (virtio 1.2 §5.2): one request queue; read, write, flush, get-id.
+
+A request is a readable 16-byte header (type, reserved, sector), data buffers,
+and a writable status byte at the very end (§5.2.6).  Any framing is accepted
+(VIRTIO_F_VERSION_1 implies ANY_LAYOUT): the header is the first 16 readable
+bytes, the status the last writable byte, the data what lies between.
+
+Every field the guest controls is checked (§5.2.6.1): data length a multiple
+of 512, the range inside the capacity, writes refused on a read-only drive,
+unknown types answered UNSUPP.  Host I/O errors answer IOERR and are counted;
+they do not stop the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+
+from stratovmm.eventloop import EventLoop, Timer
+from stratovmm.memory import GuestMemoryProtocol
+from stratovmm.ratelimit import TokenBucket
+from stratovmm.virtio.chain import DescriptorChain
+from stratovmm.virtio.constants import ID_BLOCK
+from stratovmm.virtio.device import VirtioDevice
+
+from stratovmm_blk.backend import SECTOR, BlockBackend
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256
+# §5.2.3 feature bits
+F_SEG_MAX, F_RO, F_BLK_SIZE, F_FLUSH = 2, 5, 6, 9
+# §5.2.6 request types and status values
+T_IN, T_OUT, T_FLUSH, T_GET_ID = 0, 1, 4, 8
+S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
+ID_BYTES = 20
+HEADER = struct.Struct("<IIQ")
+# §5.2.4 config layout: capacity u64, size_max u32, seg_max u32, geometry u32, blk_size u32
+CONFIG = struct.Struct("<QIIIIBBHIBBHIIII")
+
+
+class BlockDevice(VirtioDevice):
+    """A drive: an image file (or none, in an empty hot-replace slot)."""
+
+    DEVICE_TYPE = ID_BLOCK
+    QUEUE_SIZES = (QUEUE_SIZE,)
+
+    def __init__(self, device_id: str, backend: BlockBackend | None, serial: str = "",
+                 loop: EventLoop | None = None, iops: int | None = None) -> None:
+        super().__init__(device_id)
+        self.backend = backend
+        self.serial = serial.encode()[:ID_BYTES]
+        self._loop = loop
+        self._bucket = TokenBucket(iops) if iops else None
+        self._timer: Timer | None = None
+
+    # -- features and config (§5.2.3, §5.2.4) ----------------------------------------------
+
+    def device_features(self) -> int:
+        """SEG_MAX, BLK_SIZE, FLUSH; RO for a read-only drive."""
+        bits = (1 << F_SEG_MAX) | (1 << F_BLK_SIZE) | (1 << F_FLUSH)
+        if self.backend is None or self.backend.read_only:
+            bits |= 1 << F_RO
+        return bits
+
+    def config_space(self) -> bytes:
+        """capacity, seg_max (queue size - 2, as QEMU), blk_size 512."""
+        capacity = self.backend.sectors if self.backend is not None else 0
+        return CONFIG.pack(capacity, 0, QUEUE_SIZE - 2, 0, SECTOR, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def handle_queue(self, index: int) -> None:
+        """Serve requests, pausing when the iops bucket is empty."""
+        if self._bucket is None:
+            self.drain(index, self._request)
+            return
+        queue = self.queues[index]
+        assert queue is not None
+        served = False
+        while True:
+            if self._bucket.available() <= 0:
+                self._wait_for_tokens(index)
+                break
+            chain = queue.pop()
+            if chain is None:
+                if not queue.set_notification(True):
+                    break
+                continue
+            self._bucket.take(1)
+            queue.add_used(chain.head, self._request(chain))
+            served = True
+        if served and queue.needs_interrupt():
+            self.signal_used()
+
+    def _wait_for_tokens(self, index: int) -> None:
+        if self._loop is None or (self._timer is not None and not self._timer.cancelled):
+            return
+        assert self._bucket is not None
+
+        def again() -> None:
+            self._timer = None
+            self.process_queue(index)
+
+        self._timer = self._loop.call_later(max(self._bucket.delay_for(1), 0.001), again)
+
+    def _request(self, chain: DescriptorChain) -> int:
+        """Execute one request; returns the bytes written to the guest (data + status)."""
+        memory = self.memory
+        assert memory is not None
+        self.counters["requests"] += 1
+        if chain.writable_len < 1:
+            self.guest_fault("no-status", f"request at head {chain.head} has no status byte")
+            return 0
+        if chain.readable_len < HEADER.size:
+            self.guest_fault("header", f"request at head {chain.head}: header shorter than 16")
+            return self._finish(memory, chain, S_IOERR, 0)
+        kind, _reserved, sector = HEADER.unpack(chain.read_all(memory, HEADER.size))
+        if kind == T_IN:
+            return self._read(memory, chain, sector)
+        if kind == T_OUT:
+            return self._write(memory, chain, sector)
+        if kind == T_FLUSH:
+            return self._finish(memory, chain, self._flush(), 0)
+        if kind == T_GET_ID:
+            views = _data_views(memory, chain, writable=True)
+            written = _scatter(views, self.serial.ljust(ID_BYTES, b"\0")[:ID_BYTES])
+            return self._finish(memory, chain, S_OK, written)
+        self.guest_fault("type", f"unsupported request type {kind}")
+        return self._finish(memory, chain, S_UNSUPP, 0)
+
+    def _range_ok(self, sector: int, length: int) -> bool:
+        backend = self.backend
+        if backend is None or length % SECTOR:
+            return False
+        return sector <= backend.sectors and length // SECTOR <= backend.sectors - sector
+
+    def _read(self, memory: GuestMemoryProtocol, chain: DescriptorChain, sector: int) -> int:
+        views, gpas = _data_views_with_gpas(memory, chain, writable=True)
+        length = sum(len(v) for v in views)
+        if not self._range_ok(sector, length):
+            self.guest_fault("range", f"read of {length} bytes at sector {sector} out of range")
+            return self._finish(memory, chain, S_IOERR, 0)
+        assert self.backend is not None
+        try:
+            done = self.backend.read(views, sector * SECTOR, gpas)
+        except OSError as exc:
+            return self._host_error(memory, chain, "read", exc)
+        self.counters["bytes_read"] += done
+        return self._finish(memory, chain, S_OK, done)
+
+    def _write(self, memory: GuestMemoryProtocol, chain: DescriptorChain, sector: int) -> int:
+        if self.backend is None or self.backend.read_only:
+            self.counters["errors"] += 1
+            return self._finish(memory, chain, S_IOERR, 0)    # §5.2.6.2 read-only: IOERR
+        views, gpas = _data_views_with_gpas(memory, chain, writable=False)
+        length = sum(len(v) for v in views)
+        if not self._range_ok(sector, length):
+            self.guest_fault("range", f"write of {length} bytes at sector {sector} out of range")
+            return self._finish(memory, chain, S_IOERR, 0)
+        try:
+            done = self.backend.write(views, sector * SECTOR, gpas)
+        except OSError as exc:
+            return self._host_error(memory, chain, "write", exc)
+        self.counters["bytes_written"] += done
+        return self._finish(memory, chain, S_OK if done == length else S_IOERR, 0)
+
+    def _flush(self) -> int:
+        if self.backend is None:
+            return S_IOERR
+        try:
+            self.backend.flush()
+        except OSError as exc:
+            self.counters["errors"] += 1
+            log.error("%s: flush failed: %s", self.id, exc)
+            return S_IOERR
+        return S_OK
+
+    def _host_error(self, memory: GuestMemoryProtocol, chain: DescriptorChain, what: str,
+                    exc: OSError) -> int:
+        self.counters["errors"] += 1
+        log.error("%s: host %s failed: %s", self.id, what, exc)
+        return self._finish(memory, chain, S_IOERR, 0)
+
+    @staticmethod
+    def _finish(memory: GuestMemoryProtocol, chain: DescriptorChain, status: int,
+                data_written: int) -> int:
+        """Store the status byte (the chain's last writable byte); returns the used length."""
+        last = chain.writable[-1]
+        while last.length == 0:
+            index = chain.writable.index(last)
+            if index == 0:
+                return data_written
+            last = chain.writable[index - 1]
+        memory.write(last.addr + last.length - 1, bytes([status]))
+        return data_written + 1
+
+    def on_reset(self) -> None:
+        """Forget a pending rate-limit timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self) -> None:
+        """Close the image."""
+        if self.backend is not None:
+            self.backend.close()
+
+
+def _data_views_with_gpas(memory: GuestMemoryProtocol, chain: DescriptorChain,
+                          writable: bool) -> tuple[list[memoryview], list[int]]:
+    """The data part of a request: readable bytes after the header, or writable bytes
+    before the status byte; with the guest address of each piece."""
+    views: list[memoryview] = []
+    gpas: list[int] = []
+    if writable:
+        descriptors = list(chain.writable)
+        skip_front, skip_back = 0, 1
+    else:
+        descriptors = list(chain.readable)
+        skip_front, skip_back = HEADER.size, 0
+    total = sum(d.length for d in descriptors) - skip_front - skip_back
+    pos = 0
+    for d in descriptors:
+        start = max(0, skip_front - pos)
+        end = min(d.length, skip_front + total - pos)
+        pos += d.length
+        if end > start:
+            views.append(memory.slice(d.addr + start, end - start))
+            gpas.append(d.addr + start)
+    return views, gpas
+
+
+def _data_views(memory: GuestMemoryProtocol, chain: DescriptorChain,
+                writable: bool) -> list[memoryview]:
+    return _data_views_with_gpas(memory, chain, writable)[0]
+
+
+def _scatter(views: list[memoryview], data: bytes) -> int:
+    done = 0
+    for view in views:
+        n = min(len(view), len(data) - done)
+        if n <= 0:
+            break
+        view[:n] = data[done : done + n]
+        done += n
+    return done

@@ -1,0 +1,129 @@
+"""virtio-rng (virtio 1.2 §5.4): one request queue; the driver posts writable
+buffers and the device fills them with entropy from the host file.
+
+Data goes straight from the file into guest memory (``os.readv`` on the
+chain's memoryviews).  ``bytes_per_sec`` is a token bucket: when it is empty the
+device stops popping requests and arms a loop timer for when enough tokens
+have accrued, so a greedy guest neither spins the host nor starves others.
+A regular file is read in a loop (back to its start at EOF).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from stratovmm.eventloop import EventLoop, Timer
+from stratovmm.ratelimit import TokenBucket
+from stratovmm.virtio.chain import DescriptorChain
+from stratovmm.virtio.constants import ID_RNG
+from stratovmm.virtio.device import VirtioDevice
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256
+MAX_REQUEST = 64 * 1024     # host bytes per request, whatever the guest asks for
+
+
+class RngDevice(VirtioDevice):
+    """Entropy from ``path`` for the guest's hw_random driver."""
+
+    DEVICE_TYPE = ID_RNG
+    QUEUE_SIZES = (QUEUE_SIZE,)
+
+    def __init__(self, device_id: str, path: str, loop: EventLoop,
+                 bytes_per_sec: int | None = None) -> None:
+        super().__init__(device_id)
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._regular = os.path.isfile(path)
+        self._loop = loop
+        self._bucket = TokenBucket(bytes_per_sec) if bytes_per_sec else None
+        self._timer: Timer | None = None
+
+    def handle_queue(self, index: int) -> None:
+        """Serve requests until the queue is empty or the rate limit says wait."""
+        queue = self.queues[index]
+        assert queue is not None and self.memory is not None
+        served = False
+        while True:
+            if self._bucket is not None and self._bucket.available() <= 0:
+                self._wait_for_tokens(index)
+                break
+            chain = queue.pop()
+            if chain is None:
+                if not queue.set_notification(True):
+                    break
+                continue
+            queue.add_used(chain.head, self._fill(chain))
+            served = True
+        if served and queue.needs_interrupt():
+            self.signal_used()
+
+    def _fill(self, chain: DescriptorChain) -> int:
+        assert self.memory is not None
+        want = min(chain.writable_len, MAX_REQUEST)
+        if self._bucket is not None:
+            want = self._bucket.take(want)
+        views = []
+        for view in chain.write_views(self.memory):
+            if want <= 0:
+                break
+            views.append(view[:want])
+            want -= len(views[-1])
+        done = self._read_into(views)
+        self.counters["requests"] += 1
+        self.counters["bytes_read"] += done
+        return done
+
+    def _read_into(self, views: list[memoryview]) -> int:
+        total = sum(len(v) for v in views)
+        done = 0
+        while done < total:
+            remaining = _skip(views, done)
+            try:
+                n = os.readv(self._fd, remaining)
+            except OSError as exc:
+                self.counters["errors"] += 1
+                log.error("%s: reading the entropy file failed: %s", self.id, exc)
+                break
+            if n == 0:
+                if not self._regular or done == 0 and os.lseek(self._fd, 0, os.SEEK_CUR) == 0:
+                    break
+                os.lseek(self._fd, 0, os.SEEK_SET)
+                continue
+            done += n
+        return done
+
+    def _wait_for_tokens(self, index: int) -> None:
+        if self._timer is not None and not self._timer.cancelled:
+            return
+        assert self._bucket is not None
+        delay = max(self._bucket.delay_for(1), 0.001)
+
+        def again() -> None:
+            self._timer = None
+            self.process_queue(index)
+
+        self._timer = self._loop.call_later(delay, again)
+
+    def on_reset(self) -> None:
+        """Forget a pending rate-limit timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self) -> None:
+        """Close the entropy file."""
+        os.close(self._fd)
+
+
+def _skip(views: list[memoryview], offset: int) -> list[memoryview]:
+    """The views with the first ``offset`` bytes removed."""
+    out = []
+    for view in views:
+        if offset >= len(view):
+            offset -= len(view)
+            continue
+        out.append(view[offset:])
+        offset = 0
+    return out

@@ -10,6 +10,7 @@ nothing of KVM itself.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from stratovmm.irq import IrqLine
 
 if TYPE_CHECKING:
     from stratovmm.boot.cmdline import Cmdline
+    from stratovmm.registry import HotplugDriver
     from stratovmm.machine import MicroVm
     from stratovmm.memory import GuestMemory
 
@@ -107,6 +109,29 @@ class VmApi:
         """Every recorded (id, device)."""
         return iter(list(self._machine.devices.items()))
 
+    def state_for(self, owner: str) -> dict[str, Any]:
+        """A dict private to ``owner`` (a plugin) that lives as long as the VM.
+
+        For state a plugin keeps between QMP commands, e.g. block nodes made by
+        ``blockdev-add`` and waiting for ``device_add``.
+        """
+        return self._machine.plugin_state.setdefault(owner, {})
+
+    # -- hot-replace ------------------------------------------------------------------
+
+    def hotplug_drivers(self) -> dict[str, HotplugDriver]:
+        """Every registered ``device_add`` driver."""
+        return self._machine.registry.devices.hotplug_drivers
+
+    def hotplug_plug(self, driver: HotplugDriver, addr: int, device_id: str,
+                     args: dict[str, Any]) -> Any:
+        """Fill the reserved slot ``addr`` of ``driver``; returns the device."""
+        return self._machine.virtio.plug(driver, addr, device_id, args)
+
+    def hotplug_unplug(self, device_id: str) -> Any:
+        """Empty the slot holding hot-plugged ``device_id``; returns the device."""
+        return self._machine.virtio.unplug(device_id, self.hotplug_drivers())
+
     def add_virtio_device(self, device: Any, iothread: str | None = None) -> Any:
         """Put a ``VirtioDevice`` on the next free virtio-mmio slot; returns its transport."""
         return self._machine.virtio.attach(device, self.loop_for(iothread))
@@ -117,7 +142,29 @@ class VmApi:
         """Send a QMP event to every client."""
         self._machine.events.emit(name, data)
 
+    # -- lifecycle (QMP stop / cont / quit) ------------------------------------------
+
+    def pause(self) -> None:
+        """Park every vCPU and emit ``STOP`` (nothing happens unless the VM is running)."""
+        self._machine.pause()
+
+    def resume(self) -> None:
+        """Run the vCPUs again, or for the first time after ``-freeze``; emits ``RESUME``."""
+        self._machine.resume()
+
+    def request_shutdown(self, reason: str, detail: str = "") -> None:
+        """End the VM (``SHUTDOWN`` with ``reason``, exit status 0) once the main loop has
+        finished what it is doing, e.g. sent the reply to QMP ``quit``."""
+        self._machine.main_loop.call_soon(lambda: self._machine.shutdown(reason, detail))
+
     # -- named fds (QMP getfd) -------------------------------------------------------
+
+    def put_fd(self, name: str, fd: int) -> None:
+        """Keep ``fd`` under ``name`` (QMP ``getfd``); a fd already there is closed."""
+        previous = self._machine.named_fds.pop(name, None)
+        if previous is not None:
+            os.close(previous)
+        self._machine.named_fds[name] = fd
 
     def take_fd(self, name: str) -> int | None:
         """Remove and return the fd a QMP client passed with ``getfd`` under ``name``."""

@@ -6,6 +6,7 @@
     ├── ConfigError                bad user input: names the option or JSON key
     │   └── KernelImageError       -kernel / -initrd file is unusable
     ├── PluginError                a plugin failed to load or registered nonsense
+    ├── HotplugError               a device_add / device_del request cannot be served
     ├── HostError                  the host refused a resource (open, mmap, ioctl)
     │   └── KvmError               an ioctl on /dev/kvm or one of its fds failed
     └── GuestError                 the guest broke a protocol; logged and counted,
@@ -35,6 +36,14 @@ class KernelImageError(ConfigError):
 
 class PluginError(StratoVmmError):
     """A plugin could not be loaded, or registered something invalid."""
+
+
+class HotplugError(StratoVmmError):
+    """A hot-replace request names no free slot, an unknown device, or a bad backend."""
+
+    def __init__(self, message: str, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.not_found = not_found
 
 
 class HostError(StratoVmmError):

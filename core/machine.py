@@ -68,6 +68,7 @@ class MicroVm:
         self.shutdown_reason: str | None = None
         self.devices: dict[str, Any] = {}
         self.named_fds: dict[str, int] = {}
+        self.plugin_state: dict[str, dict[str, Any]] = {}
         self.events = EventBus()
         self.main_loop = EventLoop("main")
         self.iothreads = {name: IoThread(name) for name in config.iothreads}
@@ -122,6 +123,8 @@ class MicroVm:
         for device_type in self.registry.devices.device_types.values():
             for item in self.config.devices(device_type.option.json_key):
                 device_type.create(self.api, item)
+        if self.config.runtime.api_channel is not None:
+            self.virtio.reserve_hotplug_slots(self.registry.devices.hotplug_drivers.values())
 
     def load(self) -> None:
         """Load the kernel and create the vCPUs (the command line is final now)."""

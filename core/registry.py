@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from stratovmm.context import BuildContext, VmApi
 
 
-class ValueKind(str, enum.Enum):
+class ValueKind(enum.StrEnum):
     """How a sub-option's text becomes a JSON value."""
 
     STR = "str"        # any text
@@ -103,14 +103,21 @@ class DeviceType:
 class HotplugDriver:
     """A ``device_add`` driver (e.g. ``virtio-blk-mmio``) and the slots it reserves at boot.
 
-    ``create(vm, args)`` returns the device to put in a slot; ``args`` are the
-    ``device_add`` arguments (already checked against ``schema``).
+    Hot-replace works as in StratoVirt: at boot each reserved virtio-mmio slot
+    holds ``placeholder(vm, index)``, an empty device of the driver's kind that
+    the guest probes like any other.  ``device_add`` calls ``plug(vm, device,
+    args)`` to give that device a backend (args already checked against
+    ``schema``); ``device_del`` calls ``unplug(vm, device)`` to take it away.
+    Both run on the main loop and tell the guest through a config-change
+    interrupt.
     """
 
     driver: str
     slots: int
     schema: Mapping[str, Any]
-    create: Callable[[VmApi, dict[str, Any]], Any]
+    placeholder: Callable[[VmApi, int], Any]
+    plug: Callable[[VmApi, Any, dict[str, Any]], None]
+    unplug: Callable[[VmApi, Any], None]
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,25 @@
 ``attach`` puts a device in the next free slot, claims its MMIO window and
 announces it on the kernel command line (``virtio_mmio.device=4K@0xADDR:IRQ``,
 SPEC §2), which the guest's virtio-mmio driver probes at boot.
+
+Hot-replace (SPEC §3): virtio-mmio has no hotplug, so, as StratoVirt does, each
+hotplug driver reserves slots at boot holding an empty placeholder device;
+``plug`` gives one a backend and ``unplug`` takes it away, each announced to the
+guest with a config-change interrupt.  Slots are reserved only when a QMP
+socket exists (nothing else could fill them) and cost the guest a probe each.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stratovmm.boot import layout
-from stratovmm.errors import ConfigError
+from stratovmm.errors import ConfigError, HotplugError
 from stratovmm.eventloop import EventLoop
+from stratovmm.registry import HotplugDriver
 from stratovmm.virtio.device import VirtioDevice
 from stratovmm.virtio.mmio import VirtioMmioTransport
 
@@ -32,6 +40,8 @@ class Slot:
     irq: int
     transport: VirtioMmioTransport
     hotplug_driver: str | None = None
+    hotplug_addr: int = 0
+    plugged_id: str | None = None
 
 
 class VirtioSlots:
@@ -62,6 +72,54 @@ class VirtioSlots:
         log.info("virtio device %s (type %d) at %#x irq %d", device.id, device.DEVICE_TYPE, base,
                  irq)
         return transport
+
+    # -- hot-replace ---------------------------------------------------------------------------
+
+    def reserve_hotplug_slots(self, drivers: Iterable[HotplugDriver]) -> None:
+        """Fill ``driver.slots`` slots per driver with its placeholder device."""
+        machine = self._machine
+        for driver in drivers:
+            for addr in range(driver.slots):
+                device = driver.placeholder(machine.api, addr)
+                self.attach(device, machine.main_loop)
+                slot = self._slot_of(device)
+                slot.hotplug_driver, slot.hotplug_addr = driver.driver, addr
+
+    def _slot_of(self, device: VirtioDevice) -> Slot:
+        for slot in self.slots:
+            if slot is not None and slot.transport.device is device:
+                return slot
+        raise KeyError(device.id)
+
+    def hotplug_slots(self, driver: str) -> list[Slot]:
+        """The slots reserved for ``driver``, by address."""
+        return [s for s in self.slots if s is not None and s.hotplug_driver == driver]
+
+    def plug(self, driver: HotplugDriver, addr: int, device_id: str,
+             args: dict[str, Any]) -> VirtioDevice:
+        """``device_add``: give the placeholder at ``addr`` a backend under ``device_id``."""
+        slots = self.hotplug_slots(driver.driver)
+        if not 0 <= addr < len(slots):
+            raise HotplugError(f"{driver.driver}: addr {addr:#x} is not a reserved slot"
+                               f" (0..{len(slots) - 1})")
+        slot = slots[addr]
+        if slot.plugged_id is not None:
+            raise HotplugError(f"{driver.driver}: slot {addr:#x} is already used by"
+                               f" {slot.plugged_id!r}")
+        device = slot.transport.device
+        driver.plug(self._machine.api, device, args)
+        slot.plugged_id = device_id
+        return device
+
+    def unplug(self, device_id: str, drivers: dict[str, HotplugDriver]) -> VirtioDevice:
+        """``device_del``: empty the slot holding ``device_id``."""
+        for slot in self.slots:
+            if slot is not None and slot.plugged_id == device_id and slot.hotplug_driver:
+                device = slot.transport.device
+                drivers[slot.hotplug_driver].unplug(self._machine.api, device)
+                slot.plugged_id = None
+                return device
+        raise HotplugError(f"no hot-plugged device {device_id!r}", not_found=True)
 
     def transports(self) -> list[VirtioMmioTransport]:
         """Every transport in slot order."""

@@ -59,9 +59,24 @@ class BlockDevice(VirtioDevice):
     def device_features(self) -> int:
         """SEG_MAX, BLK_SIZE, FLUSH; RO for a read-only drive."""
         bits = (1 << F_SEG_MAX) | (1 << F_BLK_SIZE) | (1 << F_FLUSH)
-        if self.backend is None or self.backend.read_only:
+        if self.backend is not None and self.backend.read_only:
             bits |= 1 << F_RO
         return bits
+
+    def replace_backend(self, backend: BlockBackend | None, serial: str = "") -> BlockBackend | None:
+        """Hot-replace: swap the image (None = empty slot); returns the old one.
+
+        The guest learns the new capacity through a config-change interrupt
+        (virtio 1.2 §5.2.4: capacity may change; Linux re-reads it).  A slot's
+        feature bits were fixed at probe time, so a read-only image plugged into
+        a slot the guest saw as writable answers its writes with IOERR.
+        """
+        with self.lock:
+            old, self.backend = self.backend, backend
+            self.serial = serial.encode()[:ID_BYTES]
+        if self.active and self.interrupt is not None:
+            self.interrupt.signal_config()
+        return old
 
     def config_space(self) -> bytes:
         """capacity, seg_max (queue size - 2, as QEMU), blk_size 512."""

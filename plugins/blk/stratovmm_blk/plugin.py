@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from stratovmm.context import BuildContext
+from stratovmm.context import BuildContext, VmApi
+from stratovmm.errors import ConfigError, HotplugError
 from stratovmm.plugin import hookimpl
-from stratovmm.registry import DeviceRegistry, DeviceType, OptionSpec, SubOption, ValueKind
+from stratovmm.qmp.errors import GenericError
+from stratovmm.registry import (
+    DeviceRegistry, DeviceType, HotplugDriver, OptionSpec, QmpCommand, QmpRegistry, SubOption,
+    ValueKind,
+)
 
 from stratovmm_blk.backend import BlockBackend
 from stratovmm_blk.device import BlockDevice
-from stratovmm_blk.schema import DRIVE_SCHEMA
+from stratovmm_blk.schema import BLOCKDEV_ADD_SCHEMA, DEVICE_ADD_SCHEMA, DRIVE_SCHEMA
 
 STRATOVMM_API = "1.0"
 
@@ -39,7 +44,62 @@ def create_drive(ctx: BuildContext, item: dict[str, Any]) -> None:
     ctx.add_device(item["drive_id"], device)
 
 
+# -- hot-replace (QMP blockdev-add + device_add virtio-blk-mmio) ---------------------------
+
+HOTPLUG_SLOTS = 4     # as StratoVirt reserves for blk
+
+
+def _nodes(vm: VmApi) -> dict[str, BlockBackend]:
+    """Block nodes made by blockdev-add, waiting for device_add."""
+    nodes: dict[str, BlockBackend] = vm.state_for("blk").setdefault("nodes", {})
+    return nodes
+
+
+def blockdev_add(vm: VmApi, args: dict[str, Any]) -> None:
+    """Open an image as block node ``node-name`` for a later ``device_add``."""
+    name = args["node-name"]
+    nodes = _nodes(vm)
+    if name in nodes:
+        raise GenericError(f"blockdev-add: node {name!r} already exists")
+    try:
+        nodes[name] = BlockBackend(args["file"]["filename"], args.get("read-only", False),
+                                   args.get("cache", {}).get("direct", False),
+                                   option="blockdev-add file.filename")
+    except ConfigError as exc:
+        raise GenericError(str(exc)) from None
+
+
+def placeholder(vm: VmApi, addr: int) -> BlockDevice:
+    """An empty virtio-blk (capacity 0) holding reserved slot ``addr``."""
+    return BlockDevice(f"virtio-blk-slot{addr}", None, "", vm.main_loop)
+
+
+def plug(vm: VmApi, device: Any, args: dict[str, Any]) -> None:
+    """Give the slot's device the node named by ``drive`` (default: the device ``id``)."""
+    node = args.get("drive", args["id"])
+    backend = _nodes(vm).pop(node, None)
+    if backend is None:
+        raise HotplugError(f"no block node {node!r} (blockdev-add it first)", not_found=True)
+    device.replace_backend(backend, args.get("serial", ""))
+
+
+def unplug(vm: VmApi, device: Any) -> None:
+    """Take the image away; the guest sees capacity 0 again."""
+    old = device.replace_backend(None)
+    if old is not None:
+        old.close()
+
+
 @hookimpl
 def vmm_register_devices(registry: DeviceRegistry) -> None:
-    """``-drive``."""
+    """``-drive`` and the ``virtio-blk-mmio`` hot-replace driver."""
     registry.add_device_type(DeviceType("drive", DRIVE_OPTION, DRIVE_SCHEMA, create_drive))
+    registry.add_hotplug_driver(HotplugDriver("virtio-blk-mmio", HOTPLUG_SLOTS,
+                                              DEVICE_ADD_SCHEMA, placeholder, plug, unplug))
+
+
+@hookimpl
+def vmm_register_qmp_commands(registry: QmpRegistry) -> None:
+    """``blockdev-add``."""
+    registry.add_command(QmpCommand("blockdev-add", blockdev_add, BLOCKDEV_ADD_SCHEMA,
+                                    help="open an image as a block node for device_add"))

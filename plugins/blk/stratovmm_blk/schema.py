@@ -43,3 +43,17 @@ BLOCKDEV_ADD_SCHEMA: dict[str, Any] = {
         "iops": {"type": "integer", "minimum": 1},
     },
 }
+
+DEVICE_ADD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["driver", "id"],
+    "properties": {
+        "driver": {"const": "virtio-blk-mmio"},
+        "id": ITEM_ID_SCHEMA,
+        "addr": {"type": ["string", "integer"]},
+        "bus": {"type": "string"},
+        "drive": {"type": "string", "minLength": 1},
+        "serial": {"type": "string", "maxLength": SERIAL_MAX},
+    },
+}

@@ -1,0 +1,97 @@
+"""QMP ``device_add`` / ``device_del``: hot-replace through the reserved virtio-mmio slots.
+
+The core knows no device: ``device_add`` looks the ``driver`` up among the
+``HotplugDriver``s plugins registered, checks the arguments against that
+driver's schema, and lets the driver fill the slot at ``addr``.  ``device_del``
+empties the slot and emits ``DEVICE_DELETED``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+
+from stratovmm.errors import ConfigError, HotplugError
+from stratovmm.qmp.errors import DeviceNotFound, GenericError
+from stratovmm.registry import QmpCommand
+
+if TYPE_CHECKING:
+    from stratovmm.context import VmApi
+    from stratovmm.registry import HotplugDriver, QmpRegistry
+
+DEVICE_ADD_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "required": ["driver", "id"],
+    "properties": {
+        "driver": {"type": "string", "minLength": 1},
+        "id": {"type": "string", "minLength": 1, "pattern": "^[A-Za-z0-9_.-]+$"},
+        "addr": {"type": ["string", "integer"]},
+        "bus": {"type": "string"},
+    },
+    "additionalProperties": True,      # the rest is checked against the driver's schema
+}
+DEVICE_DEL_SCHEMA: Mapping[str, Any] = {
+    "type": "object", "required": ["id"], "additionalProperties": False,
+    "properties": {"id": {"type": "string", "minLength": 1}},
+}
+
+
+def parse_addr(value: Any) -> int:
+    """``"0x1"``, ``"1"`` or ``1`` → 1 (StratoVirt passes the slot as a hex string)."""
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise GenericError(f"device_add: addr {value!r} is not a number") from None
+
+
+def _driver(vm: VmApi, name: str) -> HotplugDriver:
+    drivers = vm.hotplug_drivers()
+    if name not in drivers:
+        known = ", ".join(sorted(drivers)) or "none"
+        raise GenericError(f"device_add: unknown driver {name!r} (hot-pluggable: {known})")
+    return drivers[name]
+
+
+def device_add(vm: VmApi, args: dict[str, Any]) -> None:
+    """Fill a reserved slot of ``driver`` at ``addr`` with the device ``id``."""
+    driver = _driver(vm, args["driver"])
+    try:
+        jsonschema.validate(args, driver.schema)
+    except jsonschema.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.absolute_path) or "arguments"
+        raise GenericError(f"device_add {driver.driver}: {where}: {exc.message}") from None
+    if vm.device(args["id"]) is not None:
+        raise GenericError(f"device_add: id {args['id']!r} is already in use")
+    try:
+        device = vm.hotplug_plug(driver, parse_addr(args.get("addr")), args["id"], args)
+    except (HotplugError, ConfigError) as exc:
+        raise GenericError(f"device_add: {exc}") from None
+    vm.add_device(args["id"], device)
+
+
+def device_del(vm: VmApi, args: dict[str, Any]) -> None:
+    """Empty the slot of hot-plugged device ``id``; emits DEVICE_DELETED."""
+    device_id = args["id"]
+    try:
+        vm.hotplug_unplug(device_id)
+    except HotplugError as exc:
+        if exc.not_found:
+            raise DeviceNotFound(f"device_del: {exc}") from None
+        raise GenericError(f"device_del: {exc}") from None
+    vm.remove_device(device_id)
+    vm.emit_event("DEVICE_DELETED", {"device": device_id,
+                                     "path": f"/machine/peripheral/{device_id}"})
+
+
+def register_hotplug_commands(registry: QmpRegistry) -> None:
+    """Add ``device_add`` and ``device_del`` to the core's QMP commands."""
+    registry.add_command(QmpCommand("device_add", device_add, DEVICE_ADD_SCHEMA,
+                                    help="hot-replace: fill a reserved virtio-mmio slot"))
+    registry.add_command(QmpCommand("device_del", device_del, DEVICE_DEL_SCHEMA,
+                                    help="hot-replace: empty a slot; emits DEVICE_DELETED"))

@@ -9,8 +9,8 @@ from stratovmm.errors import ConfigError, HotplugError
 from stratovmm.plugin import hookimpl
 from stratovmm.qmp.errors import GenericError
 from stratovmm.registry import (
-    DeviceRegistry, DeviceType, HotplugDriver, OptionSpec, QmpCommand, QmpRegistry, SubOption,
-    ValueKind,
+    DeviceRegistry, DeviceType, HotplugDriver, OptionSpec, QmpCommand, QmpRegistry,
+    SeccompRules, SubOption, ValueKind,
 )
 
 from stratovmm_blk.backend import BlockBackend
@@ -103,3 +103,11 @@ def vmm_register_qmp_commands(registry: QmpRegistry) -> None:
     """``blockdev-add``."""
     registry.add_command(QmpCommand("blockdev-add", blockdev_add, BLOCKDEV_ADD_SCHEMA,
                                     help="open an image as a block node for device_add"))
+
+
+@hookimpl
+def vmm_seccomp_rules(rules: SeccompRules) -> None:
+    """Zero-copy vectored I/O, flush, and the anonymous maps of O_DIRECT bounce buffers
+    (blockdev-add opens images after the filter is on: open/openat/fstat/lseek)."""
+    rules.allow("preadv", "pwritev", "preadv2", "pwritev2", "fdatasync", "mmap", "munmap",
+                "openat", "newfstatat", "fstat", "lseek", "close")

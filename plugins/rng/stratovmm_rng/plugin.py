@@ -8,7 +8,9 @@ from typing import Any
 from stratovmm.context import BuildContext
 from stratovmm.errors import ConfigError
 from stratovmm.plugin import hookimpl
-from stratovmm.registry import DeviceRegistry, DeviceType, OptionSpec, SubOption, ValueKind
+from stratovmm.registry import (
+    DeviceRegistry, DeviceType, OptionSpec, SeccompRules, SubOption, ValueKind,
+)
 
 from stratovmm_rng.device import RngDevice
 from stratovmm_rng.schema import RNG_SCHEMA
@@ -42,3 +44,9 @@ def create_rng(ctx: BuildContext, item: dict[str, Any]) -> None:
 def vmm_register_devices(registry: DeviceRegistry) -> None:
     """``-rng`` and ``"rng"``."""
     registry.add_device_type(DeviceType("rng", RNG_OPTION, RNG_SCHEMA, create_rng))
+
+
+@hookimpl
+def vmm_seccomp_rules(rules: SeccompRules) -> None:
+    """Reading the entropy file straight into guest buffers, rewinding a regular file."""
+    rules.allow("readv", "read", "lseek")

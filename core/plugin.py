@@ -77,6 +77,13 @@ class PluginHost:
                 self.pm.register(module, name=name)
             except (ValueError, pluggy.PluginValidationError) as exc:
                 raise PluginError(f"plugin {name}: {exc}") from exc
+        try:
+            # a hookimpl matching no hookspec (a misspelled hook name) would never be
+            # called: the plugin would load and silently do nothing
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            owner = self.pm.get_name(exc.plugin) or "?"
+            raise PluginError(f"plugin {owner}: {exc}") from exc
         self.names = sorted(modules)
 
     @classmethod
@@ -88,14 +95,15 @@ class PluginHost:
 
     def _each(self, hook_name: str, target: Registry, **kwargs: Any) -> None:
         hook = getattr(self.pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):
+        for impl in hook.get_hookimpls():     # registration order: plugins sorted by name
             target.set_plugin(impl.plugin_name)
             try:
                 impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
             except (PluginError, ConfigError):
                 raise
             except Exception as exc:
-                raise PluginError(f"plugin {impl.plugin_name}: {hook_name} failed: {exc!r}") from exc
+                raise PluginError(
+                    f"plugin {impl.plugin_name}: {hook_name} failed: {exc!r}") from exc
         target.set_plugin("core")
 
     def register(self, registry: Registry) -> Registry:
@@ -133,7 +141,7 @@ class PluginHost:
 
     def vm_shutdown(self, vm: VmApi, reason: str) -> None:
         """``vmm_vm_shutdown``: every implementation runs even if one fails."""
-        for impl in reversed(self.pm.hook.vmm_vm_shutdown.get_hookimpls()):
+        for impl in self.pm.hook.vmm_vm_shutdown.get_hookimpls():
             try:
                 args = {"vm": vm, "reason": reason}
                 impl.function(**{k: v for k, v in args.items() if k in impl.argnames})

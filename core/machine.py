@@ -30,7 +30,7 @@ from stratovmm.events import EventBus
 from stratovmm.irq import IrqLine
 from stratovmm.kvm import Kvm
 from stratovmm.kvm._kvm import lib
-from stratovmm.legacy.i8042 import PORT_BASE, PORT_LENGTH, I8042
+from stratovmm.legacy.i8042 import I8042, PORT_BASE, PORT_LENGTH
 from stratovmm.memory import HostGuestMemory, MemoryOptions
 from stratovmm.plugin import PluginHost
 from stratovmm.registry import Registry
@@ -43,7 +43,7 @@ REQUIRED_CAPS = ("KVM_CAP_IRQCHIP", "KVM_CAP_USER_MEMORY", "KVM_CAP_SET_TSS_ADDR
                  "KVM_CAP_IMMEDIATE_EXIT")
 
 
-class VmState(str, enum.Enum):
+class VmState(enum.StrEnum):
     """QMP run states."""
 
     PRELAUNCH = "prelaunch"

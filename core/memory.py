@@ -187,7 +187,8 @@ def _map(options: MemoryOptions) -> mmap.mmap:
         try:
             return mmap.mmap(-1, options.size, flags=flags, prot=prot)
         except OSError as exc:
-            raise HostError(f"cannot map {options.size} bytes of guest RAM: {exc.strerror}") from exc
+            raise HostError(
+                f"cannot map {options.size} bytes of guest RAM: {exc.strerror}") from exc
     fd = _open_backing(options.mem_path, options.size)
     try:
         return mmap.mmap(fd, options.size, flags=share, prot=prot)

@@ -38,7 +38,7 @@ def install_kick_handler() -> None:
     signal.signal(SIG_KICK, lambda _sig, _frame: None)
 
 
-class StopReason(str, enum.Enum):
+class StopReason(enum.StrEnum):
     """Why a vCPU asks the machine to stop (QMP SHUTDOWN ``reason`` values)."""
 
     GUEST_RESET = "guest-reset"

@@ -4,4 +4,4 @@ from __future__ import annotations
 
 from stratovmm.kvm.fds import Kvm, VcpuFd, VmFd
 
-__all__ = ["Kvm", "VmFd", "VcpuFd"]
+__all__ = ["Kvm", "VcpuFd", "VmFd"]

@@ -4,9 +4,9 @@ The C compiler reads ``<linux/kvm.h>``: every struct below is declared
 *partially* (``...;``) so cffi takes the real offsets and sizes from the
 header, and every ``#define X ...`` takes its value from the header, so no
 layout or ioctl number is ever copied by hand.  ``<asm/bootparam.h>`` is read
-the same way for ``struct boot_params`` (the Linux boot protocol's zero page).  The only C we add are typedefs
-naming the anonymous members of ``struct kvm_run``'s exit union, so Python can
-reach them without knowing where they sit.
+the same way for ``struct boot_params`` (the Linux boot protocol's zero page).
+The only C we add are typedefs naming the anonymous members of ``struct
+kvm_run``'s exit union, so Python can reach them without knowing where they sit.
 """
 
 from __future__ import annotations

@@ -161,8 +161,8 @@ class VmFd:
     def register_ioeventfd(
         self, eventfd: int, addr: int, length: int, datamatch: int | None = None, pio: bool = False
     ) -> None:
-        """A guest write of ``length`` bytes at ``addr`` (matching ``datamatch``) signals ``eventfd``
-        without leaving the kernel."""
+        """A guest write of ``length`` bytes at ``addr`` (matching ``datamatch``) signals
+        ``eventfd`` without leaving the kernel."""
         self._ioeventfd(eventfd, addr, length, datamatch, pio, 0)
 
     def unregister_ioeventfd(
@@ -351,7 +351,7 @@ class VcpuFd:
         _ioctl(self.fd, lib.KVM_GET_LAPIC, lapic, "KVM_GET_LAPIC")
         return bytearray(ffi.buffer(lapic.regs))
 
-    def set_lapic(self, regs: bytes) -> None:
+    def set_lapic(self, regs: bytes | bytearray) -> None:
         """Write back a LAPIC register page from ``get_lapic``."""
         lapic = ffi.new("struct kvm_lapic_state *")
         ffi.memmove(lapic.regs, bytes(regs), len(regs))

@@ -68,7 +68,7 @@ class DeviceHarness:
         """Run everything queued on the device loop."""
         self.loop.run_once(0)
 
-    # -- driver initialisation (§3.1.1) --------------------------------------------------------------
+    # -- driver initialisation (§3.1.1) ------------------------------------------------------
 
     def device_features(self) -> int:
         """The 64 feature bits the device offers."""
@@ -80,7 +80,8 @@ class DeviceHarness:
     def start(self, features: int | None = None, queues: int | None = None,
               event_idx: bool = False) -> int:
         """Reset, negotiate ``features`` (default: all offered, EVENT_IDX per ``event_idx``),
-        set up ``queues`` queues and set DRIVER_OK; returns the final status."""
+        set up ``queues`` queues and set DRIVER_OK; returns the final status.
+        """
         self.write_reg(c.STATUS, 0)
         self.write_reg(c.STATUS, c.STATUS_ACKNOWLEDGE)
         self.write_reg(c.STATUS, c.STATUS_ACKNOWLEDGE | c.STATUS_DRIVER)

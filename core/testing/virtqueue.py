@@ -79,7 +79,7 @@ class MockSplitQueue:
         """Post a well-formed chain of ``buffers``; returns its head index."""
         indices = [(self._next_free + i) % self.size for i in range(len(buffers))]
         self._next_free = (self._next_free + len(buffers)) % self.size
-        for n, (index, buf) in enumerate(zip(indices, buffers)):
+        for n, (index, buf) in enumerate(zip(indices, buffers, strict=True)):
             last = n == len(buffers) - 1
             flags = (DESC_F_WRITE if buf.writable else 0) | (0 if last else DESC_F_NEXT)
             self.write_descriptor(index, buf.addr, buf.length, flags,

@@ -79,7 +79,8 @@ class DescriptorChain:
         return done
 
 
-def read_descriptor(memory: GuestMemoryProtocol, table: int, index: int) -> tuple[int, int, int, int]:
+def read_descriptor(memory: GuestMemoryProtocol, table: int,
+                    index: int) -> tuple[int, int, int, int]:
     """(addr, len, flags, next) of entry ``index`` of the table at ``table``."""
     return _DESC.unpack(memory.read(table + index * DESC_SIZE, DESC_SIZE))
 

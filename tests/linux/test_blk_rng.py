@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from stratovmm.testing.guest import GuestRun, boot_args, run_guest
+from stratovmm.testing.guest import GuestRun, boot_args, boot_lock, run_guest
 
 PATTERN_BLOCKS = 16
 
@@ -28,7 +28,8 @@ echo "SIZES=$(cat /sys/block/vda/size) $(cat /sys/block/vdb/size) $(cat /sys/blo
 echo "RO=$(cat /sys/block/vda/ro) $(cat /sys/block/vdb/ro) $(cat /sys/block/vdc/ro)"
 echo guest-wrote-this > /root/from-guest.txt
 sync
-i=0; while [ $i -lt 256 ]; do printf 'STRATOVMM-BLOCK-%04d-......\n' $i; i=$((i+1)); done > /tmp/pattern
+i=0
+while [ $i -lt 256 ]; do printf 'STRATOVMM-BLOCK-%04d-......\n' $i; i=$((i+1)); done > /tmp/pattern
 dd if=/tmp/pattern of=/dev/vdb bs=4096 conv=fsync 2>/dev/null
 echo "PATTERN-MD5=$(md5sum < /tmp/pattern)"
 echo "VDC-MD5=$(head -c 65536 /dev/vdc | md5sum)"
@@ -66,16 +67,8 @@ def run(images: dict[str, Path], guest: Path) -> GuestRun:
         "-drive", f"id=ro,file={images['ro']},readonly=on,serial=RO-DISK,iops=1000",
         "-rng", f"random_file={images['entropy']},bytes_per_sec=1000000",
     ]
-    import fcntl
-
-    lock = open("/tmp/stratovmm-boot.lock", "a") if os.environ.get("STRATOVMM_BOOT_LOCK") else None
-    if lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
+    with boot_lock():
         result = run_guest(args)
-    finally:
-        if lock:
-            lock.close()
     result.ro_before = ro_before  # type: ignore[attr-defined]
     return result
 

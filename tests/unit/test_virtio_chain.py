@@ -110,7 +110,7 @@ def test_total_length_must_fit_32_bits() -> None:
         """Claims 2 GiB of RAM but stores only the first MiB (descriptors live there)."""
 
         def contains(self, gpa: int, length: int) -> bool:
-            return 0 <= gpa and gpa + length <= ram
+            return gpa >= 0 and gpa + length <= ram
 
     memory = SparseMemory(1 << 20)
     q = MockSplitQueue(memory, 0x1000, SIZE)

@@ -104,7 +104,8 @@ def _aligned(views: list[memoryview], gpas: list[int], offset: int) -> bool:
     page-aligned, so guest-physical alignment is host-virtual alignment)."""
     if offset % DIRECT_ALIGN:
         return False
-    return all(g % DIRECT_ALIGN == 0 and len(v) % DIRECT_ALIGN == 0 for v, g in zip(views, gpas))
+    return all(g % DIRECT_ALIGN == 0 and len(v) % DIRECT_ALIGN == 0
+               for v, g in zip(views, gpas, strict=True))
 
 
 def _loop_io(op: object, fd: int, views: list[memoryview], offset: int) -> int:

@@ -22,7 +22,6 @@ from stratovmm.ratelimit import TokenBucket
 from stratovmm.virtio.chain import DescriptorChain
 from stratovmm.virtio.constants import ID_BLOCK
 from stratovmm.virtio.device import VirtioDevice
-
 from stratovmm_blk.backend import SECTOR, BlockBackend
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,8 @@ class BlockDevice(VirtioDevice):
             bits |= 1 << F_RO
         return bits
 
-    def replace_backend(self, backend: BlockBackend | None, serial: str = "") -> BlockBackend | None:
+    def replace_backend(self, backend: BlockBackend | None,
+                        serial: str = "") -> BlockBackend | None:
         """Hot-replace: swap the image (None = empty slot); returns the old one.
 
         The guest learns the new capacity through a config-change interrupt
@@ -81,7 +81,7 @@ class BlockDevice(VirtioDevice):
     def config_space(self) -> bytes:
         """capacity, seg_max (queue size - 2, as QEMU), blk_size 512."""
         capacity = self.backend.sectors if self.backend is not None else 0
-        return CONFIG.pack(capacity, 0, QUEUE_SIZE - 2, 0, SECTOR, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        return CONFIG.pack(capacity, 0, QUEUE_SIZE - 2, 0, SECTOR, *([0] * 11))
 
     # -- requests ------------------------------------------------------------------------------
 

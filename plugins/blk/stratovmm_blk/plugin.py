@@ -9,10 +9,16 @@ from stratovmm.errors import ConfigError, HotplugError
 from stratovmm.plugin import hookimpl
 from stratovmm.qmp.errors import GenericError
 from stratovmm.registry import (
-    DeviceRegistry, DeviceType, HotplugDriver, OptionSpec, QmpCommand, QmpRegistry,
-    SeccompRules, SubOption, ValueKind,
+    DeviceRegistry,
+    DeviceType,
+    HotplugDriver,
+    OptionSpec,
+    QmpCommand,
+    QmpRegistry,
+    SeccompRules,
+    SubOption,
+    ValueKind,
 )
-
 from stratovmm_blk.backend import BlockBackend
 from stratovmm_blk.device import BlockDevice
 from stratovmm_blk.schema import BLOCKDEV_ADD_SCHEMA, DEVICE_ADD_SCHEMA, DRIVE_SCHEMA

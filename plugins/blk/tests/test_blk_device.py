@@ -7,16 +7,24 @@ import struct
 from pathlib import Path
 
 import pytest
+from stratovmm_blk.backend import BlockBackend
+from stratovmm_blk.device import (
+    F_FLUSH,
+    F_RO,
+    S_IOERR,
+    S_OK,
+    S_UNSUPP,
+    T_FLUSH,
+    T_GET_ID,
+    T_IN,
+    T_OUT,
+    BlockDevice,
+)
 
 from stratovmm.errors import ConfigError
 from stratovmm.eventloop import EventLoop
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
-
-from stratovmm_blk.backend import BlockBackend
-from stratovmm_blk.device import (
-    F_FLUSH, F_RO, S_IOERR, S_OK, S_UNSUPP, T_FLUSH, T_GET_ID, T_IN, T_OUT, BlockDevice,
-)
 
 SECTORS = 64
 
@@ -144,7 +152,7 @@ def test_direct_io_with_aligned_and_unaligned_buffers(tmp_path: Path) -> None:
     """direct=on: aligned buffers go straight to O_DIRECT; unaligned ones bounce; both correct."""
     path = image(tmp_path)
     h = harness(path, direct=True)
-    used, status, addr = submit(h, T_IN, sector=1, read_len=512)
+    _used, status, addr = submit(h, T_IN, sector=1, read_len=512)
     assert status == S_OK and h.memory.read(addr, 512) == Path(path).read_bytes()[512:1024]
     hdr = h.alloc(16)
     h.memory.write(hdr, struct.pack("<IIQ", T_IN, 0, 4))

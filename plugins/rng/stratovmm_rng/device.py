@@ -87,7 +87,7 @@ class RngDevice(VirtioDevice):
                 log.error("%s: reading the entropy file failed: %s", self.id, exc)
                 break
             if n == 0:
-                if not self._regular or done == 0 and os.lseek(self._fd, 0, os.SEEK_CUR) == 0:
+                if not self._regular or (done == 0 and os.lseek(self._fd, 0, os.SEEK_CUR) == 0):
                     break
                 os.lseek(self._fd, 0, os.SEEK_SET)
                 continue

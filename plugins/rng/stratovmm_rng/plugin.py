@@ -9,9 +9,13 @@ from stratovmm.context import BuildContext
 from stratovmm.errors import ConfigError
 from stratovmm.plugin import hookimpl
 from stratovmm.registry import (
-    DeviceRegistry, DeviceType, OptionSpec, SeccompRules, SubOption, ValueKind,
+    DeviceRegistry,
+    DeviceType,
+    OptionSpec,
+    SeccompRules,
+    SubOption,
+    ValueKind,
 )
-
 from stratovmm_rng.device import RngDevice
 from stratovmm_rng.schema import RNG_SCHEMA
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stratovmm_rng.device import MAX_REQUEST, RngDevice
+
 from stratovmm.eventloop import EventLoop
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
-
-from stratovmm_rng.device import MAX_REQUEST, RngDevice
 
 
 def harness(path: Path, rate: int | None = None) -> DeviceHarness:

@@ -8,7 +8,6 @@ from stratovmm.context import BuildContext
 from stratovmm.errors import ConfigError
 from stratovmm.plugin import hookimpl
 from stratovmm.registry import DeviceRegistry, DeviceType, OptionSpec, SeccompRules, SubOption
-
 from stratovmm_serial.device import Uart16550
 from stratovmm_serial.schema import SERIAL_SCHEMA
 from stratovmm_serial.stdio import StdioBackend

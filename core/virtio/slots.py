@@ -76,10 +76,15 @@ class VirtioSlots:
     # -- hot-replace ---------------------------------------------------------------------------
 
     def reserve_hotplug_slots(self, drivers: Iterable[HotplugDriver]) -> None:
-        """Fill ``driver.slots`` slots per driver with its placeholder device."""
+        """Fill ``driver.slots`` slots per driver with its placeholder device (as many as
+        the 16 windows leave free after the cold-plugged devices)."""
         machine = self._machine
         for driver in drivers:
             for addr in range(driver.slots):
+                if None not in self.slots:
+                    log.warning("%s: only %d of %d hot-replace slots fit beside the cold-plugged"
+                                " devices", driver.driver, addr, driver.slots)
+                    break
                 device = driver.placeholder(machine.api, addr)
                 self.attach(device, machine.main_loop)
                 slot = self._slot_of(device)

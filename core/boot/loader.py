@@ -9,16 +9,21 @@ where and how the boot vCPU starts; ``cpu.py`` turns that into registers.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 from stratovmm.boot import cpu, layout, mptable, params
-from stratovmm.boot.bzimage import looks_like_bzimage, parse_bzimage
+from stratovmm.boot.bzimage import BzImage, looks_like_bzimage, parse_bzimage
 from stratovmm.boot.cmdline import Cmdline
 from stratovmm.boot.elf import ElfKernel, looks_like_elf, parse_elf
 from stratovmm.errors import KernelImageError
 from stratovmm.memory import GuestMemory
 
 BZIMAGE_DECOMPRESS_AT = 16 * layout.MiB   # CONFIG_PHYSICAL_START of x86_64 kernels
+# An ELF vmlinux has no setup header to say how long a command line it takes; x86 Linux
+# copies at most COMMAND_LINE_SIZE (2048) bytes including the NUL and silently drops the
+# rest (with the virtio_mmio.device= words the loader appends last), so refuse longer.
+ELF_CMDLINE_LIMIT = 2047
 
 
 @dataclass(frozen=True)
@@ -31,12 +36,42 @@ class BootEntry:
     stack: int = layout.BOOT_STACK_ADDR
 
 
-def _read(path: str, option: str) -> bytes:
+def parse_kernel(data: bytes, path: str) -> ElfKernel | BzImage:
+    """The parsed kernel image, whichever of the two formats it is."""
+    if looks_like_elf(data):
+        return parse_elf(data, f"-kernel {path}")
+    if looks_like_bzimage(data):
+        return parse_bzimage(data, f"-kernel {path}")
+    raise KernelImageError(f"-kernel {path}: not a bzImage or an ELF vmlinux")
+
+
+def check_boot_files(kernel_path: str, initrd_path: str | None) -> None:
+    """Refuse a missing, unreadable or unbootable kernel, or a missing initrd, before any
+    host resource (KVM, guest RAM) is taken, so the user sees the file's problem first."""
+    parse_kernel(_read(kernel_path, "-kernel"), kernel_path)
+    if initrd_path is not None:
+        os.close(_open_regular(initrd_path, "-initrd"))
+
+
+def _open_regular(path: str, option: str) -> int:
+    """An fd of ``path`` opened for reading; a directory or device is refused (a kernel
+    read from /dev/zero would never end, a directory fails only deep in the loader)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise KernelImageError(f"{option} {path}: {exc.strerror}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise KernelImageError(f"{option} {path}: not a regular file")
+    return fd
+
+
+def _read(path: str, option: str) -> bytes:
+    with os.fdopen(_open_regular(path, option), "rb") as f:
+        try:
+            return f.read()
+        except OSError as exc:
+            raise KernelImageError(f"{option} {path}: {exc.strerror}") from exc
 
 
 def load_kernel(
@@ -49,13 +84,15 @@ def load_kernel(
     """Load everything the guest needs to boot and return its entry state."""
     data = _read(kernel_path, "-kernel")
     ram_end = memory.regions[0].end
-    if looks_like_elf(data):
-        elf = parse_elf(data, f"-kernel {kernel_path}")
+    image = parse_kernel(data, kernel_path)
+    elf: ElfKernel | None = None
+    if isinstance(image, ElfKernel):
+        elf = image
         _load_elf(memory, data, elf, kernel_path, _loader_ranges(vcpus))
-        kernel_end, header, cmdline_limit = elf.end, b"", layout.CMDLINE_MAX - 1
+        kernel_end, header, cmdline_limit = elf.end, b"", ELF_CMDLINE_LIMIT
         initrd_max = ram_end
-    elif looks_like_bzimage(data):
-        bz = parse_bzimage(data, f"-kernel {kernel_path}")
+    else:
+        bz = image
         kernel_end = max(layout.HIGH_RAM_START + bz.kernel_size,
                          BZIMAGE_DECOMPRESS_AT + bz.init_size)
         if kernel_end > ram_end:
@@ -64,9 +101,6 @@ def load_kernel(
         header = bz.header
         cmdline_limit = min(bz.cmdline_size or 255, layout.CMDLINE_MAX - 1)
         initrd_max = min(ram_end, bz.initrd_addr_max + 1)
-        elf = None
-    else:
-        raise KernelImageError(f"-kernel {kernel_path}: not a bzImage or an ELF vmlinux")
     del data
     initrd = _load_initrd(memory, initrd_path, kernel_end, initrd_max) if initrd_path else None
     memory.write(layout.CMDLINE_ADDR, cmdline.render(cmdline_limit))
@@ -121,12 +155,9 @@ def _load_initrd(
     memory: GuestMemory, path: str, kernel_end: int, limit: int
 ) -> tuple[int, int]:
     """Read the initrd into the highest page-aligned spot below ``limit``."""
+    fd = _open_regular(path, "-initrd")
     try:
-        size = os.stat(path).st_size
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise KernelImageError(f"-initrd {path}: {exc.strerror}") from exc
-    try:
+        size = os.fstat(fd).st_size
         addr = (limit - size) & ~(layout.PAGE_SIZE - 1)
         if size == 0 or addr < kernel_end:
             raise KernelImageError(

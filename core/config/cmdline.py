@@ -8,7 +8,7 @@ names the option and the reason.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ class ParsedCommandLine:
     provenance: dict[tuple[str, str], str] = field(default_factory=dict)
     help: bool = False
 
-    def where(self, path: list[str | int]) -> str:
+    def where(self, path: Sequence[str | int]) -> str:
         """The option that set the value at JSON ``path`` (for error messages)."""
         keys = [p for p in path if isinstance(p, str)]
         if keys:

@@ -7,7 +7,7 @@ from typing import Any
 from stratovmm.boot import layout
 from stratovmm.registry import OptionSpec, SubOption, ValueKind
 
-S, P, I, B, Z = ValueKind.STR, ValueKind.PATH, ValueKind.INT, ValueKind.BOOL, ValueKind.SIZE
+S, P, N, B, Z = ValueKind.STR, ValueKind.PATH, ValueKind.INT, ValueKind.BOOL, ValueKind.SIZE
 
 CORE_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("config", "load the JSON config file (the command line overrides it)", "config",
@@ -23,7 +23,7 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
                               help="map guest RAM MAP_SHARED (default off)")),
                metavar="[type=]microvm[,dump-guest-core=on|off][,mem-share=on|off]"),
     OptionSpec("smp", "number of vCPUs, 1..254", "machine-config", implied="cpus",
-               sub=(SubOption("cpus", "vcpu_count", I),), metavar="[cpus=]N"),
+               sub=(SubOption("cpus", "vcpu_count", N),), metavar="[cpus=]N"),
     OptionSpec("m", "guest RAM: bytes or K/M/G suffix, 256M..512G (default 256M)",
                "machine-config", implied="size", sub=(SubOption("size", "mem_size", Z),),
                metavar="[size=]SIZE"),
@@ -73,7 +73,8 @@ CORE_SCHEMA: dict[str, Any] = {
             "type": {"enum": ["MicroVm"]},
             "vcpu_count": {"type": "integer", "minimum": 1, "maximum": layout.MAX_VCPUS},
             "mem_size": {"type": "integer", "minimum": layout.MIN_MEM,
-                         "maximum": layout.MAX_MEM, "x-unit": "size"},
+                         "maximum": layout.MAX_MEM, "multipleOf": layout.PAGE_SIZE,
+                         "x-unit": "size"},
             "mem_path": {"type": "string", "pattern": "^/",
                          "x-message": "must be an absolute path"},
             "dump_guest_core": {"type": "boolean"},

@@ -15,6 +15,26 @@ from stratovmm.registry import DeviceRegistry, OptionSpec
 MAX_CONFIG_BYTES = 1 << 20
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object names ``key`` twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object from its pairs; a repeated key is an error (``json`` would keep the last
+    one silently, so half of a user's settings would vanish; serde, as in StratoVirt,
+    refuses it too)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def read_config_file(path: str) -> Any:
     """The parsed JSON file; unreadable or malformed files name ``-config``."""
     try:
@@ -25,7 +45,9 @@ def read_config_file(path: str) -> Any:
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"-config {path}: larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        return json.loads(raw)
+        return json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"-config {path}: duplicate key {exc.key!r} in one object") from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"-config {path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"

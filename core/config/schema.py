@@ -15,6 +15,18 @@ from stratovmm.errors import ConfigError
 from stratovmm.registry import DeviceRegistry
 
 
+def _is_integer(_checker: Any, instance: Any) -> bool:
+    """JSON Schema counts ``2.0`` as an integer, but the VMM needs a Python ``int`` (a float
+    vCPU count or RAM size would fail deep in the machine set-up with a traceback)."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+)
+
+
 def assemble(devices: DeviceRegistry) -> dict[str, Any]:
     """The whole config-file schema: core keys plus one key per device type."""
     properties = dict(CORE_SCHEMA)
@@ -51,13 +63,16 @@ def describe(error: jsonschema.ValidationError) -> str:
     if v == "type":
         want = error.validator_value
         names = [want] if isinstance(want, str) else list(want)
-        return f"expected {' or '.join(_TYPE_NAMES.get(n, n) for n in names)}, got {json.dumps(inst)}"
+        expected = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
+        return f"expected {expected}, got {json.dumps(inst)}"
     if v in ("minimum", "exclusiveMinimum"):
         return f"{_show(inst, schema)} is below the minimum {_show(error.validator_value, schema)}"
     if v in ("maximum", "exclusiveMaximum"):
         limit = _show(error.validator_value, schema)
         word = "the maximum" if v == "maximum" else "the limit (exclusive)"
         return f"{_show(inst, schema)} is above {word} {limit}"
+    if v == "multipleOf":
+        return f"{_show(inst, schema)} is not a multiple of {_show(error.validator_value, schema)}"
     if v == "additionalProperties":
         extra = sorted(set(inst) - set(schema.get("properties", {})))
         known = ", ".join(sorted(schema.get("properties", {})))
@@ -69,7 +84,7 @@ def describe(error: jsonschema.ValidationError) -> str:
         return f"{json.dumps(inst)} is not one of {', '.join(json.dumps(a) for a in allowed)}"
     if v in ("minLength",) and inst == "":
         return "must not be empty"
-    return error.message
+    return str(error.message)
 
 
 def check(document: Any, schema: dict[str, Any],
@@ -78,7 +93,7 @@ def check(document: Any, schema: dict[str, Any],
 
     ``where(path)`` names the option or key at the JSON path of the error.
     """
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(document))
     if error is None:
         return

@@ -9,12 +9,14 @@ then reboots (``reboot=k`` → i8042 reset → the VMM exits 0).
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +40,12 @@ def guest_dir() -> Path | None:
 
 
 def stratovmm_command() -> list[str]:
-    """How to start the VMM under test (the installed console script, else ``-m``)."""
+    """How to start the VMM under test: the console script beside the running interpreter
+    (the environment under test, even when its ``bin`` is not on ``$PATH``), else the one
+    on ``$PATH``, else ``python -m stratovmm.cli``."""
+    beside = Path(sys.executable).parent / "stratovmm"
+    if os.access(beside, os.X_OK):
+        return [str(beside)]
     exe = shutil.which("stratovmm")
     if exe:
         return [exe]
@@ -100,3 +107,24 @@ def run_guest(args: Sequence[str], timeout: float = GUEST_TIMEOUT,
     )
     return GuestRun(proc.returncode, proc.stdout.decode(errors="replace"),
                     proc.stderr.decode(errors="replace"))
+
+
+BOOT_LOCK = "/tmp/stratovmm-boot.lock"
+
+
+@contextlib.contextmanager
+def boot_lock() -> Iterator[None]:
+    """Serialise guest boots machine-wide when ``STRATOVMM_BOOT_LOCK`` is set.
+
+    On a shared development machine several test runs may boot guests at
+    once; each boot is CPU-bound, so they queue on a lock file instead.
+    """
+    if not os.environ.get("STRATOVMM_BOOT_LOCK"):
+        yield
+        return
+    with open(BOOT_LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -209,8 +209,10 @@ class Vcpu:
         for _ in range(ex.count):
             data = self._pio.read(ex.port, ex.size)
             if data is None:
+                # nothing drives the ISA bus: it floats high, as on real hardware and in
+                # QEMU, so a guest polling a status register of an absent device moves on
                 self.unhandled_pio += 1
-                data = bytes(ex.size)
+                data = b"\xff" * ex.size
             out += data
         self.fd.complete_read(bytes(out))
         return True

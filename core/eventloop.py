@@ -160,11 +160,17 @@ class IoThread(EventLoop):
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
-        self._thread = threading.Thread(target=self.run, name=f"iothread-{name}", daemon=True)
+        self._thread = threading.Thread(target=self._main, name=f"iothread-{name}", daemon=True)
 
     def start(self) -> None:
         """Start serving events on the thread."""
         self._thread.start()
+
+    def _main(self) -> None:
+        from stratovmm.threadname import set_native_name
+
+        set_native_name(f"io-{self.name}")
+        self.run()
 
     def join(self, timeout: float | None = None) -> None:
         """Stop the loop and wait for the thread."""

@@ -26,6 +26,7 @@ from stratovmm.bus import Bus
 from stratovmm.errors import KvmError
 from stratovmm.kvm import exits
 from stratovmm.kvm.fds import CpuidEntry, VcpuFd
+from stratovmm.threadname import set_native_name
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ class Vcpu:
     # -- the run loop ---------------------------------------------------------
 
     def _main(self) -> None:
+        set_native_name(f"vcpu{self.index}")
         signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_IN_VCPU)
         try:
             self._loop()

@@ -8,7 +8,7 @@ empties the slot and emits ``DEVICE_DELETED``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import jsonschema
@@ -21,16 +21,11 @@ if TYPE_CHECKING:
     from stratovmm.context import VmApi
     from stratovmm.registry import HotplugDriver, QmpRegistry
 
-DEVICE_ADD_SCHEMA: Mapping[str, Any] = {
-    "type": "object",
-    "required": ["driver", "id"],
-    "properties": {
-        "driver": {"type": "string", "minLength": 1},
-        "id": {"type": "string", "minLength": 1, "pattern": "^[A-Za-z0-9_.-]+$"},
-        "addr": {"type": ["string", "integer"]},
-        "bus": {"type": "string"},
-    },
-    "additionalProperties": True,      # the rest is checked against the driver's schema
+COMMON_PROPERTIES: Mapping[str, Any] = {
+    "driver": {"type": "string", "minLength": 1},
+    "id": {"type": "string", "minLength": 1, "pattern": "^[A-Za-z0-9_.-]+$"},
+    "addr": {"type": ["string", "integer"]},
+    "bus": {"type": "string"},
 }
 DEVICE_DEL_SCHEMA: Mapping[str, Any] = {
     "type": "object", "required": ["id"], "additionalProperties": False,
@@ -89,9 +84,23 @@ def device_del(vm: VmApi, args: dict[str, Any]) -> None:
                                      "path": f"/machine/peripheral/{device_id}"})
 
 
-def register_hotplug_commands(registry: QmpRegistry) -> None:
-    """Add ``device_add`` and ``device_del`` to the core's QMP commands."""
-    registry.add_command(QmpCommand("device_add", device_add, DEVICE_ADD_SCHEMA,
+def device_add_schema(drivers: Iterable[HotplugDriver]) -> dict[str, Any]:
+    """``device_add``'s arguments: every key some driver accepts (each driver's own
+    schema is applied once ``driver`` picked it); the driver names as an enum."""
+    drivers = list(drivers)
+    properties: dict[str, Any] = dict(COMMON_PROPERTIES)
+    for driver in drivers:
+        for key, schema in driver.schema.get("properties", {}).items():
+            properties.setdefault(key, schema)
+    properties["driver"] = {"enum": sorted(d.driver for d in drivers)} if drivers else {
+        "type": "string", "minLength": 1}
+    return {"type": "object", "additionalProperties": False, "required": ["driver", "id"],
+            "properties": properties}
+
+
+def register_hotplug_commands(registry: QmpRegistry, drivers: Iterable[HotplugDriver]) -> None:
+    """Add ``device_add`` and ``device_del`` once the plugins registered their drivers."""
+    registry.add_command(QmpCommand("device_add", device_add, device_add_schema(drivers),
                                     help="hot-replace: fill a reserved virtio-mmio slot"))
     registry.add_command(QmpCommand("device_del", device_del, DEVICE_DEL_SCHEMA,
                                     help="hot-replace: empty a slot; emits DEVICE_DELETED"))

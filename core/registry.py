@@ -233,6 +233,7 @@ class SeccompRules:
 
     def __init__(self) -> None:
         self.syscalls: dict[str, str] = {}
+        self.owners: dict[str, set[str]] = {}
         self.ioctls: dict[int, str] = {}
         self._current_plugin = "core"
 
@@ -244,6 +245,7 @@ class SeccompRules:
         """Allow these syscalls with any arguments."""
         for name in syscalls:
             self.syscalls.setdefault(name, self._current_plugin)
+            self.owners.setdefault(name, set()).add(self._current_plugin)
 
     def allow_ioctl(self, *requests: int) -> None:
         """Allow ioctl with these request numbers (the filter checks argument 1)."""

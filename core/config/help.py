@@ -7,7 +7,8 @@ from stratovmm.registry import DeviceRegistry, OptionSpec
 
 
 def _line(option: OptionSpec) -> str:
-    left = f"  {option.display} {option.metavar}".rstrip()
+    joiner = "," if option.driver and option.metavar else " "    # -device vsock,id=...
+    left = f"  {option.display}{joiner}{option.metavar}".rstrip()
     if len(left) < 34:
         return f"{left:<34}{option.help}"
     return f"{left}\n{'':<34}{option.help}"

@@ -32,7 +32,7 @@ async def next_event(listener: EventListener, name: str) -> Any:
             return event
 
 
-async def session(socket_path: str, fd_file: Path) -> dict[str, Any]:
+async def session(socket_path: str, fd_file: Path, image: Path) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     qmp = QMPClient("stratovmm-test")
     await qmp.connect(socket_path)          # reads the greeting, sends qmp_capabilities
@@ -54,6 +54,13 @@ async def session(socket_path: str, fd_file: Path) -> dict[str, Any]:
         qmp.send_fd_scm(f.fileno())
         seen["getfd"] = await qmp.execute("getfd", {"fdname": "fd-one"})
     seen["closefd"] = await qmp.execute("closefd", {"fdname": "fd-one"})
+    seen["blockdev_add"] = await qmp.execute("blockdev-add", {
+        "node-name": "drive-1", "file": {"driver": "file", "filename": str(image)}})
+    seen["device_add"] = await qmp.execute("device_add", {
+        "driver": "virtio-blk-mmio", "id": "drive-1", "addr": "0x1"})
+    with qmp.listener() as listener:
+        seen["device_del"] = await qmp.execute("device_del", {"id": "drive-1"})
+        seen["deleted_event"] = await next_event(listener, "DEVICE_DELETED")
     with qmp.listener() as listener:
         seen["quit"] = await qmp.execute("quit")
         seen["shutdown_event"] = await next_event(listener, "SHUTDOWN")
@@ -66,8 +73,11 @@ async def session(socket_path: str, fd_file: Path) -> dict[str, Any]:
 
 def test_qemu_qmp_session(vm: VmProcess, tmp_path: Path) -> None:
     """qemu.qmp negotiates, queries, stops and continues with STOP/RESUME, passes an fd
-    with getfd, sees CommandNotFound, and quits with SHUTDOWN; the VMM exits 0."""
-    seen = asyncio.run(session(vm.socket_path, tmp_path / "fd-file"))
+    with getfd, sees CommandNotFound, hot-replaces a drive (blockdev-add, device_add,
+    device_del with DEVICE_DELETED), and quits with SHUTDOWN; the VMM exits 0."""
+    image = tmp_path / "hot.img"
+    image.write_bytes(bytes(1 << 20))
+    seen = asyncio.run(session(vm.socket_path, tmp_path / "fd-file", image))
     assert seen["package"] == f"StratoVMM-{__version__}"
     assert seen["status"] == {"running": True, "singlestep": False, "status": "running"}
     assert seen["name"] == {"name": "qemu-qmp"}
@@ -76,6 +86,9 @@ def test_qemu_qmp_session(vm: VmProcess, tmp_path: Path) -> None:
     assert seen["resume_event"]["event"] == "RESUME"
     assert seen["unknown"] == "CommandNotFound"
     assert seen["getfd"] == {} and seen["closefd"] == {}
+    assert seen["blockdev_add"] == {} and seen["device_add"] == {} and seen["device_del"] == {}
+    assert seen["deleted_event"]["data"] == {"device": "drive-1",
+                                             "path": "/machine/peripheral/drive-1"}
     assert seen["quit"] == {}
     assert seen["shutdown_event"]["data"] == {"guest": False, "reason": "host-qmp-quit"}
     assert vm.wait() == 0

@@ -54,19 +54,20 @@ def _image() -> str:
 
 IMAGE = _image()
 ENTROPY = _image()
+LOOP = EventLoop("fuzz")     # one loop for every example: devices only arm timers on it
 
 
 def make_blk() -> VirtioDevice:
     from stratovmm_blk.backend import BlockBackend
     from stratovmm_blk.device import BlockDevice
 
-    return BlockDevice("fuzz-blk", BlockBackend(IMAGE), "FUZZ", EventLoop("fuzz"))
+    return BlockDevice("fuzz-blk", BlockBackend(IMAGE), "FUZZ", LOOP)
 
 
 def make_rng() -> VirtioDevice:
     from stratovmm_rng.device import RngDevice
 
-    return RngDevice("fuzz-rng", ENTROPY, EventLoop("fuzz"), 1000)
+    return RngDevice("fuzz-rng", ENTROPY, LOOP, 1000)
 
 
 class NullInterrupt:
@@ -108,6 +109,7 @@ def run_scenario(factory: Callable[[], VirtioDevice], data: dict) -> None:  # ty
         device.process_queue(0)
         device.process_queue(0)
     finally:
+        device.reset()          # cancels any rate-limit timer armed on the shared loop
         device.close()
     assert bytes(buffer[RAM_SIZE:]) == CANARY, "a device wrote outside guest RAM"
     used_idx = memory.read_u16(USED + 2)

@@ -1,5 +1,6 @@
-"""Only here for cffi_modules: the KVM bindings are compiled against <linux/kvm.h>."""
+"""Only here for cffi_modules: the KVM bindings are compiled against <linux/kvm.h>, and the
+seccomp SIGSYS reporter is a small C signal handler."""
 
 from setuptools import setup
 
-setup(cffi_modules=["core/kvm/_build.py:ffibuilder"])
+setup(cffi_modules=["core/kvm/_build.py:ffibuilder", "core/_sandbox_build.py:ffibuilder"])

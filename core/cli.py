@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import sys
 
+from stratovmm.boot.loader import check_boot_files
 from stratovmm.config.core_options import CORE_OPTIONS
 from stratovmm.config.help import render_help
 from stratovmm.config.load import load_config, parse_command_line
+from stratovmm.daemon import check_options
 from stratovmm.errors import ConfigError, HostError, PluginError, StratoVmmError
+from stratovmm.hotplug import register_hotplug_commands
 from stratovmm.logsetup import setup_logging
 from stratovmm.plugin import PluginHost
+from stratovmm.qmp.commands import register_core_commands
 from stratovmm.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -20,10 +24,11 @@ EXIT_FAILURE = 1
 
 
 def core_registry() -> Registry:
-    """A registry holding the core's own options."""
+    """A registry holding the core's own options and QMP commands."""
     registry = Registry()
     for option in CORE_OPTIONS:
         registry.devices.add_option(option)
+    register_core_commands(registry.qmp)
     return registry
 
 
@@ -33,11 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         host = PluginHost.discover()
         registry = host.register(core_registry())
+        register_hotplug_commands(registry.qmp, registry.devices.hotplug_drivers.values())
         parsed = parse_command_line(args, registry.devices)
         if parsed.help:
             sys.stdout.write(render_help(registry.devices))
             return 0
         config = load_config(args, registry.devices, parsed)
+        check_boot_files(config.boot.kernel, config.boot.initrd)
+        check_options(config.runtime)
         setup_logging(config.runtime.log_path)
         host.check_config(config.document, config.runtime)
         from stratovmm.runner import run_vm

@@ -21,9 +21,9 @@ from stratovmm.irq import IrqLine
 
 if TYPE_CHECKING:
     from stratovmm.boot.cmdline import Cmdline
-    from stratovmm.registry import HotplugDriver
     from stratovmm.machine import MicroVm
     from stratovmm.memory import GuestMemory
+    from stratovmm.registry import HotplugDriver
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class VmApi:
         try:
             return self._machine.iothreads[iothread]
         except KeyError:
-            raise ConfigError(f"iothread {iothread!r} is not defined (add -iothread id=NAME)") from None
+            raise ConfigError(
+                f"iothread {iothread!r} is not defined (add -iothread id=NAME)") from None
 
     # -- devices -------------------------------------------------------------------
 

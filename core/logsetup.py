@@ -2,7 +2,14 @@
 
 Levels trace, debug, info, warn, error (default error); ``STRATOVIRT_LOG_LEVEL``
 is read when ``STRATOVMM_LOG_LEVEL`` is not set.  One line per event with the
-time, the thread and the module.  Without ``-D`` the log goes to stderr.
+time, the thread and the module::
+
+    2026-11-26 07:20:18.366 INFO [MainThread] stratovmm.machine: VM shutting down: ...
+
+"One line" is kept even for tracebacks and for messages that quote guest or
+client data: line breaks inside an event are written as ``\\n``, so nothing a
+guest sends can forge a log line.  ``-D PATH`` appends to PATH; ``-D`` alone and
+no ``-D`` at all log to stderr (at the default level only errors appear).
 """
 
 from __future__ import annotations
@@ -16,20 +23,35 @@ from stratovmm.errors import ConfigError
 TRACE = 5
 LEVELS = {"trace": TRACE, "debug": logging.DEBUG, "info": logging.INFO,
           "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
+ENV_VARS = ("STRATOVMM_LOG_LEVEL", "STRATOVIRT_LOG_LEVEL")
 FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s [%(threadName)s] %(name)s: %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 def log_level() -> int:
     """The level named by the environment, default error."""
     logging.addLevelName(TRACE, "TRACE")
-    name = os.environ.get("STRATOVMM_LOG_LEVEL") or os.environ.get("STRATOVIRT_LOG_LEVEL")
-    if not name:
+    logging.addLevelName(logging.WARNING, "WARN")
+    for var in ENV_VARS:
+        name = os.environ.get(var, "").strip()
+        if name:
+            break
+    else:
         return logging.ERROR
     try:
-        return LEVELS[name.strip().lower()]
+        return LEVELS[name.lower()]
     except KeyError:
-        raise ConfigError(f"STRATOVMM_LOG_LEVEL: {name!r} is not one of"
-                          " trace, debug, info, warn, error") from None
+        raise ConfigError(f"{var}: {name!r} is not one of trace, debug, info, warn,"
+                          " error") from None
+
+
+class OneLineFormatter(logging.Formatter):
+    """The standard layout, with line breaks inside one event escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """One line, whatever the message and the traceback contain."""
+        text = super().format(record)
+        return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def setup_logging(path: str | None) -> None:
@@ -37,14 +59,27 @@ def setup_logging(path: str | None) -> None:
     level = log_level()
     if path is not None:
         try:
-            handler: logging.Handler = logging.FileHandler(path)
+            handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"-D {path}: {exc.strerror}") from exc
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT, "%Y-%m-%d %H:%M:%S"))
+    handler.setFormatter(OneLineFormatter(FORMAT, DATE_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        old.close()
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def log_fds() -> list[int]:
+    """The fds the root logger writes to (for code that must log without Python)."""
+    fds = []
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        try:
+            fds.append(stream.fileno())  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):
+            continue
+    return fds

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from stratovmm import daemon, sandbox
 from stratovmm.config.model import VmConfig
 from stratovmm.machine import MicroVm
 from stratovmm.plugin import PluginHost
@@ -20,12 +21,14 @@ log = logging.getLogger(__name__)
 
 def run_vm(config: VmConfig, host: PluginHost, registry: Registry) -> int:
     """Create, boot and run one VM; returns the process exit status."""
-    # [daemon] fork here when -daemonize (issue 6)
+    session = daemon.start(config.runtime)  # pidfile check; -daemonize forks here
     vm = MicroVm(config, host, registry)
     vm.build_devices()
     vm.load()
     host.vm_created(vm.api)
-    # [qmp] start the QMP server on -api-channel here (issue 4)
-    # [daemon] detach / pidfile here (issue 6)
-    # [seccomp] apply the filter here (issue 6)
+    from stratovmm.qmp.server import start_qmp_server  # [qmp] issue 4
+    start_qmp_server(vm)
+    seccomp = sandbox.prepare(config.runtime, host, registry)  # errors reach the terminal
+    session.detach()  # pidfile; -daemonize: stdio to /dev/null, parent exits 0
+    sandbox.apply(seccomp)  # every thread, before any vCPU runs
     return vm.run()

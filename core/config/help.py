@@ -7,8 +7,12 @@ from stratovmm.registry import DeviceRegistry, OptionSpec
 
 
 def _line(option: OptionSpec) -> str:
-    joiner = "," if option.driver and option.metavar else " "    # -device vsock,id=...
-    left = f"  {option.display}{joiner}{option.metavar}".rstrip()
+    metavar = option.metavar
+    if option.driver and metavar:        # -device vsock,id=...  /  -device boot-timer[,addr=A]
+        metavar = "[," + metavar[1:] if metavar.startswith("[") else "," + metavar
+        left = f"  {option.display}{metavar}"
+    else:
+        left = f"  {option.display} {metavar}".rstrip()
     if len(left) < 34:
         return f"{left:<34}{option.help}"
     return f"{left}\n{'':<34}{option.help}"

@@ -2,6 +2,11 @@
 
 - ``stratovmm.testing.memory.BytearrayGuestMemory``: guest RAM in a bytearray
 - ``stratovmm.testing.virtqueue.MockSplitQueue``: the driver side of a split virtqueue
+- ``stratovmm.testing.harness.DeviceHarness``: a virtio device behind the real virtio-mmio
+  transport, driven register by register as a guest driver would, without KVM
+- ``stratovmm.testing.qmp.QmpTestClient``: a raw, blocking QMP client
+- ``stratovmm.testing.tinyguest``: assemble tiny PVH guests with gcc
+- ``stratovmm.testing.vm``: run ``stratovmm`` in a subprocess with a plugin loaded
 - ``stratovmm.testing.guest``: find the Linux test guest and boot it in a subprocess
 - ``stratovmm.testing.fixtures``: pytest fixtures (registered as a pytest plugin)
 """

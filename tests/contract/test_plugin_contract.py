@@ -3,26 +3,20 @@ installed into a fresh venv next to the core, adds an option, a JSON key and a d
 with no change to the core; and without ``stratovmm-serial`` installed, ``-serial`` is
 an unknown option.
 
-One venv is built per session (core + sample plugin, no serial plugin): creating it and
-compiling the core's cffi modules takes a minute or so.
+One venv is built per session (``contract_venv`` in conftest.py: core, sample plugin and the
+example boot-timer plugin, no serial plugin): creating it and compiling the core's cffi
+modules takes a minute or so.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
-import venv
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE = Path(__file__).resolve().parent / "sample_plugin"
-INSTALL_TIMEOUT = 900
+from venvtools import Venv, find_modules
 
 # Reads the sample device's port (0x5a0), then resets through the i8042.
 READ_SAMPLE_PORT = """
@@ -42,88 +36,6 @@ _start:
 1:  hlt
     jmp 1b
 """
-
-
-@dataclass
-class Venv:
-    """A virtual environment with the core and the sample plugin installed."""
-
-    path: Path
-
-    @property
-    def python(self) -> Path:
-        """Its interpreter."""
-        return self.path / "bin" / "python"
-
-    def run(self, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run ``args`` (``stratovmm`` means the venv's console script) with the venv first on
-        $PATH and no inherited PYTHONPATH."""
-        clean = {k: v for k, v in os.environ.items()
-                 if k not in ("PYTHONPATH", "VIRTUAL_ENV", "STRATOVMM_LOG_LEVEL",
-                              "STRATOVIRT_LOG_LEVEL")}
-        clean["PATH"] = f"{self.path / 'bin'}{os.pathsep}{clean.get('PATH', '')}"
-        clean.update(env or {})
-        argv = [str(self.path / "bin" / args[0]), *args[1:]] if args[0] == "stratovmm" else list(
-            args)
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=clean,
-                              stdin=subprocess.DEVNULL, cwd=self.path)
-
-    def stratovmm(self, *args: str, env: dict[str, str] | None = None
-                  ) -> subprocess.CompletedProcess[str]:
-        """Run the venv's ``stratovmm``."""
-        return self.run("stratovmm", *args, env=env)
-
-
-def _copy_source(destination: Path) -> Path:
-    """The core's source tree without build products, VCS data, tests or plugins (a copy, so
-    the build writes nothing into the working tree)."""
-    target = destination / "stratovmm"
-    target.mkdir()
-    for name in ("pyproject.toml", "setup.py", "README.md"):
-        shutil.copy2(REPO / name, target / name)
-    shutil.copytree(REPO / "core", target / "core",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.o", "*.pyc",
-                                                  "_kvm.c", "*.egg-info"))
-    return target
-
-
-PROBE = ("import importlib.util as u, json; "
-         "print(json.dumps([getattr(u.find_spec(m), 'origin', None) for m in "
-         "('stratovmm', 'stratovmm_sample', 'stratovmm_serial')]))")
-
-
-def find_modules(python: str | Path) -> list[str | None]:
-    """Where ``python`` finds the core, the sample plugin and the serial plugin (or None)."""
-    proc = subprocess.run([str(python), "-I", "-c", PROBE], capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    found: list[str | None] = json.loads(proc.stdout)
-    return found
-
-
-def base_python() -> str:
-    """The interpreter the test's venv (if any) was made from."""
-    return str(getattr(sys, "_base_executable", sys.executable))
-
-
-@pytest.fixture(scope="session")
-def contract_venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
-    """A fresh venv holding the core (built from a copy of this tree) and the sample plugin,
-    and not stratovmm-serial.  The base interpreter's site-packages are visible (for the
-    core's ordinary dependencies) unless they hold the core or a plugin themselves."""
-    root = tmp_path_factory.mktemp("contract")
-    source = _copy_source(root)
-    sample = root / "sample_plugin"
-    shutil.copytree(SAMPLE, sample, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info",
-                                                                  "build"))
-    env = Venv(root / "venv")
-    clean_base = find_modules(base_python()) == [None, None, None]
-    venv.EnvBuilder(system_site_packages=clean_base, with_pip=True, clear=True).create(env.path)
-    proc = env.run(str(env.python), "-m", "pip", "install", "--no-input", "--quiet",
-                   str(source), str(sample), timeout=INSTALL_TIMEOUT)
-    assert proc.returncode == 0, f"pip install failed:\n{proc.stdout}\n{proc.stderr}"
-    return env
 
 
 def test_plugins_come_from_the_venv_only(contract_venv: Venv) -> None:

@@ -32,9 +32,10 @@ class SerialDevice:
         self.uart = uart
         self.backend = backend
 
-    def counters(self) -> dict[str, int]:
-        """Bytes each way."""
-        return {"tx_bytes": self.uart.tx_bytes, "rx_bytes": self.uart.rx_bytes}
+    def stats(self) -> dict[str, int]:
+        """Bytes each way, under the names every device uses (QMP ``query-stats``):
+        ``bytes_written`` the guest sent to the host, ``bytes_read`` the host gave it."""
+        return {"bytes_written": self.uart.tx_bytes, "bytes_read": self.uart.rx_bytes}
 
     def close(self) -> None:
         """Restore the terminal."""

@@ -1,0 +1,52 @@
+"""Command lines of the two VMMs under test, built for the same guest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+from stratovmm.testing.guest import HOST_APPEND
+
+ROOT = Path(__file__).resolve().parent.parent
+GUEST = Path(os.environ.get("STRATOVMM_GUEST_DIR", ROOT.parent / "shared" / "guest"))
+QEMU = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
+STRATOVMM = [shutil.which("stratovmm") or sys.executable, *([] if shutil.which("stratovmm")
+                                                            else ["-m", "stratovmm.cli"])]
+# QEMU 7.2 on this kvm-pvm host refuses MSR 0x10a (arch-capabilities) with -cpu host
+QEMU_BASE = [QEMU, "-M", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=off,acpi=off",
+             "-enable-kvm", "-cpu", "host,-arch-capabilities", "-nodefaults", "-no-user-config",
+             "-nographic", "-serial", "stdio", "-no-reboot", "-device", "i8042",
+             "-global", "virtio-mmio.force-legacy=false"]
+
+
+def qemu(smp: int, mem: str, kernel: Path, append: str | None, initrd: Path | None,
+         extra: list[str] | None = None) -> list[str]:
+    """QEMU microvm with the shared bench settings."""
+    cmd = [*QEMU_BASE, "-smp", str(smp), "-m", mem, "-kernel", str(kernel)]
+    if initrd:
+        cmd += ["-initrd", str(initrd)]
+    if append is not None:
+        cmd += ["-append", append]
+    return cmd + (extra or [])
+
+
+def stratovmm(smp: int, mem: str, kernel: Path, append: str | None, initrd: Path | None,
+              extra: list[str] | None = None) -> list[str]:
+    """StratoVMM with the same guest (seccomp on, as shipped)."""
+    cmd = [*STRATOVMM, "-smp", str(smp), "-m", mem, "-kernel", str(kernel), "-serial", "stdio"]
+    if initrd:
+        cmd += ["-initrd", str(initrd)]
+    if append is not None:
+        cmd += ["-append", append]
+    return cmd + (extra or [])
+
+
+def median(values: list[float]) -> float:
+    """Median of the non-empty list."""
+    return float(statistics.median(values))
+
+
+APPEND = HOST_APPEND

@@ -1,0 +1,160 @@
+"""virtio-console (virtio 1.2 §5.3), port 0 only: the guest's ``/dev/hvcN``.
+
+Without ``VIRTIO_CONSOLE_F_MULTIPORT`` the device has two queues (§5.3.2):
+0 = receiveq (host → guest: the driver posts device-writable buffers) and
+1 = transmitq (guest → host: device-readable buffers).  No feature bit is
+offered: ``F_SIZE`` needs a terminal size a socket does not have, and Linux
+never uses ``F_EMERG_WRITE``.  The config space still reads as §5.3.4 lays it
+out (cols, rows, max_nr_ports = 1, emerg_wr).
+
+Transmit buffers are returned at once, always (see ``backend``: Linux spins
+until they come back).  A receive buffer is popped only when input might
+arrive, then *held* until the client sends bytes, which are read straight into
+it (``recvmsg_into`` on the chain's memoryviews); when the guest has no
+receive buffer left, the socket is no longer read until the driver posts more
+and kicks.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from stratovmm.errors import GuestError
+from stratovmm.virtio.chain import DescriptorChain
+from stratovmm.virtio.constants import ID_CONSOLE
+from stratovmm.virtio.device import VirtioDevice
+from stratovmm.virtio.queue import SplitQueue
+from stratovmm_console.backend import ConsoleSocket
+
+QUEUE_SIZE = 256
+RECEIVEQ, TRANSMITQ = 0, 1
+# §5.3.3 feature bits (none offered; named for the tests and readers)
+F_SIZE, F_MULTIPORT, F_EMERG_WRITE = 0, 1, 2
+# §5.3.4 struct virtio_console_config: cols u16, rows u16, max_nr_ports u32, emerg_wr u32
+CONFIG = struct.Struct("<HHII")
+RX_BATCH = 64          # receive buffers filled per loop turn, so one busy console cannot
+                       # starve the other devices on the same loop
+
+
+class ConsoleDevice(VirtioDevice):
+    """One virtio-console whose port 0 is bridged to ``port`` (a unix socket server)."""
+
+    DEVICE_TYPE = ID_CONSOLE
+    QUEUE_SIZES = (QUEUE_SIZE, QUEUE_SIZE)
+
+    def __init__(self, device_id: str, port: ConsoleSocket) -> None:
+        super().__init__(device_id)
+        self.port = port
+        self._held: DescriptorChain | None = None     # a receive buffer waiting for input
+        port.on_input = self._on_input
+
+    def config_space(self) -> bytes:
+        """§5.3.4: no size (F_SIZE not offered), one port, emerg_wr reads as 0."""
+        return CONFIG.pack(0, 0, 1, 0)
+
+    def handle_queue(self, index: int) -> None:
+        """receiveq: new buffers, input can flow again; transmitq: guest output."""
+        if index == RECEIVEQ:
+            self._receive()
+        elif index == TRANSMITQ:
+            self.drain(TRANSMITQ, self._transmit)
+
+    # -- guest → host -----------------------------------------------------------------------
+
+    def _transmit(self, chain: DescriptorChain) -> int:
+        """Hand the chain's bytes to the socket; the device writes nothing (used length 0)."""
+        memory = self.memory
+        assert memory is not None
+        self.counters["requests"] += 1
+        if chain.writable:
+            # §5.3.6.1: the driver MUST NOT put a device-writable buffer in a transmitq
+            self.guest_fault("tx-writable", f"transmit chain at head {chain.head} has "
+                             "device-writable buffers (§5.3.6.1)")
+            return 0
+        views = chain.read_views(memory)
+        self.port.send(views)
+        self.counters["bytes_written"] += chain.readable_len
+        return 0
+
+    # -- host → guest ------------------------------------------------------------------------
+
+    def _on_input(self) -> None:
+        """The client has bytes: serve the receiveq (through ``process_queue``, which turns a
+        broken ring into DEVICE_NEEDS_RESET), or stop watching the socket if the device is
+        stopped, e.g. by a broken transmitq, so level-triggered readiness cannot spin."""
+        if not self.active:
+            self.port.want_input(False)
+            return
+        self.process_queue(RECEIVEQ)
+
+    def _receive(self) -> None:
+        """Fill receive buffers from the client until it has nothing more, the guest has no
+        buffer left (then stop reading the socket), or this turn's batch is done."""
+        if not self.active or len(self.queues) <= RECEIVEQ or self.queues[RECEIVEQ] is None:
+            self.port.want_input(False)
+            return
+        queue = self.queues[RECEIVEQ]
+        assert queue is not None and self.memory is not None
+        bad_before, completed_before = queue.bad_chains, queue.completed
+        filled = 0
+        try:
+            while filled < RX_BATCH:
+                chain = self._held if self._held is not None else self._next_rx_chain(queue)
+                self._held = None
+                if chain is None:
+                    self.port.want_input(False)      # re-enabled by the driver's next kick
+                    break
+                n = self.port.recv_into(chain.write_views(self.memory))
+                if n is None:
+                    self._held = chain
+                    self.port.want_input(True)
+                    break
+                queue.add_used(chain.head, n)
+                self.counters["bytes_read"] += n
+                filled += 1
+        except GuestError:
+            self.port.want_input(False)   # a broken ring: no more reading until a reset
+            raise
+        finally:
+            bad = queue.bad_chains - bad_before
+            if bad:
+                self.guest_fault("chain", f"receiveq: {queue.errors[-1] if queue.errors else ''}",
+                                 count=bad)
+            if queue.completed != completed_before and queue.needs_interrupt():
+                self.signal_used()
+
+    def _next_rx_chain(self, queue: SplitQueue) -> DescriptorChain | None:
+        """The next usable receive buffer, or None when the driver has none (notifications
+        enabled first, so its next buffer kicks us: §2.7.10)."""
+        while True:
+            chain = queue.pop()
+            if chain is None:
+                if not queue.set_notification(True):
+                    return None
+                continue
+            if chain.readable or not chain.writable_len:
+                # §5.3.6.1: the driver MUST NOT put a device-readable buffer in a receiveq
+                self.guest_fault("rx-readable", f"receive chain at head {chain.head} has "
+                                 "device-readable buffers or no room (§5.3.6.1)")
+                queue.add_used(chain.head, 0)
+                continue
+            return chain
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def on_reset(self) -> None:
+        """The held buffer belonged to the old queue: forget it and stop reading input."""
+        self._held = None
+        self.port.want_input(False)
+
+    def close(self) -> None:
+        """Close the client and the listening socket; remove the socket file."""
+        self.port.close()
+
+    def stats(self) -> dict[str, int]:
+        """The virtio counters plus the socket's: bytes dropped, connections, bytes buffered."""
+        out = super().stats()
+        out.update(self.port.stats)
+        out["output_buffered"] = self.port.buffered
+        out["connected"] = int(self.port.connected)
+        return out

@@ -1,0 +1,18 @@
+"""The ``"console"`` key of the JSON config file (StratoVirt v0.3: console_id, socket_path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stratovmm.config.core_options import ITEM_ID_SCHEMA
+
+CONSOLE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["console_id", "socket_path"],
+    "properties": {
+        "console_id": ITEM_ID_SCHEMA,
+        "socket_path": {"type": "string", "minLength": 1,
+                        "description": "unix socket the VMM listens on for the console's client"},
+    },
+}

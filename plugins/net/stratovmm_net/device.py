@@ -1,0 +1,633 @@
+"""virtio-net (virtio 1.2 §5.1) on a tap: one receive and one transmit queue.
+
+Frames carry the 12-byte ``virtio_net_hdr`` of VIRTIO_F_VERSION_1 (§5.1.6), and
+the tap is opened with the same header size (see ``tap.py``), so frames move
+between the tap and guest RAM with ``os.writev``/``os.readv`` on memoryviews of
+the guest's buffers: no copy in the common case.
+
+Transmit (§5.1.6.2): each chain is one header + frame; the header is checked
+against the features the driver accepted, the frame size bounded, and the
+chain written to the tap as it is.  Malformed or oversized chains are dropped
+and counted; a tap that cannot take a frame right now drops it, as a NIC would.
+
+Receive (§5.1.6.3, §5.1.6.4): the tap fd is registered on the device's loop
+(``EPOLLIN``) only while the driver has receive buffers for it, so an idle or
+starved device costs nothing.  With VIRTIO_NET_F_MRG_RXBUF a frame may fill
+several chains: the device pops chains until it holds room for the largest
+frame (or the ring is empty), reads one frame into all of them with a single
+``readv`` (plus a host overflow buffer behind them), uses as many as the frame
+needed and keeps the rest for the next frame.  A frame larger than the buffers
+held spills into the overflow buffer and waits, tap reads paused, until the
+driver posts enough buffers for the rest (``_Pending``).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import hashlib
+import logging
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+
+from stratovmm.errors import ConfigError
+from stratovmm.eventloop import EPOLLIN, EventLoop, Timer
+from stratovmm.virtio.chain import DescriptorChain
+from stratovmm.virtio.constants import ID_NET
+from stratovmm.virtio.device import VirtioDevice
+from stratovmm.virtio.queue import SplitQueue
+from stratovmm_net.tap import (
+    TUN_F_CSUM,
+    TUN_F_TSO4,
+    TUN_F_TSO6,
+    TUN_F_TSO_ECN,
+    TUN_F_UFO,
+    VNET_HDR_LEN,
+    Tap,
+)
+
+log = logging.getLogger(__name__)
+
+RX, TX = 0, 1
+QUEUE_SIZE = 256
+
+# §5.1.3 feature bits
+F_CSUM, F_GUEST_CSUM, F_MAC = 0, 1, 5
+F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN, F_GUEST_UFO = 7, 8, 9, 10
+F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN, F_HOST_UFO = 11, 12, 13, 14
+F_MRG_RXBUF, F_STATUS = 15, 16
+
+# §5.1.4 status; §5.1.6 header flags and GSO types
+S_LINK_UP = 1
+HDR_F_NEEDS_CSUM = 1
+GSO_NONE, GSO_TCPV4, GSO_UDP, GSO_TCPV6, GSO_ECN = 0, 1, 3, 4, 0x80
+
+HDR = struct.Struct("<BBHHHHH")   # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset,
+#                                   num_buffers (VERSION_1: always present, §5.1.6)
+NUM_BUFFERS = struct.Struct("<H")
+NUM_BUFFERS_OFFSET = 10
+CONFIG = struct.Struct("<6sHH")   # §5.1.4: mac, status, max_virtqueue_pairs
+ETH_HLEN = 14
+MAX_FRAME = 65550                 # Ethernet frame after the header (64 KiB GSO + headers),
+MAX_PACKET = VNET_HDR_LEN + MAX_FRAME   # the same bound as Firecracker's 65562-byte buffer
+
+RX_BATCH = 64         # frames per wake-up before other fds of the loop get their turn
+TX_BATCH = 256        # chains per wake-up, likewise
+IOV_LIMIT = 1000      # below the kernel's IOV_MAX (1024): room for the overflow buffer
+
+# TUNSETOFFLOAD bit for each guest receive offload (§5.1.3: GUEST_* = "driver can receive")
+_GUEST_OFFLOADS = ((F_GUEST_TSO4, TUN_F_TSO4), (F_GUEST_TSO6, TUN_F_TSO6),
+                   (F_GUEST_UFO, TUN_F_UFO))
+# What every tap since Linux 2.6.27 accepts: offered by an empty hot-replace slot,
+# whose tap is not known when the guest probes it.
+PLACEHOLDER_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+# GSO type → the feature the driver needs to send it (§5.1.6.2.1)
+_GSO_FEATURE = {GSO_TCPV4: F_HOST_TSO4, GSO_TCPV6: F_HOST_TSO6, GSO_UDP: F_HOST_UFO}
+
+
+def offered_features(offloads: int) -> int:
+    """Feature bits for a tap that accepts the ``TUN_F_*`` ``offloads``.
+
+    Transmit offloads (CSUM, HOST_TSO4/6/ECN) need only the vnet header, which
+    every tap here has; HOST_UFO and the receive offloads (GUEST_*) follow what
+    TUNSETOFFLOAD accepted when probed, as QEMU decides them.
+    """
+    bits = ((1 << F_MAC) | (1 << F_STATUS) | (1 << F_MRG_RXBUF) | (1 << F_CSUM)
+            | (1 << F_HOST_TSO4) | (1 << F_HOST_TSO6) | (1 << F_HOST_ECN))
+    if offloads & TUN_F_UFO:
+        bits |= 1 << F_HOST_UFO
+    if offloads & TUN_F_CSUM:
+        bits |= 1 << F_GUEST_CSUM
+        for feature, tun in _GUEST_OFFLOADS:
+            if offloads & tun:
+                bits |= 1 << feature
+        if offloads & TUN_F_TSO_ECN:
+            bits |= 1 << F_GUEST_ECN
+    return bits
+
+
+def tap_offloads(acked: int) -> int:
+    """The TUNSETOFFLOAD bits for the receive offloads the driver accepted.
+
+    §5.1.3.1: GUEST_TSO4/TSO6/UFO require GUEST_CSUM and GUEST_ECN requires a
+    TSO; a driver that acked them alone gets none (the tap would refuse them too).
+    """
+    if not acked & (1 << F_GUEST_CSUM):
+        return 0
+    flags = TUN_F_CSUM
+    for feature, tun in _GUEST_OFFLOADS:
+        if acked & (1 << feature):
+            flags |= tun
+    if acked & (1 << F_GUEST_ECN) and flags & (TUN_F_TSO4 | TUN_F_TSO6):
+        flags |= TUN_F_TSO_ECN
+    return flags
+
+
+# -- MAC addresses ----------------------------------------------------------------------------
+
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-])(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}$")
+
+
+def parse_mac(text: str, option: str) -> bytes:
+    """``52:54:00:12:34:56`` → 6 bytes; a unicast, non-zero address or ``ConfigError``."""
+    if not _MAC.match(text):
+        raise ConfigError(f"{option}: {text!r} is not a MAC address (six hex pairs, e.g."
+                          " 52:54:00:12:34:56)")
+    mac = bytes(int(part, 16) for part in re.split("[:-]", text))
+    if mac[0] & 1:
+        raise ConfigError(f"{option}: {text} is a multicast address; a NIC needs a unicast one")
+    if mac == bytes(6):
+        raise ConfigError(f"{option}: 00:00:00:00:00:00 is not a usable MAC address")
+    return mac
+
+
+def generated_mac(seed: str) -> bytes:
+    """A locally administered unicast MAC derived from ``seed`` (stable across boots)."""
+    digest = hashlib.sha256(seed.encode()).digest()
+    return bytes([(digest[0] & 0xFC) | 0x02]) + digest[1:6]
+
+
+def format_mac(mac: bytes) -> str:
+    """6 bytes → ``aa:bb:cc:dd:ee:ff``."""
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+# -- receive buffers ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _RxBuffer:
+    """One popped receive chain: its writable buffers as memoryviews of guest RAM."""
+
+    head: int
+    views: list[memoryview]
+    capacity: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A frame whose first part filled ``buffers`` and whose ``tail`` waits for more."""
+
+    buffers: list[_RxBuffer]
+    lengths: list[int]
+    tail: bytes
+    size: int
+    views: int = field(default=0)
+
+
+class NetDevice(VirtioDevice):
+    """A NIC on a tap (or on none: an empty hot-replace slot, link down)."""
+
+    DEVICE_TYPE = ID_NET
+    QUEUE_SIZES = (QUEUE_SIZE, QUEUE_SIZE)
+
+    def __init__(self, device_id: str, tap: Tap | None, mac: bytes, loop: EventLoop) -> None:
+        super().__init__(device_id)
+        self.tap = tap
+        self.mac = mac
+        self.netdev_id: str | None = None      # the -netdev / netdev_add id it serves
+        self._loop = loop
+        # Offered features are fixed for the device's life: the driver reads them once.
+        self._features = offered_features(tap.offloads if tap is not None
+                                          else PLACEHOLDER_OFFLOADS)
+        self._armed = False
+        self._tap_broken = False
+        self._held: collections.deque[_RxBuffer] = collections.deque()
+        self._held_capacity = 0
+        self._held_views = 0
+        self._pending: _Pending | None = None
+        self._overflow = memoryview(bytearray(MAX_PACKET + 1))
+        self._tx_timer: Timer | None = None
+
+    # -- features and config space (§5.1.3, §5.1.4) -------------------------------------------
+
+    def device_features(self) -> int:
+        """MAC, STATUS, MRG_RXBUF and the offloads the tap can do."""
+        return self._features
+
+    def config_space(self) -> bytes:
+        """mac, status (LINK_UP while a working tap is attached), max_virtqueue_pairs 1."""
+        up = self.tap is not None and not self._tap_broken
+        return CONFIG.pack(self.mac, S_LINK_UP if up else 0, 1)
+
+    def stats(self) -> dict[str, int]:
+        """The net counters, plus the common names: requests = frames moved, bytes_read =
+        bytes read from the tap (to the guest), bytes_written = bytes written to the tap."""
+        out = super().stats()
+        counters = self.counters
+        out["requests"] = counters["rx_packets"] + counters["tx_packets"]
+        out["bytes_read"] = counters["rx_bytes"]
+        out["bytes_written"] = counters["tx_bytes"]
+        for name in ("rx_packets", "rx_bytes", "rx_dropped", "tx_packets", "tx_bytes",
+                     "tx_dropped", "tx_malformed", "tx_oversized"):
+            out.setdefault(name, 0)
+        return out
+
+    # -- lifecycle (device loop) ----------------------------------------------------------------
+
+    def on_activate(self) -> None:
+        """Let the tap hand us the offloaded frames the driver said it can receive."""
+        self._apply_offloads()
+
+    def on_reset(self) -> None:
+        """Forget every popped buffer and stop reading the tap (§2.1.2: rings are gone)."""
+        self._arm(False)
+        self._held.clear()
+        self._held_capacity = self._held_views = 0
+        self._pending = None
+        if self._tx_timer is not None:
+            self._tx_timer.cancel()
+            self._tx_timer = None
+
+    def close(self) -> None:
+        """Detach from the tap."""
+        self._arm(False)
+        if self.tap is not None:
+            self.tap.close()
+
+    def _apply_offloads(self) -> None:
+        if self.tap is None or self._tap_broken:
+            return
+        flags = tap_offloads(self.acked_features) & self.tap.offloads
+        try:
+            self.tap.set_offload(flags)
+        except OSError as exc:
+            self.counters["errors"] += 1
+            log.error("%s: TUNSETOFFLOAD %#x on tap %s failed: %s", self.id, flags,
+                      self.tap.name, exc.strerror)
+
+    # -- hot-replace (main loop) -------------------------------------------------------------------
+
+    def attach_tap(self, tap: Tap, mac: bytes | None = None) -> None:
+        """Give an empty slot its tap: link up, announced with a config-change interrupt.
+
+        The driver read the MAC when it probed the slot (Linux reads it only
+        then), so a ``mac`` given here reaches config space but not a running driver.
+        """
+        with self.lock:
+            self.tap = tap
+            self._tap_broken = False
+            if mac is not None:
+                self.mac = mac
+        if self.active:
+            self._apply_offloads()
+            self.process_queue(RX)
+            self.process_queue(TX)
+        self._config_changed()
+
+    def detach_tap(self) -> Tap | None:
+        """Take the tap away (link down); returns it.  A frame half delivered is dropped."""
+        self._arm(False)
+        with self.lock:
+            old, self.tap = self.tap, None
+        if self._pending is not None:
+            self._recycle_pending()
+        self._config_changed()
+        return old
+
+    def _config_changed(self) -> None:
+        """§5.1.4.2: the driver re-reads ``status`` on a configuration change notification."""
+        if self.active and self.interrupt is not None:
+            self.interrupt.signal_config()
+
+    # -- queues ------------------------------------------------------------------------------------
+
+    def handle_queue(self, index: int) -> None:
+        """A kick: RX means new receive buffers, TX new frames to send."""
+        if index == RX:
+            self._receive()
+        elif index == TX:
+            self._transmit_all()
+
+    def _queue(self, index: int) -> SplitQueue:
+        queue = self.queues[index]
+        assert queue is not None
+        return queue
+
+    def _count_bad_chains(self, queue: SplitQueue, index: int, before: int) -> int:
+        bad = queue.bad_chains - before
+        if bad:
+            self.guest_fault("chain", f"queue {index}: {queue.errors[-1] if queue.errors else ''}",
+                             count=bad)
+        return bad
+
+    # -- transmit (§5.1.6.2) -----------------------------------------------------------------------
+
+    def _transmit_all(self) -> None:
+        """Send up to TX_BATCH chains, then yield the loop and come back for the rest."""
+        queue = self._queue(TX)
+        before_bad, before_used = queue.bad_chains, queue.completed
+        served = 0
+        while True:
+            if served >= TX_BATCH:
+                self._schedule_tx()
+                break
+            chain = queue.pop()
+            if chain is None:
+                if not queue.set_notification(True):
+                    break
+                continue
+            self._transmit(chain)
+            queue.add_used(chain.head, 0)
+            served += 1
+        self._count_bad_chains(queue, TX, before_bad)
+        if queue.completed != before_used and queue.needs_interrupt():
+            self.signal_used()
+
+    def _schedule_tx(self) -> None:
+        if self._tx_timer is not None and not self._tx_timer.cancelled:
+            return
+
+        def again() -> None:
+            self._tx_timer = None
+            self.process_queue(TX)
+
+        self._tx_timer = self._loop.call_later(0, again)
+
+    def _transmit(self, chain: DescriptorChain) -> None:
+        """One frame to the tap, or dropped and counted."""
+        memory = self.memory
+        assert memory is not None
+        if chain.writable:
+            self._tx_bad("tx-layout", "transmit chain has device-writable buffers (§5.1.6.2)")
+            return
+        total = chain.readable_len
+        if total < VNET_HDR_LEN + ETH_HLEN:
+            self._tx_bad("tx-short", f"transmit chain of {total} bytes is shorter than the"
+                         f" {VNET_HDR_LEN}-byte header and an Ethernet header (§5.1.6.2)")
+            return
+        if total > MAX_PACKET:
+            self.counters["tx_oversized"] += 1
+            self.guest_fault("tx-oversized", f"frame of {total - VNET_HDR_LEN} bytes is larger"
+                             f" than {MAX_FRAME}")
+            return
+        views = chain.read_views(memory)
+        header = (HDR.unpack_from(views[0]) if len(views[0]) >= VNET_HDR_LEN
+                  else HDR.unpack(chain.read_all(memory, VNET_HDR_LEN)))
+        problem = self._check_tx_header(header, total - VNET_HDR_LEN)
+        if problem is not None:
+            self._tx_bad("tx-header", problem)
+            return
+        tap = self.tap
+        if tap is None or self._tap_broken:
+            self.counters["tx_dropped"] += 1
+            return
+        try:
+            os.writev(tap.fd, views)
+        except BlockingIOError:
+            self.counters["tx_dropped"] += 1       # the tap's queue is full: a NIC drops too
+            return
+        except OSError as exc:
+            self._tx_error(exc)
+            return
+        self.counters["tx_packets"] += 1
+        self.counters["tx_bytes"] += total - VNET_HDR_LEN
+
+    def _check_tx_header(self, header: tuple[int, ...], frame_len: int) -> str | None:
+        """Why the driver may not send this header (§5.1.6.2.1), or None."""
+        flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset, _num = header
+        if flags & ~HDR_F_NEEDS_CSUM:
+            return f"flags {flags:#x}: only NEEDS_CSUM may be set on transmit (§5.1.6.2.1)"
+        if flags & HDR_F_NEEDS_CSUM:
+            if not self.has_feature(F_CSUM):
+                return "NEEDS_CSUM without VIRTIO_NET_F_CSUM (§5.1.6.2.1)"
+            if csum_start + csum_offset + 2 > frame_len:
+                return (f"checksum at {csum_start}+{csum_offset} lies outside the"
+                        f" {frame_len}-byte frame (§5.1.6.2)")
+        kind = gso_type & ~GSO_ECN
+        if kind == GSO_NONE:
+            return "ECN bit without a GSO type (§5.1.6.2.1)" if gso_type & GSO_ECN else None
+        feature = _GSO_FEATURE.get(kind)
+        if feature is None:
+            return f"unknown gso_type {gso_type:#x} (§5.1.6)"
+        if not self.has_feature(feature):
+            return f"gso_type {gso_type:#x} without the matching HOST_* feature (§5.1.6.2.1)"
+        if gso_type & GSO_ECN and not self.has_feature(F_HOST_ECN):
+            return "GSO with ECN without VIRTIO_NET_F_HOST_ECN (§5.1.6.2.1)"
+        if not flags & HDR_F_NEEDS_CSUM or gso_size == 0:
+            return "GSO needs NEEDS_CSUM and a non-zero gso_size (§5.1.6.2.1)"
+        return None
+
+    def _tx_bad(self, kind: str, message: str) -> None:
+        self.counters["tx_malformed"] += 1
+        self.guest_fault(kind, message)
+
+    def _tx_error(self, exc: OSError) -> None:
+        if exc.errno == errno.EINVAL:      # the tap's own header check refused the frame
+            self._tx_bad("tx-refused", "the tap refused the frame's vnet header (EINVAL)")
+        elif exc.errno == errno.EIO:       # the tap interface is down: nobody to send to
+            self.counters["tx_dropped"] += 1
+        else:
+            self._tap_failed("write", exc)
+
+    # -- receive (§5.1.6.3, §5.1.6.4) ------------------------------------------------------------
+
+    @property
+    def _mergeable(self) -> bool:
+        return self.has_feature(F_MRG_RXBUF)
+
+    def _receive(self) -> None:
+        """Frames from the tap into receive buffers until the tap is empty, the driver has
+        no buffers left, or RX_BATCH frames were handled; then (dis)arm the tap."""
+        queue = self._queue(RX)
+        before_bad, before_used = queue.bad_chains, queue.completed
+        handled = 0
+        while handled < RX_BATCH and self._receive_one(queue):
+            handled += 1
+        self._arm(self.tap is not None and not self._tap_broken and self._pending is None
+                  and bool(self._held))
+        self._count_bad_chains(queue, RX, before_bad)
+        if queue.completed != before_used and queue.needs_interrupt():
+            self.signal_used()
+
+    def _receive_one(self, queue: SplitQueue) -> bool:
+        """Finish the spilled frame or read the next one; False when nothing more can move."""
+        if self._pending is not None:
+            return self._place_pending(queue)
+        if self.tap is None or self._tap_broken or not self._top_up(queue):
+            return False
+        return self._read_frame(queue)
+
+    def _arm(self, on: bool) -> None:
+        """Watch the tap for frames only while they have somewhere to go (no busy polling)."""
+        if on == self._armed:
+            return
+        assert self.tap is not None or not on
+        if on:
+            assert self.tap is not None
+            self._loop.register(self.tap.fd, EPOLLIN, self._on_tap_readable)
+        elif self.tap is not None:
+            self._loop.unregister(self.tap.fd)
+        self._armed = on
+
+    def _on_tap_readable(self, _events: int) -> None:
+        self.process_queue(RX)
+        if not self.active:            # the ring broke (needs reset): stop watching
+            self._arm(False)
+
+    def _pop_rx(self, queue: SplitQueue) -> _RxBuffer | bool | None:
+        """The next usable receive chain; None when the ring is empty; False for a bad one."""
+        chain = queue.pop()
+        if chain is None:
+            return None
+        memory = self.memory
+        assert memory is not None
+        if chain.readable or chain.writable_len < VNET_HDR_LEN:
+            self.guest_fault("rx-buffer", f"receive chain {chain.head} must be device-writable"
+                             f" and hold the {VNET_HDR_LEN}-byte header (§5.1.6.3.1)")
+            queue.add_used(chain.head, 0)
+            return False
+        return _RxBuffer(chain.head, chain.write_views(memory), chain.writable_len)
+
+    def _top_up(self, queue: SplitQueue) -> bool:
+        """Hold enough receive buffers for the largest frame (mergeable) or one chain;
+        False when none is held and the ring is empty (the driver will kick)."""
+        popped = False
+        while self._wants_more():
+            buf = self._pop_rx(queue)
+            if buf is None:
+                if self._held:
+                    return True
+                if not queue.set_notification(True):
+                    return False
+                continue
+            if buf is False:
+                continue
+            assert isinstance(buf, _RxBuffer)
+            self._held.append(buf)
+            self._held_capacity += buf.capacity
+            self._held_views += len(buf.views)
+            popped = True
+        if popped and self._mergeable:
+            queue.set_notification(False)     # enough held: no kick needed until we run low
+        return True
+
+    def _wants_more(self) -> bool:
+        if not self._mergeable:
+            return not self._held
+        return self._held_capacity <= MAX_PACKET and self._held_views < IOV_LIMIT
+
+    def _read_frame(self, queue: SplitQueue) -> bool:
+        """Read one frame into the held buffers; False when the tap has none."""
+        tap = self.tap
+        assert tap is not None
+        held = list(self._held) if self._mergeable else [self._held[0]]
+        capacity = sum(b.capacity for b in held)
+        iov = [view for b in held for view in b.views]
+        iov.append(self._overflow[: max(1, MAX_PACKET + 1 - capacity)])
+        try:
+            size = os.readv(tap.fd, iov)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            self._tap_failed("read", exc)
+            return False
+        if size == 0:              # a tap never reads 0 bytes: the other side is gone
+            self._tap_failed("read", OSError(errno.EPIPE, "end of file"))
+            return False
+        if size < VNET_HDR_LEN + ETH_HLEN or size > MAX_PACKET:
+            self.counters["rx_dropped"] += 1
+            return True
+        if size <= capacity:
+            self._deliver(queue, size)
+            return True
+        if not self._mergeable:
+            self.counters["rx_dropped"] += 1    # larger than the driver's buffer (§5.1.6.3.1)
+            return True
+        lengths = [b.capacity for b in self._held]
+        self._pending = _Pending(list(self._held), lengths,
+                                 bytes(self._overflow[: size - capacity]), size,
+                                 self._held_views)
+        self._held.clear()
+        self._held_capacity = self._held_views = 0
+        return True
+
+    def _deliver(self, queue: SplitQueue, size: int) -> None:
+        """The frame fits in the first held buffers: hand them back (§5.1.6.4)."""
+        used: list[tuple[_RxBuffer, int]] = []
+        remaining = size
+        while remaining > 0:
+            buf = self._held.popleft()
+            self._held_capacity -= buf.capacity
+            self._held_views -= len(buf.views)
+            n = min(buf.capacity, remaining)
+            used.append((buf, n))
+            remaining -= n
+        self._complete(queue, used, size)
+
+    def _complete(self, queue: SplitQueue, used: list[tuple[_RxBuffer, int]], size: int) -> None:
+        """Set num_buffers in the first header (§5.1.6.4: the number of chains used; 1
+        without MRG_RXBUF) and put the chains in the used ring."""
+        _scatter(used[0][0].views, NUM_BUFFERS_OFFSET, NUM_BUFFERS.pack(len(used)))
+        for buf, length in used:
+            queue.add_used(buf.head, length)
+        self.counters["rx_packets"] += 1
+        self.counters["rx_bytes"] += size - VNET_HDR_LEN
+
+    def _place_pending(self, queue: SplitQueue) -> bool:
+        """Copy the rest of a spilled frame into new buffers; False while waiting for them."""
+        pending = self._pending
+        assert pending is not None
+        while pending.tail:
+            if len(pending.buffers) >= queue.size or pending.views >= queue.size:
+                self.counters["rx_dropped"] += 1     # every descriptor is ours: nothing
+                self._recycle_pending()              # more can come, so give up the frame
+                return True
+            buf = self._pop_rx(queue)
+            if buf is None:
+                if not queue.set_notification(True):
+                    return False
+                continue
+            if buf is False:
+                continue
+            assert isinstance(buf, _RxBuffer)
+            n = _scatter(buf.views, 0, pending.tail)
+            pending.tail = pending.tail[n:]
+            pending.buffers.append(buf)
+            pending.lengths.append(n)
+            pending.views += len(buf.views)
+        self._pending = None
+        used = list(zip(pending.buffers, pending.lengths, strict=True))
+        self._complete(queue, used, pending.size)
+        return True
+
+    def _recycle_pending(self) -> None:
+        """Drop the spilled frame; its buffers go back to the held ones for the next frame."""
+        pending = self._pending
+        assert pending is not None
+        self._pending = None
+        for buf in reversed(pending.buffers):
+            self._held.appendleft(buf)
+            self._held_capacity += buf.capacity
+            self._held_views += len(buf.views)
+
+    def _tap_failed(self, what: str, exc: OSError) -> None:
+        """The tap is unusable (e.g. its interface was deleted): stop, link down, say so."""
+        self.counters["errors"] += 1
+        if self._tap_broken:
+            return
+        log.error("%s: %s on tap %s failed: %s; link down", self.id, what,
+                  self.tap.name if self.tap else "?", exc.strerror)
+        self._arm(False)
+        with self.lock:
+            self._tap_broken = True
+        self._config_changed()
+
+
+def _scatter(views: list[memoryview], offset: int, data: bytes) -> int:
+    """Write ``data`` at byte ``offset`` of the concatenated ``views``; returns bytes written."""
+    done = 0
+    for view in views:
+        if offset >= len(view):
+            offset -= len(view)
+            continue
+        n = min(len(view) - offset, len(data) - done)
+        view[offset : offset + n] = data[done : done + n]
+        done += n
+        offset = 0
+        if done == len(data):
+            break
+    return done
+

@@ -1,0 +1,244 @@
+"""The hookimpls of the net plugin: ``-netdev`` / ``"net"``, QMP ``netdev_add`` and the
+``virtio-net-mmio`` hot-replace driver."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from stratovmm.config.model import RuntimeOptions
+from stratovmm.context import BuildContext, VmApi
+from stratovmm.errors import ConfigError, HotplugError
+from stratovmm.plugin import hookimpl
+from stratovmm.qmp.errors import GenericError
+from stratovmm.registry import (
+    DeviceRegistry,
+    DeviceType,
+    HotplugDriver,
+    OptionSpec,
+    QmpCommand,
+    QmpRegistry,
+    SeccompRules,
+    SubOption,
+)
+from stratovmm_net import tap as tap_mod
+from stratovmm_net.device import NetDevice, generated_mac, parse_mac
+from stratovmm_net.schema import DEVICE_ADD_SCHEMA, NET_SCHEMA, NETDEV_ADD_SCHEMA
+from stratovmm_net.tap import Tap
+from stratovmm_net.vhost import RUNTIME_IOCTLS, VhostNet, VhostNetDevice, check_vhost
+
+STRATOVMM_API = "1.0"
+
+log = logging.getLogger(__name__)
+
+_VHOST_VALUES = {"on": "vhost-kernel", "true": "vhost-kernel", "off": None, "false": None}
+
+NETDEV_OPTION = OptionSpec(
+    "netdev", "virtio-net on a host tap device (repeatable)", "net", repeatable=True,
+    id_field="iface_id",
+    sub=(SubOption("id", "iface_id", required=True),
+         SubOption("netdev", "host_dev_name", required=True,
+                   help="an existing tap interface (ip tuntap add dev TAP mode tap)"),
+         SubOption("mac", "mac", help="guest MAC; default: a locally administered one"),
+         SubOption("iothread", "iothread", help="serve the queues on this -iothread"),
+         SubOption("vhost", "vhost_type", values=_VHOST_VALUES,
+                   help="hand the rings to /dev/vhost-net")),
+    metavar="id=ID,netdev=TAP[,mac=MAC][,iothread=ID][,vhost=on|off]",
+)
+
+HOTPLUG_SLOTS = 2     # as StratoVirt reserves for net
+
+
+TUN_POOL = 8          # netdev_add ifname=... per VM under seccomp (fds=... has no limit)
+
+
+class _Settings:
+    """What ``vmm_check_config`` learnt that later hooks need (one VM per process)."""
+
+    qmp = False       # a QMP socket exists, so netdev_add may attach taps after set-up
+    seccomp = True    # the filter forbids opening /dev/net/tun after set-up
+    vhost = False     # some NIC uses vhost-net: its rings are set up when the driver is ready
+
+
+_settings = _Settings()
+
+
+def create_net(ctx: BuildContext, item: dict[str, Any]) -> None:
+    """Attach to the tap and add a virtio-net device for one ``net`` item."""
+    iface = item["iface_id"]
+    option = f"-netdev id={iface}"
+    if "mac" in item:
+        mac = parse_mac(item["mac"], f"{option} mac")
+    else:
+        mac = generated_mac(f"{item['host_dev_name']}/{iface}")
+    iothread = item.get("iothread")
+    loop = ctx.loop_for(iothread)
+    vhost = VhostNet.open(f"{option} vhost") if item.get("vhost_type") else None
+    try:
+        tap = Tap.open(item["host_dev_name"], f"{option} netdev")
+    except ConfigError:
+        if vhost is not None:
+            vhost.close()
+        raise
+    device = (NetDevice(iface, tap, mac, loop) if vhost is None
+              else VhostNetDevice(iface, tap, mac, loop, vhost))
+    device.netdev_id = iface
+    try:
+        ctx.add_virtio_device(device, iothread)
+        ctx.add_device(iface, device)
+    except ConfigError:
+        device.close()
+        raise
+
+
+# -- QMP netdev_add and hot-replace (device_add virtio-net-mmio) ---------------------------------
+
+
+def _netdevs(vm: VmApi) -> dict[str, Tap]:
+    """Taps opened by netdev_add, waiting for device_add."""
+    netdevs: dict[str, Tap] = vm.state_for("net").setdefault("netdevs", {})
+    return netdevs
+
+
+def _tun_pool(vm: VmApi) -> list[int]:
+    """Unattached /dev/net/tun fds opened before the seccomp filter, for netdev_add ifname."""
+    pool: list[int] = vm.state_for("net").setdefault("tun_fds", [])
+    return pool
+
+
+def _open_by_name(vm: VmApi, ifname: str) -> Tap:
+    option = "netdev_add ifname"
+    if not _settings.seccomp:
+        return Tap.open(ifname, option)
+    pool = _tun_pool(vm)
+    if not pool:
+        raise ConfigError(f"{option}: the {TUN_POOL} /dev/net/tun fds opened before the seccomp"
+                          " filter are used up; pass an open tap fd with getfd and"
+                          " netdev_add fds=NAME instead")
+    return Tap.open(ifname, option, tun_fd=pool.pop())
+
+
+def _netdev_in_use(vm: VmApi, netdev_id: str) -> bool:
+    return any(isinstance(dev, NetDevice) and dev.netdev_id == netdev_id
+               for _id, dev in vm.devices())
+
+
+def netdev_add(vm: VmApi, args: dict[str, Any]) -> None:
+    """Open a tap (by ``ifname``, or the fd passed with ``getfd`` and named by ``fds``)."""
+    netdev_id = args["id"]
+    netdevs = _netdevs(vm)
+    if netdev_id in netdevs or _netdev_in_use(vm, netdev_id):
+        raise GenericError(f"netdev_add: netdev {netdev_id!r} already exists")
+    if ("ifname" in args) == ("fds" in args):
+        raise GenericError("netdev_add: give exactly one of ifname (a tap name) and fds"
+                           " (a fd name from getfd)")
+    try:
+        if args.get("vhost"):
+            check_vhost("netdev_add vhost")
+            raise ConfigError("netdev_add vhost: vhost-net serves only -netdev NICs; hot-plugged"
+                              " NICs use the userspace backend (vhost: false)")
+        if "ifname" in args:
+            tap = _open_by_name(vm, args["ifname"])
+        else:
+            fd = vm.take_fd(args["fds"])
+            if fd is None:
+                raise ConfigError(f"netdev_add fds: no fd named {args['fds']!r} (pass it with"
+                                  " getfd first)")
+            try:
+                tap = Tap.from_fd(fd, "netdev_add fds")
+            except ConfigError:
+                os.close(fd)
+                raise
+    except ConfigError as exc:
+        raise GenericError(str(exc)) from None
+    netdevs[netdev_id] = tap
+
+
+def placeholder(vm: VmApi, addr: int) -> NetDevice:
+    """An empty virtio-net (no tap, link down) holding reserved slot ``addr``."""
+    device = NetDevice(f"virtio-net-slot{addr}", None,
+                       generated_mac(f"slot{addr}/{vm.name or ''}"), vm.main_loop)
+    return device
+
+
+def plug(vm: VmApi, device: Any, args: dict[str, Any]) -> None:
+    """Give the slot the netdev named by ``netdev`` (default: the device ``id``)."""
+    netdev_id = args.get("netdev", args["id"])
+    mac = parse_mac(args["mac"], "device_add mac") if "mac" in args else None
+    tap = _netdevs(vm).pop(netdev_id, None)
+    if tap is None:
+        raise HotplugError(f"no netdev {netdev_id!r} (netdev_add it first)", not_found=True)
+    device.netdev_id = netdev_id
+    device.attach_tap(tap, mac)
+
+
+def unplug(vm: VmApi, device: Any) -> None:
+    """Take the tap away (closed); the guest sees the link go down."""
+    old = device.detach_tap()
+    device.netdev_id = None
+    if old is not None:
+        old.close()
+
+
+# -- hooks ----------------------------------------------------------------------------------------
+
+
+@hookimpl
+def vmm_register_devices(registry: DeviceRegistry) -> None:
+    """``-netdev`` and the ``virtio-net-mmio`` hot-replace driver."""
+    registry.add_device_type(DeviceType("netdev", NETDEV_OPTION, NET_SCHEMA, create_net))
+    registry.add_hotplug_driver(HotplugDriver("virtio-net-mmio", HOTPLUG_SLOTS,
+                                              DEVICE_ADD_SCHEMA, placeholder, plug, unplug))
+
+
+@hookimpl
+def vmm_register_qmp_commands(registry: QmpRegistry) -> None:
+    """``netdev_add``."""
+    registry.add_command(QmpCommand("netdev_add", netdev_add, NETDEV_ADD_SCHEMA,
+                                    help="open a tap (ifname, or fds from getfd) for device_add"))
+
+
+@hookimpl
+def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
+    """Remember whether QMP can hot-plug NICs and whether vhost is used (seccomp rules)."""
+    _settings.qmp = runtime.api_channel is not None
+    _settings.seccomp = runtime.seccomp
+    _settings.vhost = any(item.get("vhost_type") for item in config.get("net", []))
+
+
+@hookimpl
+def vmm_vm_created(vm: VmApi) -> None:
+    """With QMP, open the /dev/net/tun fds netdev_add ifname=... will attach later: after
+    this hook the filter allows no read-write open (the core's openat rule)."""
+    if not (_settings.qmp and _settings.seccomp):
+        return
+    pool = _tun_pool(vm)
+    try:
+        for _ in range(TUN_POOL):
+            pool.append(tap_mod.open_tun("netdev_add"))
+    except ConfigError as exc:
+        log.warning("%s: netdev_add ifname=... will not work", exc)
+
+
+@hookimpl
+def vmm_seccomp_rules(rules: SeccompRules) -> None:
+    """Frames move with readv/writev; TUNSETOFFLOAD (and the vhost ring set-up) run
+    when a driver becomes ready; with QMP, netdev_add attaches taps (TUNSETIFF...)."""
+    rules.allow("readv", "writev")
+    rules.allow_ioctl(tap_mod.TUNSETOFFLOAD)
+    if _settings.qmp:
+        rules.allow_ioctl(*tap_mod.IOCTLS)
+    if _settings.vhost:
+        rules.allow_ioctl(*RUNTIME_IOCTLS)
+
+
+@hookimpl
+def vmm_vm_shutdown(vm: VmApi, reason: str) -> None:
+    """Close taps that netdev_add opened and no device_add claimed, and spare tun fds."""
+    for tap in _netdevs(vm).values():
+        tap.close()
+    _netdevs(vm).clear()
+    pool = _tun_pool(vm)
+    while pool:
+        os.close(pool.pop())

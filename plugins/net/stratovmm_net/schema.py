@@ -1,0 +1,56 @@
+"""The ``"net"`` key of the JSON config file (StratoVirt v0.3 names) and the QMP schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stratovmm.config.core_options import ITEM_ID_SCHEMA
+
+MAC_PATTERN = r"^[0-9A-Fa-f]{2}([:-])([0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}$"
+MAC_SCHEMA: dict[str, Any] = {"type": "string", "pattern": MAC_PATTERN,
+                              "x-message": "is not a MAC address (e.g. 52:54:00:12:34:56)"}
+IFNAME_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 15,
+                                 "description": "host tap interface name (IFNAMSIZ - 1 bytes)"}
+
+NET_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["iface_id", "host_dev_name"],
+    "properties": {
+        "iface_id": ITEM_ID_SCHEMA,
+        "host_dev_name": IFNAME_SCHEMA,
+        "mac": MAC_SCHEMA,
+        "iothread": {"type": "string", "minLength": 1},
+        # StratoVirt: "vhost-kernel"; null (the command line's vhost=off) = no vhost
+        "vhost_type": {"enum": ["vhost-kernel", None]},
+    },
+}
+
+NETDEV_ADD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["id"],
+    "properties": {
+        "id": ITEM_ID_SCHEMA,
+        "type": {"enum": ["tap"]},
+        "ifname": IFNAME_SCHEMA,
+        "fds": {"type": "string", "minLength": 1,
+                "description": "name of a tap fd passed before with getfd"},
+        "vhost": {"type": "boolean"},
+    },
+}
+
+DEVICE_ADD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["driver", "id"],
+    "properties": {
+        "driver": {"const": "virtio-net-mmio"},
+        "id": ITEM_ID_SCHEMA,
+        "netdev": {"type": "string", "minLength": 1},
+        "addr": {"type": ["string", "integer"]},
+        "bus": {"type": "string"},
+        "mac": {"type": "string", "minLength": 1,
+                "description": "guest MAC (checked by the plugin, with a readable message)"},
+    },
+}

@@ -25,10 +25,12 @@ class DeviceHarness:
     """One device, its transport, guest memory and a bump allocator for buffers."""
 
     def __init__(self, device: VirtioDevice, memory_size: int = 4 << 20,
-                 queue_size: int = 16) -> None:
+                 queue_size: int = 16, loop: EventLoop | None = None) -> None:
+        """``loop``: the loop the device serves its queues on (a device that arms
+        timers or watches host fds on its own loop passes that loop here)."""
         self.device = device
         self.memory = BytearrayGuestMemory(memory_size)
-        self.loop = EventLoop("harness")
+        self.loop = loop if loop is not None else EventLoop("harness")
         self.interrupts = 0
         self.queue_size = queue_size
         self.transport = VirtioMmioTransport(device, None, self.memory, MMIO_BASE,

@@ -40,9 +40,7 @@ def harness(path: str, read_only: bool = False, direct: bool = False, serial: st
             iops: int | None = None) -> DeviceHarness:
     loop = EventLoop("blk-test")
     device = BlockDevice("d0", BlockBackend(path, read_only, direct), serial, loop, iops)
-    h = DeviceHarness(device)
-    h.loop = loop
-    h.transport._loop = loop
+    h = DeviceHarness(device, loop=loop)
     h.start()
     return h
 

@@ -13,9 +13,7 @@ from stratovmm.testing.virtqueue import Buffer
 
 def harness(path: Path, rate: int | None = None) -> DeviceHarness:
     loop = EventLoop("rng-test")
-    h = DeviceHarness(RngDevice("rng", str(path), loop, rate), memory_size=8 << 20)
-    h.loop = loop
-    h.transport._loop = loop
+    h = DeviceHarness(RngDevice("rng", str(path), loop, rate), memory_size=8 << 20, loop=loop)
     h.start()
     return h
 

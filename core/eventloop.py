@@ -129,7 +129,9 @@ class EventLoop:
             handler = self._handlers.get(fd)
             if handler is not None:
                 self._dispatch(handler, events)
-        while self._pending:
+        # only what was queued before this turn: a callback that queues itself again
+        # runs next turn, after the fds of other devices had their chance
+        for _ in range(len(self._pending)):
             self._dispatch_call(self._pending.popleft())
         now = time.monotonic()
         while self._timers and self._timers[0].deadline <= now:

@@ -10,6 +10,7 @@ import fcntl
 import os
 import queue
 import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -197,6 +198,7 @@ def test_balloon_inflate_and_deflate(guest: Path) -> None:
             qmp.close()
         finally:
             vm.close()
+            shutil.rmtree(sockdir, ignore_errors=True)
     drop = rss_full - rss_ballooned
     print(f"MemTotal {total} kB; RSS {rss_full} -> {rss_ballooned} kB (drop {drop} kB);"
           f" inflate {inflate_s:.1f} s, deflate {deflate_s:.1f} s; VM {vm_seconds:.0f} s"

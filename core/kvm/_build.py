@@ -108,6 +108,7 @@ svmm_run_system_event *svmm_run_system_event_of(struct kvm_run *run);
 svmm_run_fail_entry *svmm_run_fail_entry_of(struct kvm_run *run);
 
 int ioctl(int fd, unsigned long request, ...);
+void svmm_full_barrier(void);
 
 struct setup_header {
     uint8_t setup_sects; uint16_t root_flags; uint32_t syssize; uint16_t ram_size;
@@ -155,6 +156,10 @@ static svmm_run_internal *svmm_run_internal_of(struct kvm_run *r) { return &r->i
 static svmm_run_system_event *svmm_run_system_event_of(struct kvm_run *r)
 { return &r->system_event; }
 static svmm_run_fail_entry *svmm_run_fail_entry_of(struct kvm_run *r) { return &r->fail_entry; }
+
+/* A full memory barrier (mfence on x86): the one reordering x86 allows is a store
+ * passing a later load, which virtqueue notification suppression must forbid. */
+static void svmm_full_barrier(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 """
 
 

@@ -216,7 +216,9 @@ def boot(guest: Path, tmp_path_factory: pytest.TempPathFactory) -> ConsoleBoot:
     """The one boot every test below reads from."""
     workdir = Path(tmp_path_factory.mktemp("console"))
     with boot_lock():
-        return drive(guest, workdir)
+        result = drive(guest, workdir)
+    print(f"console boot: {result.seconds:.1f} s, steps {result.steps}")
+    return result
 
 
 def test_guest_runs_to_the_end_and_the_vmm_exits_0(boot: ConsoleBoot) -> None:

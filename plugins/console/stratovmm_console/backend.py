@@ -91,7 +91,8 @@ class ConsoleSocket:
         self._input_open = False       # the client may still send (no EOF seen)
         self._want_input = False
         self._retry: Timer | None = None
-        self.stats = {"output_dropped": 0, "connections": 0, "disconnections": 0}
+        self.stats = {"output_dropped": 0, "connections": 0, "disconnections": 0,
+                      "accept_errors": 0}
         self._listener = self._listen(where)
         st = os.lstat(self.path)              # the file bind() made (not the socket's inode)
         self._file_id = (st.st_dev, st.st_ino)
@@ -214,6 +215,7 @@ class ConsoleSocket:
         except BlockingIOError:
             return
         except OSError as exc:               # EMFILE/ENFILE: back off instead of spinning
+            self.stats["accept_errors"] += 1
             log.error("console %s: accept failed: %s; retrying in %.0f s", self.path,
                       exc.strerror or exc, ACCEPT_RETRY)
             self._loop.unregister(self._listener.fileno())

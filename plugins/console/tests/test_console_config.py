@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stratovmm_console import plugin
+import stratovmm_console.plugin as plugin
 
 from stratovmm import cli
 from stratovmm.config.help import render_help

@@ -39,9 +39,7 @@ class Console:
         loop = EventLoop("console-test")
         self.port = ConsoleSocket(self.path, loop, capacity=capacity)
         self.device = ConsoleDevice("con0", self.port)
-        self.h = DeviceHarness(self.device, queue_size=16)
-        self.h.loop = loop
-        self.h.transport._loop = loop
+        self.h = DeviceHarness(self.device, queue_size=16, loop=loop)
         self.h.start()
         self.clients: list[socket.socket] = []
 
@@ -304,9 +302,7 @@ def test_input_before_the_driver_is_ready_waits(tmp_path: Path) -> None:
     path = str(tmp_path / "c.sock")
     loop = EventLoop("console-test")
     port = ConsoleSocket(path, loop)
-    h = DeviceHarness(ConsoleDevice("con0", port))
-    h.loop = loop
-    h.transport._loop = loop
+    h = DeviceHarness(ConsoleDevice("con0", port), loop=loop)
     client = socket.socket(socket.AF_UNIX)
     client.connect(path)
     h.run()
@@ -467,3 +463,38 @@ def test_broken_transmit_ring_stops_input_watching(con: Console) -> None:
     con.run()
     assert not con.client_watched_for_input()
     assert con.rxq.used_elements() == []
+
+
+class _FailingListener:
+    """The listening socket, but accept() fails as when the process is out of fds."""
+
+    def __init__(self, real: socket.socket) -> None:
+        self.real = real
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def accept(self) -> tuple[socket.socket, object]:
+        raise OSError(24, "Too many open files")
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_accept_failure_backs_off_instead_of_spinning(con: Console) -> None:
+    """accept() failing (EMFILE) is counted and the listener is re-armed by a timer, so a
+    pending connection does not wake the loop continuously; it is accepted afterwards."""
+    real = con.port._listener
+    con.port._listener = _FailingListener(real)  # type: ignore[assignment]
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(con.path)
+    con.clients.append(client)
+    con.run()
+    assert con.device.stats()["accept_errors"] == 1
+    assert dict(con.h.loop._epoll.poll(0)) == {}
+    con.port._listener = real
+    timer = con.port._retry
+    assert timer is not None
+    timer.callback()
+    con.run()
+    assert con.port.connected

@@ -9,6 +9,7 @@ aligned bounce buffer (an anonymous mmap, page-aligned by construction).
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import stat
@@ -37,6 +38,13 @@ class BlockBackend:
             self.fd = os.open(path, flags)
         except OSError as exc:
             raise ConfigError(f"{option}: {path}: {exc.strerror}") from exc
+        try:
+            # as QEMU's image locking: one writer, or any number of readers, per image
+            fcntl.flock(self.fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            raise ConfigError(f"{option}: {path} is in use by another drive or process"
+                              " (a writable image can be opened once)") from None
         self.path = path
         self.read_only = read_only
         self.direct = direct

@@ -114,6 +114,6 @@ def vmm_register_qmp_commands(registry: QmpRegistry) -> None:
 @hookimpl
 def vmm_seccomp_rules(rules: SeccompRules) -> None:
     """Zero-copy vectored I/O, flush, and the anonymous maps of O_DIRECT bounce buffers
-    (blockdev-add opens images after the filter is on: open/openat/fstat/lseek)."""
+    (blockdev-add opens and locks images after the filter is on: openat/fstat/lseek/flock)."""
     rules.allow("preadv", "pwritev", "preadv2", "pwritev2", "fdatasync", "mmap", "munmap",
-                "openat", "newfstatat", "fstat", "lseek", "close")
+                "openat", "newfstatat", "fstat", "lseek", "close", "flock")

@@ -206,3 +206,19 @@ def test_host_read_error_answers_ioerr(tmp_path: Path) -> None:
     backend.fd = os.open(str(tmp_path), os.O_RDONLY)   # a directory: preadv fails (EISDIR)
     assert submit(h, T_IN, sector=0, read_len=512)[1] == S_IOERR
     assert h.device.counters["errors"] == 1
+
+
+def test_a_writable_image_can_be_opened_once(tmp_path: Path) -> None:
+    """Image locking: a second writer is refused; readers may share a read-only image."""
+    path = image(tmp_path)
+    first = BlockBackend(path)
+    with pytest.raises(ConfigError, match="in use"):
+        BlockBackend(path)
+    with pytest.raises(ConfigError, match="in use"):
+        BlockBackend(path, read_only=True)
+    first.close()
+    readers = [BlockBackend(path, read_only=True), BlockBackend(path, read_only=True)]
+    with pytest.raises(ConfigError, match="in use"):
+        BlockBackend(path)
+    for reader in readers:
+        reader.close()

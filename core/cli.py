@@ -32,6 +32,14 @@ def core_registry() -> Registry:
     return registry
 
 
+def report(exc: Exception) -> None:
+    """One line on stderr; also in the -D log file, which is where a daemon's stderr
+    (/dev/null after detaching) would otherwise lose it."""
+    print(f"stratovmm: {exc}", file=sys.stderr)
+    if any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers):
+        log.error("%s", exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one VM; the exit status follows SPEC §1."""
     args = sys.argv[1:] if argv is None else argv
@@ -52,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_vm(config, host, registry)
     except (ConfigError, PluginError) as exc:
-        print(f"stratovmm: {exc}", file=sys.stderr)
+        report(exc)
         return EXIT_USAGE
     except (HostError, StratoVmmError) as exc:
-        print(f"stratovmm: {exc}", file=sys.stderr)
+        report(exc)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE

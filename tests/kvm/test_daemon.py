@@ -181,3 +181,21 @@ def test_pidfile_without_daemonize_is_removed_on_sigterm(tmp_path: Path) -> None
         assert (tmp_path / "vm.pid").read_text() == f"{vmm.pid}\n"
         assert vmm.terminate() == 0
     assert not (tmp_path / "vm.pid").exists()
+
+
+def test_daemon_serves_qmp_and_quit_removes_the_pidfile(tmp_path: Path,
+                                                        daemons: list[int]) -> None:
+    """After -daemonize returns, the QMP socket answers; quit ends the VM (SHUTDOWN
+    host-qmp-quit) and the pidfile and socket are gone."""
+    from stratovmm.testing.qmp import QmpTestClient
+
+    sock = tmp_path / "qmp.sock"
+    pid = start_daemon(tmp_path, daemons, "-api-channel", f"unix:{sock}")
+    with QmpTestClient(str(sock), timeout=10) as qmp:
+        assert "QMP" in qmp.greeting
+        assert qmp.command("query-status")["return"]["status"] == "running"
+        assert qmp.command("quit")["return"] == {}
+        assert qmp.wait_event("SHUTDOWN", 10)["data"]["reason"] == "host-qmp-quit"
+    assert wait_until(lambda: not process_alive(pid))
+    assert not (tmp_path / "vm.pid").exists()
+    assert not sock.exists()

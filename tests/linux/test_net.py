@@ -393,6 +393,7 @@ def test_counters_show_the_traffic_and_no_fault(outcome: Outcome) -> None:
 def test_vmm_exits_cleanly(outcome: Outcome) -> None:
     """The guest's reboot ends the VMM with status 0; at log level warn nothing about bad
     guest input or bad driver access was logged."""
+    print(f"net guest run (boot, checks, reboot): {outcome.wall:.1f} s")
     assert outcome.returncode == 0, outcome.stderr
     assert "bad guest input" not in outcome.stderr, outcome.stderr
     assert "bad driver access" not in outcome.stderr, outcome.stderr

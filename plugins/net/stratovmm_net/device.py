@@ -436,8 +436,8 @@ class NetDevice(VirtioDevice):
         handled = 0
         while handled < RX_BATCH and self._receive_one(queue):
             handled += 1
-        self._arm(self.tap is not None and not self._tap_broken and self._pending is None
-                  and bool(self._held))
+        # a spilled frame took every held buffer, so the tap also rests while it is pending
+        self._arm(self.tap is not None and not self._tap_broken and bool(self._held))
         self._count_bad_chains(queue, RX, before_bad)
         if queue.completed != before_used and queue.needs_interrupt():
             self.signal_used()

@@ -48,8 +48,6 @@ NETDEV_OPTION = OptionSpec(
 )
 
 HOTPLUG_SLOTS = 2     # as StratoVirt reserves for net
-
-
 TUN_POOL = 8          # netdev_add ifname=... per VM under seccomp (fds=... has no limit)
 
 

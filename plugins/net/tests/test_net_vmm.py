@@ -176,11 +176,12 @@ def test_cold_plugged_nics_from_cmdline_and_json_boot(guests: dict[str, Path], t
 
 
 @contextlib.contextmanager
-def loop_vm(kernel: Path, workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def loop_vm(kernel: Path, workdir: Path,
+            *extra: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     sock = str(workdir / "qmp.sock")
     out = open(workdir / "vmm.out", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([*stratovmm_command(), "-kernel", str(kernel), "-serial", "stdio",
-                             "-api-channel", f"unix:{sock}"],
+                             "-api-channel", f"unix:{sock}", *extra],
                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
@@ -255,6 +256,31 @@ def test_qmp_netdev_add_and_hot_replace(guests: dict[str, Path], taps: list[str]
                                           "netdev": "hp0", "addr": 0})["return"] == {}
         assert qmp.command("device_del", {"id": "nic1"})["return"] == {}
         assert qmp.wait_event("DEVICE_DELETED", 5)["data"]["device"] == "nic1"
+        assert qmp.command("quit")["return"] == {}
+        assert proc.wait(10) == 0
+    os.close(tap_fd)
+
+
+@pytest.mark.parametrize("seccomp", [True, False])
+def test_netdev_add_by_name_uses_fds_opened_before_seccomp(guests: dict[str, Path],
+                                                           taps: list[str], tmp_path: Path,
+                                                           seccomp: bool) -> None:
+    """Under seccomp each netdev_add ifname=... uses one of 8 /dev/net/tun fds opened before
+    the filter, then says to pass fds instead (and the fds path still works); with
+    -disable-seccomp the tap is opened on demand, without a limit."""
+    extra = () if seccomp else ("-disable-seccomp",)
+    tap_fd = open_tap_fd(taps[1])
+    with loop_vm(guests["loop"], tmp_path, *extra) as (proc, sock), QmpTestClient(sock) as qmp:
+        for n in range(8):
+            assert "does not exist" in error_of(qmp.command(
+                "netdev_add", {"id": f"m{n}", "ifname": f"svmmnosuch{n}"}))
+        ninth = qmp.command("netdev_add", {"id": "m8", "ifname": taps[0]})
+        if seccomp:
+            assert "are used up; pass an open tap fd with getfd" in error_of(ninth)
+        else:
+            assert ninth["return"] == {}
+        assert qmp.command("getfd", {"fdname": "t"}, fds=[tap_fd])["return"] == {}
+        assert qmp.command("netdev_add", {"id": "f", "fds": "t"})["return"] == {}
         assert qmp.command("quit")["return"] == {}
         assert proc.wait(10) == 0
     os.close(tap_fd)

@@ -19,7 +19,9 @@ STRATOVMM = [shutil.which("stratovmm") or sys.executable, *([] if shutil.which("
 QEMU_BASE = [QEMU, "-M", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=off,acpi=off",
              "-enable-kvm", "-cpu", "host,-arch-capabilities", "-nodefaults", "-no-user-config",
              "-nographic", "-serial", "stdio", "-no-reboot", "-device", "i8042",
-             "-global", "virtio-mmio.force-legacy=false"]
+             "-global", "virtio-mmio.force-legacy=false",
+             # name QEMU's threads (CPU n/KVM, IO id, worker) so per-thread CPU can be split
+             "-name", "qemu-bench,debug-threads=on"]
 
 
 def qemu(smp: int, mem: str, kernel: Path, append: str | None, initrd: Path | None,

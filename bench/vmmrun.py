@@ -63,10 +63,20 @@ def rss_split(pid: int, guest_min: int) -> tuple[int, int] | None:
     return total, guest
 
 
+PROCESS = "<process>"
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds (user+system) per thread name of ``pid``."""
+    """CPU seconds (user+system) per thread name of ``pid``, and under ``PROCESS`` the
+    whole process's (which keeps the time of threads that have exited)."""
     out: dict[str, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        out[PROCESS] = (int(fields[11]) + int(fields[12])) / tick
+    except OSError:
+        return out
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -90,9 +100,12 @@ def run(cmd: list[str], markers: list[str], timeout: float = 300.0,
     When a marker first matches, the per-thread CPU times of that moment are
     kept in ``cpu_at[marker]`` (for CPU-per-request figures between markers).
     """
+    # a normal install has its bytecode compiled; a PYTHONDONTWRITEBYTECODE inherited from
+    # a development shell would make every start recompile every module
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, env=env)
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
     sel = selectors.DefaultSelector()
@@ -122,7 +135,7 @@ def run(cmd: list[str], markers: list[str], timeout: float = 300.0,
                 buf += chunk
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
-                    s = line.decode(errors="replace")
+                    s = line.decode(errors="replace").rstrip("\r")
                     text.append(s)
                     t = time.perf_counter() - t0
                     for m in markers:

@@ -69,16 +69,21 @@ class GuestMemory:
             raise ValueError("regions larger than the host buffer")
         self.regions: tuple[Region, ...] = tuple(placed)
         self.size = offset
+        # plain ints for the hot path: every descriptor and ring access checks here
+        self._bounds = tuple((r.gpa, r.gpa + r.size, r.offset - r.gpa) for r in placed)
 
     def _offset(self, gpa: int, length: int) -> int:
-        """Host buffer offset of [gpa, gpa+length), or ``GuestMemoryError``."""
-        if length < 0 or gpa < 0:
-            raise GuestMemoryError(f"bad guest range {gpa:#x}+{length:#x}")
-        for region in self.regions:
-            if region.gpa <= gpa < region.end and length <= region.end - gpa:
-                return region.offset + gpa - region.gpa
-            if length == 0 and gpa == region.end:
-                return region.offset + region.size
+        """Host buffer offset of [gpa, gpa+length), or ``GuestMemoryError``.
+
+        Overflow-safe: the range must start inside a region and its length must
+        fit in what is left of that region, so no sum can wrap or exceed RAM.
+        """
+        if length >= 0:
+            for start, end, delta in self._bounds:
+                if start <= gpa < end and length <= end - gpa:
+                    return gpa + delta
+                if length == 0 and gpa == end:
+                    return gpa + delta
         raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
 
     def contains(self, gpa: int, length: int) -> bool:

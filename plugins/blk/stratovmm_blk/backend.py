@@ -9,6 +9,7 @@ aligned bounce buffer (an anonymous mmap, page-aligned by construction).
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import mmap
 import os
@@ -55,17 +56,17 @@ class BlockBackend:
         """Capacity in 512-byte sectors (a partial last sector is not exposed)."""
         return self.size // SECTOR
 
-    def read(self, views: list[memoryview], offset: int, gpas: list[int]) -> int:
+    def read(self, views: list[memoryview], offset: int) -> int:
         """Fill ``views`` from ``offset``; bytes past EOF read as zeros."""
-        if self.direct and not _aligned(views, gpas, offset):
+        if self.direct and not _aligned(views, offset):
             return self._bounce_read(views, offset)
         done = _loop_io(os.preadv, self.fd, views, offset)
         _zero_tail(views, done)
         return sum(len(v) for v in views)
 
-    def write(self, views: list[memoryview], offset: int, gpas: list[int]) -> int:
+    def write(self, views: list[memoryview], offset: int) -> int:
         """Write ``views`` at ``offset``."""
-        if self.direct and not _aligned(views, gpas, offset):
+        if self.direct and not _aligned(views, offset):
             return self._bounce_write(views, offset)
         return _loop_io(os.pwritev, self.fd, views, offset)
 
@@ -107,13 +108,18 @@ def _aligned_buffer(length: int) -> mmap.mmap:
     return mmap.mmap(-1, max(_round_up(length), mmap.PAGESIZE))
 
 
-def _aligned(views: list[memoryview], gpas: list[int], offset: int) -> bool:
-    """O_DIRECT can use the guest buffers as they are (guest RAM's host mapping is
-    page-aligned, so guest-physical alignment is host-virtual alignment)."""
+def host_address(view: memoryview) -> int:
+    """Where ``view``'s first byte lives in our address space (guest RAM is writable)."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+def _aligned(views: list[memoryview], offset: int) -> bool:
+    """O_DIRECT can use the guest buffers as they are: every buffer's host address and
+    length, and the file offset, are multiples of the logical block size."""
     if offset % DIRECT_ALIGN:
         return False
-    return all(g % DIRECT_ALIGN == 0 and len(v) % DIRECT_ALIGN == 0
-               for v, g in zip(views, gpas, strict=True))
+    return all(len(v) % DIRECT_ALIGN == 0 and host_address(v) % DIRECT_ALIGN == 0
+               for v in views)
 
 
 def _loop_io(op: object, fd: int, views: list[memoryview], offset: int) -> int:

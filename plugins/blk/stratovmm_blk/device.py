@@ -151,14 +151,14 @@ class BlockDevice(VirtioDevice):
         return sector <= backend.sectors and length // SECTOR <= backend.sectors - sector
 
     def _read(self, memory: GuestMemoryProtocol, chain: DescriptorChain, sector: int) -> int:
-        views, gpas = _data_views_with_gpas(memory, chain, writable=True)
+        views = _data_views(memory, chain, writable=True)
         length = sum(len(v) for v in views)
         if not self._range_ok(sector, length):
             self.guest_fault("range", f"read of {length} bytes at sector {sector} out of range")
             return self._finish(memory, chain, S_IOERR, 0)
         assert self.backend is not None
         try:
-            done = self.backend.read(views, sector * SECTOR, gpas)
+            done = self.backend.read(views, sector * SECTOR)
         except OSError as exc:
             return self._host_error(memory, chain, "read", exc)
         self.counters["bytes_read"] += done
@@ -168,13 +168,13 @@ class BlockDevice(VirtioDevice):
         if self.backend is None or self.backend.read_only:
             self.counters["errors"] += 1
             return self._finish(memory, chain, S_IOERR, 0)    # §5.2.6.2 read-only: IOERR
-        views, gpas = _data_views_with_gpas(memory, chain, writable=False)
+        views = _data_views(memory, chain, writable=False)
         length = sum(len(v) for v in views)
         if not self._range_ok(sector, length):
             self.guest_fault("range", f"write of {length} bytes at sector {sector} out of range")
             return self._finish(memory, chain, S_IOERR, 0)
         try:
-            done = self.backend.write(views, sector * SECTOR, gpas)
+            done = self.backend.write(views, sector * SECTOR)
         except OSError as exc:
             return self._host_error(memory, chain, "write", exc)
         self.counters["bytes_written"] += done
@@ -222,12 +222,11 @@ class BlockDevice(VirtioDevice):
             self.backend.close()
 
 
-def _data_views_with_gpas(memory: GuestMemoryProtocol, chain: DescriptorChain,
-                          writable: bool) -> tuple[list[memoryview], list[int]]:
+def _data_views(memory: GuestMemoryProtocol, chain: DescriptorChain,
+                writable: bool) -> list[memoryview]:
     """The data part of a request: readable bytes after the header, or writable bytes
-    before the status byte; with the guest address of each piece."""
+    before the status byte (any framing, §5.2.6)."""
     views: list[memoryview] = []
-    gpas: list[int] = []
     if writable:
         descriptors = list(chain.writable)
         skip_front, skip_back = 0, 1
@@ -242,13 +241,7 @@ def _data_views_with_gpas(memory: GuestMemoryProtocol, chain: DescriptorChain,
         pos += d.length
         if end > start:
             views.append(memory.slice(d.addr + start, end - start))
-            gpas.append(d.addr + start)
-    return views, gpas
-
-
-def _data_views(memory: GuestMemoryProtocol, chain: DescriptorChain,
-                writable: bool) -> list[memoryview]:
-    return _data_views_with_gpas(memory, chain, writable)[0]
+    return views
 
 
 def _scatter(views: list[memoryview], data: bytes) -> int:

@@ -167,6 +167,14 @@ class VmApi:
             os.close(previous)
         self._machine.named_fds[name] = fd
 
+    def named_fd_count(self) -> int:
+        """How many fds are held under ``getfd`` names."""
+        return len(self._machine.named_fds)
+
+    def has_fd(self, name: str) -> bool:
+        """True when a fd is held under ``name``."""
+        return name in self._machine.named_fds
+
     def take_fd(self, name: str) -> int | None:
         """Remove and return the fd a QMP client passed with ``getfd`` under ``name``."""
         return self._machine.named_fds.pop(name, None)

@@ -31,6 +31,7 @@ from stratovmm.irq import IrqLine
 from stratovmm.kvm import Kvm
 from stratovmm.kvm._kvm import lib
 from stratovmm.legacy.i8042 import I8042, PORT_BASE, PORT_LENGTH
+from stratovmm.legacy.pvpanic import PVPANIC_LENGTH, PVPANIC_PORT, PvPanic
 from stratovmm.memory import HostGuestMemory, MemoryOptions
 from stratovmm.plugin import PluginHost
 from stratovmm.registry import Registry
@@ -54,6 +55,10 @@ class VmState(enum.StrEnum):
 
 EXIT_OK = 0
 EXIT_VM_ERROR = 1
+
+# QEMU's termination signals: each ends the VM in order (SHUTDOWN "host-signal", exit 0).
+# SIGHUP too, so closing the terminal of a `-serial stdio` VM restores the terminal mode.
+HOST_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class MicroVm:
@@ -81,6 +86,7 @@ class MicroVm:
         self._setup_kvm()
         self._setup_memory()
         self.pio.insert(I8042(self._guest_reset), PORT_BASE, PORT_LENGTH, "i8042")
+        self.pio.insert(PvPanic(self._guest_panic), PVPANIC_PORT, PVPANIC_LENGTH, "pvpanic")
         self.api = VmApi(self)
         from stratovmm.virtio.slots import VirtioSlots
 
@@ -144,7 +150,7 @@ class MicroVm:
     def run(self) -> int:
         """Start the iothreads and vCPUs and serve the main loop until the VM ends."""
         install_kick_handler()
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {s: signal.signal(s, self._on_signal) for s in HOST_SIGNALS}
         try:
             for thread in self.iothreads.values():
                 thread.start()
@@ -170,7 +176,8 @@ class MicroVm:
 
     def vcpu_stopped(self, index: int, reason: StopReason, detail: str) -> None:
         """Called on a vCPU thread when the guest reset, shut down, or KVM failed."""
-        status = EXIT_VM_ERROR if reason is StopReason.INTERNAL_ERROR else EXIT_OK
+        failed = reason in (StopReason.INTERNAL_ERROR, StopReason.GUEST_PANIC)
+        status = EXIT_VM_ERROR if failed else EXIT_OK
         if status != EXIT_OK:
             log.error("vCPU %d: %s", index, detail)
         self.main_loop.call_soon(lambda: self.shutdown(reason.value, f"vCPU {index}: {detail}",
@@ -181,6 +188,11 @@ class MicroVm:
         self.main_loop.call_soon(
             lambda: self.shutdown(StopReason.GUEST_RESET.value, "i8042 reset (0xFE on port 0x64)")
         )
+
+    def _guest_panic(self) -> None:
+        """The pvpanic PANICKED event (on a vCPU thread): QEMU ``-action panic=exit-failure``."""
+        self.main_loop.call_soon(lambda: self.shutdown(
+            StopReason.GUEST_PANIC.value, "pvpanic: the guest panicked", EXIT_VM_ERROR))
 
     def pause(self) -> None:
         """Park every vCPU (QMP ``stop``)."""

@@ -160,6 +160,7 @@ class JsonStreamSplitter:
             byte = data[j]
             i = j + 1
             if _BAD_BYTE.match(data, j):
+                self._capture(data[start:j])  # the size limit must not depend on the split
                 self._lexical_reset(byte)
                 return i
             if self._in_string:

@@ -156,3 +156,24 @@ def test_introspection_lists_installed_plugin_commands(vm: VmProcess) -> None:
     for name, command in plugin_commands.items():
         assert name in names
         assert schema[name]["arg-type"] == command.schema
+
+
+def test_getfd_holds_at_most_64_named_fds(kvm_available: None, tmp_path: Path) -> None:
+    """A client cannot pile up named fds: the 65th getfd is refused and its fd closed."""
+    vm = VmProcess(loop_guest_args(build_loop_guest(tmp_path)))
+    try:
+        assert vm.wait_stdout("READY"), vm.stderr
+        with vm.client() as qmp, open(tmp_path / "f", "w") as f:
+            for i in range(64):
+                qmp.send_bytes(b" ", fds=[f.fileno()])
+                assert qmp.command("getfd", {"fdname": f"fd{i}"}).get("return") == {}
+            qmp.send_bytes(b" ", fds=[f.fileno()])
+            refused = qmp.command("getfd", {"fdname": "one-too-many"})
+            assert "too many" in refused["error"]["desc"]
+            qmp.send_bytes(b" ", fds=[f.fileno()])
+            assert qmp.command("getfd", {"fdname": "fd0"}).get("return") == {}   # replacing is fine
+            assert qmp.command("closefd", {"fdname": "fd1"}).get("return") == {}
+            qmp.send_bytes(b" ", fds=[f.fileno()])
+            assert qmp.command("getfd", {"fdname": "again"}).get("return") == {}
+    finally:
+        vm.close()

@@ -14,7 +14,9 @@ import selectors
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 _MAP = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ")
 
@@ -31,6 +33,7 @@ class Measurement:
     output: str = ""
     cpu: dict[str, float] = field(default_factory=dict)
     cpu_at: dict[str, dict[str, float]] = field(default_factory=dict)
+    probe_at: dict[str, Any] = field(default_factory=dict)
 
 
 def _hwm(pid: int) -> int:
@@ -94,11 +97,13 @@ def thread_cpu(pid: int) -> dict[str, float]:
 
 
 def run(cmd: list[str], markers: list[str], timeout: float = 300.0,
-        guest_min: int = 128 << 20, stop_at: str | None = None) -> Measurement:
+        guest_min: int = 128 << 20, stop_at: str | None = None,
+        probe: Callable[[], Any] | None = None) -> Measurement:
     """Run ``cmd`` with serial on stdout until it exits (or ``stop_at`` matches).
 
     When a marker first matches, the per-thread CPU times of that moment are
-    kept in ``cpu_at[marker]`` (for CPU-per-request figures between markers).
+    kept in ``cpu_at[marker]`` (for CPU-per-request figures between markers), and
+    ``probe()``'s answer in ``probe_at[marker]`` (e.g. a tap's packet counters).
     """
     # a normal install has its bytecode compiled; a PYTHONDONTWRITEBYTECODE inherited from
     # a development shell would make every start recompile every module
@@ -117,6 +122,7 @@ def run(cmd: list[str], markers: list[str], timeout: float = 300.0,
     last = 0.0
     cpu: dict[str, float] = {}
     cpu_at: dict[str, dict[str, float]] = {}
+    probe_at: dict[str, Any] = {}
     stopped = False
     while True:
         now = time.perf_counter() - t0
@@ -142,6 +148,8 @@ def run(cmd: list[str], markers: list[str], timeout: float = 300.0,
                         if found[m] is None and re.search(m, s):
                             found[m] = round(t, 4)
                             cpu_at[m] = thread_cpu(proc.pid)
+                            if probe is not None:
+                                probe_at[m] = probe()
                     if stop_at and re.search(stop_at, s):
                         stopped = True
             elif proc.poll() is not None:
@@ -158,4 +166,4 @@ def run(cmd: list[str], markers: list[str], timeout: float = 300.0,
         proc.kill()
         proc.wait()
     return Measurement(found, round(time.perf_counter() - t0, 4), proc.returncode, peak, overhead,
-                       "\n".join(text), cpu, cpu_at)
+                       "\n".join(text), cpu, cpu_at, probe_at)

@@ -7,14 +7,36 @@ units.  A command that would overflow it is refused with
 is never refused, a burst of up to ``capacity`` commands is admitted at once,
 and a flood gets exactly the rate through.  One bucket serves every client of
 the VM: the limit protects the VM, not a connection.
+
+``STRATOVMM_QMP_RATE`` changes the rate (commands per second) for tools that
+drive QMP harder than a person does, e.g. the 10,000-message fuzz test.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from stratovmm.errors import ConfigError
 
 COMMANDS_PER_SECOND = 100
+RATE_ENV = "STRATOVMM_QMP_RATE"
+
+
+def rate_from_env(environ: Mapping[str, str] = os.environ) -> float:
+    """The admitted commands per second: ``STRATOVMM_QMP_RATE`` or 100."""
+    text = environ.get(RATE_ENV)
+    if text is None:
+        return COMMANDS_PER_SECOND
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = 0.0
+    if not 1 <= rate <= 1e6:
+        raise ConfigError(f"{RATE_ENV}: {text!r} is not a number of commands per second"
+                          " between 1 and 1000000")
+    return rate
 
 
 class LeakyBucket:

@@ -1,9 +1,13 @@
-"""The one fresh venv the contract tests share (building it compiles the core's cffi modules:
-a minute or so, so once per session)."""
+"""The one fresh venv the contract tests share.  Building it compiles the core's cffi
+modules and installs packages (15 s to a minute), so it starts in a background thread as
+soon as collection finds a contract test, and runs beside the unit and kvm tiers."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import venv
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -18,14 +22,16 @@ from venvtools import (
     find_modules,
 )
 
+_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contract-venv")
+_build: Future[Venv] | None = None
+_root: Path | None = None
 
-@pytest.fixture(scope="session")
-def contract_venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
+
+def build_venv(root: Path) -> Venv:
     """A fresh venv holding the core (built from a copy of this tree), the sample plugin and
     the example boot-timer plugin (with its test extra), and not stratovmm-serial.  The base
     interpreter's site-packages are visible (for the core's ordinary dependencies) unless
     they hold the core or a plugin themselves."""
-    root = tmp_path_factory.mktemp("contract")
     source = copy_source(root)
     sample = copy_plugin(SAMPLE, root)
     boot_timer = copy_plugin(BOOT_TIMER, root)
@@ -36,8 +42,33 @@ def contract_venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
     venv.EnvBuilder(system_site_packages=clean_base, with_pip=True, clear=True).create(env.path)
     proc = env.run(str(env.python), "-m", "pip", "install", "--no-input", "--quiet",
                    str(source), str(sample), f"{boot_timer}[test]", timeout=INSTALL_TIMEOUT)
-    assert proc.returncode == 0, f"pip install failed:\n{proc.stdout}\n{proc.stderr}"
+    if proc.returncode != 0:
+        raise RuntimeError(f"pip install failed:\n{proc.stdout}\n{proc.stderr}")
     return env
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start building the venv now if any selected test needs it."""
+    global _build, _root
+    if _build is None and any(item.get_closest_marker("contract") for item in session.items):
+        _root = Path(tempfile.mkdtemp(prefix="stratovmm-contract-"))
+        _build = _pool.submit(build_venv, _root)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Wait for a build still running, then remove its directory."""
+    if _build is not None:
+        _build.exception()
+    _pool.shutdown()
+    if _root is not None:
+        shutil.rmtree(_root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def contract_venv() -> Venv:
+    """The venv built in the background (waits for it)."""
+    assert _build is not None, "collection did not start the contract venv"
+    return _build.result(timeout=INSTALL_TIMEOUT)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from stratovmm.errors import ConfigError, PluginError
 from stratovmm.qmp.commands import register_core_commands, version_triple
 from stratovmm.qmp.dispatch import MAX_RECEIVED_FDS, Dispatcher, Session
 from stratovmm.qmp.errors import DeviceNotFound, QmpError
-from stratovmm.qmp.flowcontrol import LeakyBucket
+from stratovmm.qmp.flowcontrol import LeakyBucket, rate_from_env
 from stratovmm.qmp.framing import BadInput, Message
 from stratovmm.registry import QmpCommand, QmpRegistry
 
@@ -44,6 +44,12 @@ class FakeVm:
         if previous is not None:
             os.close(previous)
         self.named_fds[name] = fd
+
+    def named_fd_count(self) -> int:
+        return len(self.named_fds)
+
+    def has_fd(self, name: str) -> bool:
+        return name in self.named_fds
 
     def take_fd(self, name: str) -> int | None:
         return self.named_fds.pop(name, None)
@@ -391,3 +397,17 @@ def test_any_json_value_gets_exactly_one_reply_line(request_: Any) -> None:
     reply = json.loads(line)
     assert line.endswith(b"\r\n") and line.count(b"\n") == 1
     assert ("return" in reply) != ("error" in reply)
+
+
+@pytest.mark.parametrize(("environ", "rate"), [({}, 100), ({"STRATOVMM_QMP_RATE": "1000"}, 1000),
+                                               ({"STRATOVMM_QMP_RATE": "2.5"}, 2.5)])
+def test_qmp_rate_comes_from_the_environment(environ: dict[str, str], rate: float) -> None:
+    """STRATOVMM_QMP_RATE sets the commands admitted per second; 100 without it."""
+    assert rate_from_env(environ) == rate
+
+
+@pytest.mark.parametrize("text", ["fast", "0", "-5", "1e7", ""])
+def test_bad_qmp_rate_names_the_variable(text: str) -> None:
+    """A rate that is not a number in 1..1000000 is a ConfigError naming the variable."""
+    with pytest.raises(ConfigError, match=r"^STRATOVMM_QMP_RATE: .* between 1 and 1000000"):
+        rate_from_env({"STRATOVMM_QMP_RATE": text})

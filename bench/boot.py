@@ -15,7 +15,6 @@ usage: python bench/boot.py [--runs N] [--first-byte-runs N] [--out FILE]
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import tempfile
 from pathlib import Path
@@ -88,10 +87,7 @@ def main() -> None:
         fb = first_byte(a.first_byte_runs, Path(tmp))
     lb = linux_boot(a.runs)
     summary = {"first_byte_s": fb, "linux_boot": lb}
-    text = json.dumps(summary, indent=1)
-    if a.out:
-        Path(a.out).write_text(text)
-    print(text)
+    common.dump(summary, a.out)
     print(table(fb, lb))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -52,3 +53,17 @@ def median(values: list[float]) -> float:
 
 
 APPEND = HOST_APPEND
+
+
+def dump(results: object, out: str | None) -> None:
+    """Print the raw figures as JSON (and write them to ``out`` when given)."""
+    text = json.dumps(results, indent=1)
+    if out:
+        Path(out).write_text(text)
+    print(text)
+
+
+def median_of(results: dict[str, list[dict[str, dict[str, float]]]], vmm: str, item: str,
+              key: str) -> float:
+    """Median of ``key`` of ``item`` over the runs of ``vmm`` that measured it."""
+    return median([r[item][key] for r in results[vmm] if item in r])

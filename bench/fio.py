@@ -19,7 +19,6 @@ usage: python bench/fio.py --tools PATH/tools.ext4 [--runs N] [--runtime S] [--o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import tempfile
@@ -120,16 +119,13 @@ def main() -> None:
                 if len(parsed) != len(JOBS):
                     print(f"{name}: incomplete run (rc {m.returncode})\n{m.output[-3000:]}")
                 results[name].append(parsed)
-    text = json.dumps(results, indent=1)
-    if a.out:
-        Path(a.out).write_text(text)
-    print(text)
+    common.dump(results, a.out)
     print("| job | guest IOPS StratoVMM | guest IOPS QEMU | device CPU µs/request StratoVMM |"
           " QEMU | CPU ratio |")
     print("|---|---|---|---|---|---|")
     for job in JOBS:
         def med(name: str, key: str, job: str = job) -> float:
-            return common.median([r[job][key] for r in results[name] if job in r])
+            return common.median_of(results, name, job, key)
         try:
             ours_cpu, qemu_cpu = med("stratovmm", "cpu_us_per_request"), med("qemu",
                                                                              "cpu_us_per_request")

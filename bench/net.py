@@ -22,7 +22,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import common
 import fio
@@ -136,16 +135,13 @@ def main() -> None:
     finally:
         service.kill()
         subprocess.run(["ip", "netns", "del", NS], stderr=subprocess.DEVNULL)
-    text = json.dumps(results, indent=1)
-    if a.out:
-        Path(a.out).write_text(text)
-    print(text)
+    common.dump(results, a.out)
     print("| direction | Mbit/s StratoVMM | Mbit/s QEMU | device CPU µs/packet StratoVMM |"
           " QEMU | ratio | µs/MiB StratoVMM | QEMU |")
     print("|---|---|---|---|---|---|---|---|")
     for way, label in (("tx", "guest → host"), ("rx", "host → guest")):
         def med(name: str, key: str, way: str = way) -> float:
-            return common.median([r[way][key] for r in results[name] if way in r])
+            return common.median_of(results, name, way, key)
         try:
             ours, theirs = med("stratovmm", "cpu_us_per_packet"), med("qemu", "cpu_us_per_packet")
             mib = med("stratovmm", "cpu_us_per_mib"), med("qemu", "cpu_us_per_mib")

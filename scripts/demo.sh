@@ -1,6 +1,6 @@
 #!/bin/sh
-# Install StratoVMM into a venv, build the guest (first time ~20-30 min, then
-# cached) and boot it with its serial console on this terminal: a busybox
+# Install StratoVMM into a venv, build the guest (first time: minutes, mostly the
+# kernel build; then cached) and boot it with its serial console on this terminal: a busybox
 # shell in the guest; `exit` ends the VM.  Arguments go to `stratovmm-guest
 # demo` (e.g. --cmd 'cat /proc/cpuinfo').
 #

@@ -94,6 +94,8 @@ def test_example_device_command_and_event_in_a_vm(contract_venv: Venv, kvm_avail
         assert {"query-boot-time", "query-stats"} <= commands
         schema = qmp.command("query-qmp-schema")["return"]
         assert any(e["name"] == "BOOT_TIMER" and e["meta-type"] == "event" for e in schema)
+        assert any(e["name"] == "query-boot-time" and e["meta-type"] == "command"
+                   for e in schema)
         qmp.command("cont")
         data = qmp.wait_event("BOOT_TIMER", timeout=20)["data"]
         assert qmp.command("query-boot-time")["return"] == {"booted": True, "signals": 1,

@@ -53,6 +53,8 @@ DEVICES: Spec = [
         "guest_fault", "stats"])]),
     ("stratovmm.virtio.chain", [("DescriptorChain", None), "Descriptor"]),
     ("stratovmm.bus", [("BusDevice", ["read", "write"])]),
+    ("stratovmm.regdevice", [("RegisterDevice", ["read_register", "write_register", "close",
+                                                 "guest_fault", "stats"])]),
     ("stratovmm.eventloop", [("EventLoop", ["register", "modify", "unregister", "call_soon",
                                             "call_later", "in_loop_thread"])]),
     ("stratovmm.irq", [("IrqLine", None)]),

@@ -13,12 +13,12 @@ vCPU threads, so mutable config state needs ``self.lock``.
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from stratovmm.counters import DeviceCounters
 from stratovmm.errors import GuestError
 from stratovmm.memory import GuestMemoryProtocol
 from stratovmm.virtio.chain import DescriptorChain
@@ -38,7 +38,7 @@ class Interrupt(Protocol):
     def needs_reset(self) -> None: ...
 
 
-class VirtioDevice:
+class VirtioDevice(DeviceCounters):
     """Base class of every virtio device model."""
 
     DEVICE_TYPE = 0
@@ -52,8 +52,7 @@ class VirtioDevice:
         self.queues: list[SplitQueue | None] = []
         self.interrupt: Interrupt | None = None
         self.active = False
-        self.counters: collections.Counter[str] = collections.Counter()
-        self._logged: set[str] = set()
+        self.init_counters()
 
     # -- what subclasses describe ---------------------------------------------------
 
@@ -166,17 +165,3 @@ class VirtioDevice:
 
     # -- accounting ------------------------------------------------------------------------
 
-    def guest_fault(self, kind: str, message: str, count: int = 1) -> None:
-        """Count bad guest input; log each kind once per device (§2.7: the guest is hostile)."""
-        self.counters["guest_faults"] += count
-        if kind not in self._logged:
-            self._logged.add(kind)
-            log.warning("%s: bad guest input (%s): %s (logged once; counted after)", self.id,
-                        kind, message)
-
-    def stats(self) -> dict[str, int]:
-        """The device's counters (requests, bytes, errors, guest faults)."""
-        out = {"requests": 0, "bytes_read": 0, "bytes_written": 0, "errors": 0,
-               "guest_faults": 0}
-        out.update(self.counters)
-        return out

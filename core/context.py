@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from stratovmm.bus import BusDevice
-from stratovmm.errors import ConfigError
+from stratovmm.errors import ConfigError, HostError
 from stratovmm.eventloop import EventLoop
 from stratovmm.irq import IrqLine
 
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from stratovmm.registry import HotplugDriver
 
 log = logging.getLogger(__name__)
+
+MAX_NAMED_FDS = 64      # names QMP getfd may hold at once
 
 
 class VmApi:
@@ -161,19 +163,18 @@ class VmApi:
     # -- named fds (QMP getfd) -------------------------------------------------------
 
     def put_fd(self, name: str, fd: int) -> None:
-        """Keep ``fd`` under ``name`` (QMP ``getfd``); a fd already there is closed."""
-        previous = self._machine.named_fds.pop(name, None)
+        """Keep ``fd`` under ``name`` (QMP ``getfd``); a fd already there is closed.  At
+        most ``MAX_NAMED_FDS`` names, so a client cannot pile fds up to the process limit:
+        past that ``fd`` is closed and ``HostError`` raised."""
+        named = self._machine.named_fds
+        if name not in named and len(named) >= MAX_NAMED_FDS:
+            os.close(fd)
+            raise HostError(f"too many named file descriptors (at most {MAX_NAMED_FDS});"
+                            " closefd some first")
+        previous = named.pop(name, None)
         if previous is not None:
             os.close(previous)
-        self._machine.named_fds[name] = fd
-
-    def named_fd_count(self) -> int:
-        """How many fds are held under ``getfd`` names."""
-        return len(self._machine.named_fds)
-
-    def has_fd(self, name: str) -> bool:
-        """True when a fd is held under ``name``."""
-        return name in self._machine.named_fds
+        named[name] = fd
 
     def take_fd(self, name: str) -> int | None:
         """Remove and return the fd a QMP client passed with ``getfd`` under ``name``."""

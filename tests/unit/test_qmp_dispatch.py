@@ -45,12 +45,6 @@ class FakeVm:
             os.close(previous)
         self.named_fds[name] = fd
 
-    def named_fd_count(self) -> int:
-        return len(self.named_fds)
-
-    def has_fd(self, name: str) -> bool:
-        return name in self.named_fds
-
     def take_fd(self, name: str) -> int | None:
         return self.named_fds.pop(name, None)
 

@@ -36,12 +36,6 @@ class FakeVm:
     def __init__(self) -> None:
         self.named_fds: dict[str, int] = {}
 
-    def named_fd_count(self) -> int:
-        return len(self.named_fds)
-
-    def has_fd(self, name: str) -> bool:
-        return name in self.named_fds
-
     def put_fd(self, name: str, fd: int) -> None:
         self.named_fds[name] = fd
 

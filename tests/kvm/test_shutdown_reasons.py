@@ -135,18 +135,12 @@ def assert_shutdown(client: QmpTestClient, guest: bool, reason: str) -> None:
     assert client.read_eof(TIMEOUT)
 
 
-def test_i8042_reset_is_guest_reset_exit_0(guests: dict[str, Path], vm_factory: VmFactory) -> None:
-    """i8042 reset: SHUTDOWN guest-reset (guest true) to the client, exit status 0."""
-    vm = vm_factory(guests["reset"], "-freeze")
-    with start_frozen(vm) as client:
-        assert_shutdown(client, True, "guest-reset")
-    assert vm.wait(TIMEOUT) == 0, vm.stderr
-    assert "ALIVE" in vm.stdout
-
-
-def test_triple_fault_is_guest_reset_exit_0(guests: dict[str, Path], vm_factory: VmFactory) -> None:
-    """Triple fault (KVM_EXIT_SHUTDOWN): SHUTDOWN guest-reset to the client, exit status 0."""
-    vm = vm_factory(guests["triple"], "-freeze")
+@pytest.mark.parametrize("guest", ["reset", "triple"])
+def test_reset_and_triple_fault_are_guest_reset_exit_0(guests: dict[str, Path],
+                                                       vm_factory: VmFactory, guest: str) -> None:
+    """i8042 reset, and a triple fault (KVM_EXIT_SHUTDOWN): SHUTDOWN guest-reset (guest
+    true) to the client, exit status 0."""
+    vm = vm_factory(guests[guest], "-freeze")
     with start_frozen(vm) as client:
         assert_shutdown(client, True, "guest-reset")
     assert vm.wait(TIMEOUT) == 0, vm.stderr

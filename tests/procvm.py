@@ -10,6 +10,7 @@ huge pages for a test and undoes both afterwards.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import resource
@@ -25,6 +26,8 @@ from pathlib import Path
 import pytest
 
 from stratovmm.testing.guest import stratovmm_command
+
+HUGETLBFS_LOCK = "/tmp/stratovmm-hugetlbfs.lock"
 
 _PVH_NOTE = """
 .section .note.Xen, "a"
@@ -214,9 +217,18 @@ def meminfo(field: str) -> int:
 
 @contextlib.contextmanager
 def hugetlbfs(directory: Path, size: int) -> Iterator[Path]:
-    """Mount hugetlbfs on ``directory`` with room for ``size`` bytes; restore everything after."""
+    """Mount hugetlbfs on ``directory`` with room for ``size`` bytes; restore everything after.
+
+    ``vm.nr_hugepages`` is machine-wide: the read-raise-restore runs under a lock file, so
+    that two test processes (xdist workers) cannot restore each other's value."""
     if os.geteuid() != 0:
         pytest.skip("mounting hugetlbfs and setting vm.nr_hugepages needs root")
+    with open(HUGETLBFS_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield from _hugetlbfs(directory, size)
+
+
+def _hugetlbfs(directory: Path, size: int) -> Iterator[Path]:
     knob = Path("/proc/sys/vm/nr_hugepages")
     page_kb = meminfo("Hugepagesize")
     wanted_pages = size // (page_kb * 1024)

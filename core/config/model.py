@@ -7,6 +7,7 @@ from typing import Any
 
 from stratovmm.boot import layout
 from stratovmm.errors import ConfigError
+from stratovmm.qmp.flowcontrol import COMMANDS_PER_SECOND, rate_from_env
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class RuntimeOptions:
     log_path: str | None = None
     log_enabled: bool = False
     config_file: str | None = None
+    qmp_rate: float = COMMANDS_PER_SECOND
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ def runtime_options(runtime: dict[str, Any]) -> RuntimeOptions:
         log_path=log if isinstance(log, str) else None,
         log_enabled=log is not None,
         config_file=runtime.get("config"),
+        qmp_rate=rate_from_env(),   # read here so that a bad value fails before KVM set-up
     )
 
 

@@ -44,7 +44,7 @@ from stratovmm.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
 from stratovmm.events import Event
 from stratovmm.qmp.commands import PACKAGE, version_triple
 from stratovmm.qmp.dispatch import MAX_RECEIVED_FDS, Dispatcher, Session, encode_line
-from stratovmm.qmp.flowcontrol import LeakyBucket, rate_from_env
+from stratovmm.qmp.flowcontrol import LeakyBucket
 from stratovmm.qmp.framing import Frame, JsonStreamSplitter
 
 if TYPE_CHECKING:
@@ -350,7 +350,7 @@ def start_qmp_server(machine: MicroVm) -> QmpServer | None:
         return None
     server = QmpServer(path, machine.main_loop,
                        Dispatcher(machine.registry.qmp, machine.api,
-                                  LeakyBucket(rate=rate_from_env())))
+                                  LeakyBucket(rate=machine.config.runtime.qmp_rate)))
     server.start()
     machine.events.subscribe(server.publish)
     return server

@@ -1,9 +1,15 @@
 """The one fresh venv the contract tests share.  Building it compiles the core's cffi
 modules and installs packages (15 s to a minute), so it starts in a background thread as
-soon as collection finds a contract test, and runs beside the unit and kvm tiers."""
+soon as collection finds a contract test, and runs beside the unit and kvm tiers.
+
+Under pytest-xdist every worker collects the contract tests, but the venv is built once per
+run: the workers share ``$STRATOVMM_CONTRACT_ROOT`` (made by tests/conftest.py), the first
+to take its lock file builds, and the others wait for that build and use it."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import tempfile
 import venv
@@ -47,16 +53,38 @@ def build_venv(root: Path) -> Venv:
     return env
 
 
+def build_once(root: Path) -> Venv:
+    """The venv in ``root``, built by whichever process sharing ``root`` gets here first; a
+    failed build is reported to the others as it was, not retried."""
+    built, failed = root / "built", root / "failed"
+    with open(root / "build.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if failed.exists():
+            raise RuntimeError(f"the contract venv build failed in another worker:\n"
+                               f"{failed.read_text()}")
+        if not built.exists():
+            try:
+                build_venv(root)
+            except Exception as exc:
+                failed.write_text(f"{type(exc).__name__}: {exc}")
+                raise
+            built.touch()
+    return Venv(root / "venv")
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start building the venv now if any selected test needs it."""
     global _build, _root
     if _build is None and any(item.get_closest_marker("contract") for item in session.items):
-        _root = Path(tempfile.mkdtemp(prefix="stratovmm-contract-"))
-        _build = _pool.submit(build_venv, _root)
+        shared = os.environ.get("STRATOVMM_CONTRACT_ROOT")
+        if shared is None:
+            _root = Path(tempfile.mkdtemp(prefix="stratovmm-contract-"))
+        _build = _pool.submit(build_once, Path(shared) if shared else _root)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Wait for a build still running, then remove its directory."""
+    """Wait for a build still running, then remove its directory unless it is shared (the
+    process that made the shared one removes it)."""
     if _build is not None:
         _build.exception()
     _pool.shutdown()

@@ -38,6 +38,8 @@ from stratovmm.qmp.errors import ERROR_CLASSES
 from stratovmm.testing.qmp import QmpTestClient, connect_unix
 from stratovmm.testing.tinyguest import TinyGuestUnavailable, build_pvh_guest
 
+pytestmark = pytest.mark.early   # ~20 s: runs beside the rest of the suite, not after it
+
 MESSAGES = int(os.environ.get("STRATOVMM_QMP_FUZZ_MESSAGES", "10000"))
 WARMUP_MESSAGES = 600
 VM_QMP_RATE = 1000

@@ -72,6 +72,15 @@ def test_option_without_value(run_cli: Callable[..., CliResult], option: str) ->
     assert_one_line_error(run_cli(option), f"{option}: needs a value")
 
 
+@pytest.mark.parametrize("value", ["fast", "0", "1e7"])
+def test_bad_qmp_rate_is_a_config_error(run_cli: Callable[..., CliResult], kernel: Path,
+                                        monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """A bad ``STRATOVMM_QMP_RATE`` is refused with the options, before any VM is made."""
+    monkeypatch.setenv("STRATOVMM_QMP_RATE", value)
+    assert_one_line_error(run_cli("-kernel", str(kernel), "-api-channel", "unix:/nonexistent/q"),
+                          f"STRATOVMM_QMP_RATE: {value!r} is not a number")
+
+
 def test_missing_kernel_file(run_cli: Callable[..., CliResult], tmp_path: Path) -> None:
     """A kernel path that does not exist is named with the OS reason."""
     missing = tmp_path / "no-such-vmlinux"

@@ -76,13 +76,12 @@ class GuestMemory:
         """Host buffer offset of [gpa, gpa+length), or ``GuestMemoryError``.
 
         Overflow-safe: the range must start inside a region and its length must
-        fit in what is left of that region, so no sum can wrap or exceed RAM.
+        fit in what is left of that region, so no sum can wrap or exceed RAM.  An
+        empty range may start at a region's end (``length <= end - gpa`` is then 0).
         """
         if length >= 0:
             for start, end, delta in self._bounds:
-                if start <= gpa < end and length <= end - gpa:
-                    return gpa + delta
-                if length == 0 and gpa == end:
+                if start <= gpa <= end and length <= end - gpa:
                     return gpa + delta
         raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
 

@@ -8,9 +8,10 @@ error is printed by the child exactly as without ``-daemonize``; the child then
 exits with the usual status, and the parent, seeing the pipe close without
 ``ready``, exits with that same status (or says which signal killed the child).
 Once the VM is built and the QMP socket listens (``Session.detach``), the child
-writes the pidfile, points stdin, stdout and stderr at ``/dev/null`` and writes
-``ready``; the parent exits 0 and the shell gets its prompt back with the VM
-running.  One fork is enough: the child is a session leader without a
+writes the pidfile and points stdin, stdout and stderr at ``/dev/null``; once
+the seccomp filter is on (``Session.release``) it writes ``ready``, the parent
+exits 0 and the shell gets its prompt back with the VM running, sandboxed.
+One fork is enough: the child is a session leader without a
 controlling terminal and never opens a terminal (``-serial stdio`` and ``-D``
 without a path are refused with ``-daemonize``).  The working directory is kept,
 so relative paths given later (QMP ``blockdev-add``) mean what the user meant.
@@ -145,15 +146,23 @@ class Session:
         return self._ready_fd is not None
 
     def detach(self) -> None:
-        """Set-up is done: write the pidfile; a daemon also closes stdio and releases the parent."""
+        """Set-up is done: write the pidfile; a daemon also closes stdio (both need calls the
+        seccomp filter will not allow)."""
         signal.signal(signal.SIGTERM, _exit_before_run)
         if self.pidfile is not None:
             self.pidfile.write()
-        fd, self._ready_fd = self._ready_fd, None
-        if fd is None:
+        if self._ready_fd is None:
             return
         _close_stdio()
         sys.excepthook = _log_uncaught
+
+    def release(self) -> None:
+        """A daemon tells the waiting parent it is ready, and the parent exits 0.  Called once
+        the filter is on, so that when the command returns the VM runs sandboxed, and a
+        failure to apply the filter is the parent's exit status, not a silent death."""
+        fd, self._ready_fd = self._ready_fd, None
+        if fd is None:
+            return
         try:
             os.write(fd, READY)
         finally:

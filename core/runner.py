@@ -29,6 +29,7 @@ def run_vm(config: VmConfig, host: PluginHost, registry: Registry) -> int:
     from stratovmm.qmp.server import start_qmp_server  # [qmp] issue 4
     start_qmp_server(vm)
     seccomp = sandbox.prepare(config.runtime, host, registry)  # errors reach the terminal
-    session.detach()  # pidfile; -daemonize: stdio to /dev/null, parent exits 0
+    session.detach()  # pidfile; -daemonize: stdio to /dev/null
     sandbox.apply(seccomp)  # every thread, before any vCPU runs
+    session.release()  # -daemonize: the parent exits 0
     return vm.run()

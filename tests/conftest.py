@@ -50,12 +50,17 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
 
 
-@pytest.hookimpl(tryfirst=True)
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Put each test in its xdist group as soon as it is collected: xdist reads the groups
+    in its own ``pytest_collection_modifyitems``, which can run before ours."""
+    linux = "linux" in Path(str(item.fspath)).parts
+    item.add_marker(pytest.mark.xdist_group("linux" if linux else item.nodeid.split("::")[0]))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its tier from the directory it lives in and with its xdist group
-    (before xdist reads the groups); run the tiers in order (plugin tests count as unit
-    tests), and tests marked ``early`` before all of them: a long test started last would
-    keep one xdist worker busy after the other has finished."""
+    """Mark each test with its tier from the directory it lives in; run the tiers in order
+    (plugin tests count as unit tests), and tests marked ``early`` before all of them: a
+    long test started last would keep one xdist worker busy after the other has finished."""
     rank: dict[int, int] = {}
     for item in items:
         parts = Path(str(item.fspath)).parts
@@ -66,8 +71,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 rank[id(item)] = max(rank[id(item)], ORDER[marker])
         if item.get_closest_marker("early"):
             rank[id(item)] = -1
-        group = "linux" if item.get_closest_marker("linux") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: rank[id(item)])
 
 

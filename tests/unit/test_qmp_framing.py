@@ -166,3 +166,44 @@ def test_arbitrary_bytes_never_raise_and_stay_bounded(chunks: list[bytes]) -> No
         for frame in splitter.feed(chunk):
             assert isinstance(frame, Message | BadInput)
         assert splitter.buffered <= 256
+
+
+def nested(depth: int, kind: str) -> tuple[bytes, Any]:
+    """``depth`` levels of arrays (``[[1]]``) or objects (``{"a":{"a":1}}``) and their value."""
+    value: Any = 1
+    for _ in range(depth):
+        value = [value] if kind == "array" else {"a": value}
+    return json.dumps(value, separators=(",", ":")).encode(), value
+
+
+@given(st.lists(st.tuples(st.integers(1, 80), st.sampled_from(["array", "object"])),
+                min_size=1, max_size=4),
+       st.integers(0, 3), st.lists(st.integers(min_value=0, max_value=700), max_size=6))
+def test_runs_of_brackets_end_values_where_json_does(nests: list[tuple[int, str]], extra: int,
+                                                     cuts: list[int]) -> None:
+    """Back-to-back nested values, some past the depth limit, then ``extra`` stray closers:
+    each value ends at its own last closer however the stream is cut, those within the limit
+    are returned, deeper ones refused, and each stray closer is an error of its own."""
+    limit = 64
+    stream, expected = b"", []
+    for depth, kind in nests:
+        text, value = nested(depth, kind)
+        stream += text
+        expected.append(value if depth <= limit else "deep")
+    stream += b"]" * extra + b'{"end":1}'
+    expected += ["stray"] * extra + [{"end": 1}]
+    points = sorted({min(c, len(stream)) for c in cuts})
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    got = [v if not isinstance(v, BadInput) else "deep" if "nesting" in v.desc else "stray"
+           for v in values(feed_all(JsonStreamSplitter(max_depth=limit), *chunks))]
+    assert got == expected
+
+
+def test_escapes_end_strings_only_where_json_does_at_every_split() -> None:
+    """Escaped quotes and backslashes (``\\"``, ``\\\\``, ``\\u0022``) do not end a string,
+    and a backslash at the end of a chunk still escapes the next chunk's first byte."""
+    text = {"a": 'x\\"}{' + '"\\' * 3 + "\u0022]", "b": ["\\", '"']}
+    stream = json.dumps(text).encode() + b'{"c":"\\u0041\\\\"}'
+    for cut in range(len(stream) + 1):
+        frames = feed_all(JsonStreamSplitter(), stream[:cut], stream[cut:])
+        assert values(frames) == [text, {"c": "A\\"}], cut

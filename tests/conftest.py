@@ -2,12 +2,12 @@
 contract/ (fresh venvs).  Tests run in that order, contract after kvm, so that the contract
 venv (built in the background from the start of the session) is ready when they start.
 
-The suite runs on pytest-xdist workers (``-n auto --dist loadgroup`` in pyproject.toml).  Each
-module is one group, so its tests stay on one worker and a module-scoped guest boots once;
-the Linux tier is one group, so its boots still run one at a time on one worker (each is
-CPU-bound for tens of seconds on a kvm-pvm host, and their timeouts assume that), while the
-other workers run the rest.  Everything a test shares with other processes is named per
-process or taken under a lock file."""
+The suite runs on pytest-xdist workers (``-n auto --dist loadscope`` in pyproject.toml, with
+the scheduler below).  Each module is one work unit, so its tests stay on one worker and a
+module-scoped guest boots once; the Linux tier is one unit, so its boots still run one at a
+time on one worker (each is CPU-bound for tens of seconds on a kvm-pvm host, and their
+timeouts assume that), while the other workers run the rest.  Everything a test shares
+with other processes is named per process or taken under a lock file."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,17 +51,30 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
 
 
-def pytest_itemcollected(item: pytest.Item) -> None:
-    """Put each test in its xdist group as soon as it is collected: xdist reads the groups
-    in its own ``pytest_collection_modifyitems``, which can run before ours."""
-    linux = "linux" in Path(str(item.fspath)).parts
-    item.add_marker(pytest.mark.xdist_group("linux" if linux else item.nodeid.split("::")[0]))
+def work_unit(nodeid: str) -> str:
+    """The unit a test is scheduled with: the whole Linux tier is one, every other module
+    is one of its own."""
+    module = nodeid.split("::")[0]
+    return "linux" if "linux" in module.split("/") else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's ``loadscope`` scheduling (in collection order), with ``work_unit`` as the
+    scope.  Not ``loadgroup`` markers: xdist marks a group by rewriting ``item._nodeid``,
+    which pytest 9.2 no longer reads, so the groups silently vanish."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TierScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return TierScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test with its tier from the directory it lives in; run the tiers in order
-    (plugin tests count as unit tests), and tests marked ``early`` before all of them: a
-    long test started last would keep one xdist worker busy after the other has finished."""
+    (plugin tests count as unit tests)."""
     rank: dict[int, int] = {}
     for item in items:
         parts = Path(str(item.fspath)).parts
@@ -69,8 +83,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if directory in parts:
                 item.add_marker(getattr(pytest.mark, marker))
                 rank[id(item)] = max(rank[id(item)], ORDER[marker])
-        if item.get_closest_marker("early"):
-            rank[id(item)] = -1
     items.sort(key=lambda item: rank[id(item)])
 
 

@@ -7,7 +7,10 @@ the scheduler below).  Each module is one work unit, so its tests stay on one wo
 module-scoped guest boots once; the Linux tier is one unit, so its boots still run one at a
 time on one worker (each is CPU-bound for tens of seconds on a kvm-pvm host, and their
 timeouts assume that), while the other workers run the rest.  Everything a test shares
-with other processes is named per process or taken under a lock file."""
+with other processes is named per process or taken under a lock file.
+
+A Linux-tier test that fails because a guest user process was killed by a fault runs once
+more from fresh fixtures (``hostfault.py``: the kvm-pvm host's flaw, reported as a rerun)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostfault import (  # noqa: F401 - hooks: one rerun after a guest fault (kvm-pvm)
+    pytest_report_teststatus,
+    pytest_runtest_makereport,
+    pytest_runtest_protocol,
+    pytest_terminal_summary,
+)
 
 from stratovmm.testing.guest import guest_dir
 

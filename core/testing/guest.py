@@ -30,6 +30,14 @@ HOST_APPEND = (
 
 GUEST_TIMEOUT = float(os.environ.get("STRATOVMM_GUEST_TIMEOUT", "240"))
 
+# A guest user process killed by a fault, as the guest's shell or kernel reports it: the
+# busybox shell's "Segmentation fault" / "Illegal instruction" / "Bus error", a command's
+# status 128+SIGILL/SIGBUS/SIGSEGV, init killed (the kernel panics).  On kvm-pvm hosts guest
+# user code hits these now and then under any VMM.
+_FAULT = re.compile(r"Segmentation fault|Illegal instruction|Bus error|Attempted to kill init"
+                    r"|\bsegfault at\b|(?i:\brc=)(?:132|135|139)\b")
+_NOT_GUEST = "Fatal Python error"       # the VMM's own crash is never the guest's
+
 
 def guest_dir() -> Path | None:
     """``$STRATOVMM_GUEST_DIR`` if it holds a guest kernel, else None."""
@@ -81,6 +89,15 @@ class GuestRun:
         """The guest command's exit status."""
         m = re.search(r"GUEST-CMD-END rc=(\d+)", self.stdout)
         return int(m.group(1)) if m else None
+
+
+def host_fault(text: str) -> str | None:
+    """The first line of ``text`` (guest console or a report quoting it) that shows a guest
+    user process killed by a fault, or None."""
+    for line in text.splitlines():
+        if _FAULT.search(line) and _NOT_GUEST not in line:
+            return line.strip()
+    return None
 
 
 def boot_args(guest: Path, command: str | None = None, extra_append: str = "",

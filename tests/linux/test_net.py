@@ -224,6 +224,11 @@ class Outcome:
     qmp: dict[str, Any] = field(default_factory=dict)
     wall: float = 0.0
 
+    @property
+    def stdout(self) -> str:
+        """The guest console so far (where tests/hostfault.py looks for a guest fault)."""
+        return "\n".join(self.console.lines)
+
 
 def serve_sink(sock: socket.socket, into: dict[str, str]) -> None:
     """Read one connection to EOF; record its md5 (or why there is none)."""

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
-import tempfile
 import venv
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,7 +28,6 @@ from venvtools import (
 
 _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contract-venv")
 _build: Future[Venv] | None = None
-_root: Path | None = None
 
 
 def build_venv(root: Path) -> Venv:
@@ -73,23 +70,18 @@ def build_once(root: Path) -> Venv:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start building the venv now if any selected test needs it."""
-    global _build, _root
+    """Start building the venv now if any selected test needs it, in the directory
+    tests/conftest.py made for this run (and removes at its end)."""
+    global _build
     if _build is None and any(item.get_closest_marker("contract") for item in session.items):
-        shared = os.environ.get("STRATOVMM_CONTRACT_ROOT")
-        if shared is None:
-            _root = Path(tempfile.mkdtemp(prefix="stratovmm-contract-"))
-        _build = _pool.submit(build_once, Path(shared) if shared else _root)
+        _build = _pool.submit(build_once, Path(os.environ["STRATOVMM_CONTRACT_ROOT"]))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Wait for a build still running, then remove its directory unless it is shared (the
-    process that made the shared one removes it)."""
+    """Wait for a build still running before the directory goes."""
     if _build is not None:
         _build.exception()
     _pool.shutdown()
-    if _root is not None:
-        shutil.rmtree(_root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,6 @@ RAM deflates it (MemTotal comes back).  One boot checks all of it."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import queue
 import re
@@ -15,17 +13,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from stratovmm.testing.guest import boot_args, stratovmm_command
+from stratovmm.testing.guest import boot_args, boot_lock, stratovmm_command
 from stratovmm.testing.qmp import QmpTestClient
 
 MiB = 1 << 20
 RAM = 256 * MiB
 PAGE = 4096
-BOOT_LOCK = "/tmp/stratovmm-boot.lock"
 TIMEOUT = float(os.environ.get("STRATOVMM_GUEST_TIMEOUT", "240"))
 
 # The guest's free pages must be resident on the host before inflating, or the balloon
@@ -62,17 +58,6 @@ while :; do
 done
 echo "BALLOON-DONE low=$low"
 """.replace("@DEADLINE@", str(int(TIMEOUT)))
-
-
-@contextlib.contextmanager
-def boot_lock() -> Iterator[None]:
-    """One Linux boot at a time on this machine (shared CPU budget)."""
-    with open(BOOT_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class Vm:

@@ -23,8 +23,6 @@ makes a line-by-line ``seq`` take minutes.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import random
@@ -32,15 +30,20 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from stratovmm.testing.guest import GUEST_TIMEOUT, HOST_APPEND, cmd_arg, stratovmm_command
+from stratovmm.testing.guest import (
+    GUEST_TIMEOUT,
+    HOST_APPEND,
+    boot_lock,
+    cmd_arg,
+    stratovmm_command,
+)
 
-BOOT_LOCK = "/tmp/stratovmm-boot.lock"
 STEP_TIMEOUT = 90.0
 SEQ_COUNT = 20000
 SEQ_TEXT = b"".join(b"%d\n" % i for i in range(1, SEQ_COUNT + 1))
@@ -59,17 +62,6 @@ echo "IN-MD5=$(timeout 120 head -c {INPUT_BYTES} <&3 | md5sum)"
 read -t 60 -r bye <&3; echo "BYE=$bye"
 echo LAST-LINE >&3
 """
-
-
-@contextlib.contextmanager
-def boot_lock() -> Iterator[None]:
-    """One Linux boot at a time on this machine (shared by every engineer's tests)."""
-    with open(BOOT_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class Reader:

@@ -12,9 +12,7 @@ the hot-plugged NIC comes up (carrier), carries a ping, and goes down again at
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import fcntl
 import hashlib
 import json
 import os
@@ -34,10 +32,9 @@ from typing import Any, TypeVar
 import pytest
 from stratovmm_net.device import format_mac, generated_mac
 
-from stratovmm.testing.guest import HOST_APPEND, cmd_arg, stratovmm_command
+from stratovmm.testing.guest import HOST_APPEND, boot_lock, cmd_arg, stratovmm_command
 from stratovmm.testing.qmp import QmpTestClient
 
-BOOT_LOCK = "/tmp/stratovmm-boot.lock"
 CLONE_NEWNET = 0x40000000
 HOST_IP, GUEST_IP, HP_HOST_IP, HP_GUEST_IP = "10.0.3.1", "10.0.3.15", "10.0.4.1", "10.0.4.2"
 JSON_MAC = "52:54:00:ab:cd:01"
@@ -79,17 +76,6 @@ carrier 0
 
 
 # -- host plumbing ------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def boot_lock() -> Iterator[None]:
-    """One Linux boot at a time on this machine."""
-    with open(BOOT_LOCK, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def in_netns(ns: str, fn: Callable[[], T]) -> T:

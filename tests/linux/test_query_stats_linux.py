@@ -3,16 +3,12 @@ move by what the guest did, read from outside while the guest is still running."
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-from stratovmm.testing.guest import boot_args
+from stratovmm.testing.guest import boot_args, boot_lock
 from stratovmm.testing.vm import VmLauncher
 
-BOOT_LOCK = "/tmp/stratovmm-boot.lock"
 READ_BLOCKS = 64                 # 4 KiB blocks the guest reads from vda
 HWRNG_BYTES = 2048
 
@@ -23,17 +19,6 @@ head -c {HWRNG_BYTES} /dev/hwrng > /dev/null
 echo STATS-NOW
 sleep 300
 """
-
-
-@contextlib.contextmanager
-def boot_lock() -> Iterator[None]:
-    """One Linux boot at a time on this machine (CPU-bound boots queue on a lock file)."""
-    with open(BOOT_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def test_counters_follow_guest_io(stratovmm_vm: VmLauncher, guest: Path,

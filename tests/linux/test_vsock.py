@@ -9,7 +9,6 @@ guest connects to CID 2 port 6000, which reaches ``PATH_6000``, and the host ech
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import queue
@@ -18,17 +17,14 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from stratovmm.testing.guest import boot_args, stratovmm_command
+from stratovmm.testing.guest import boot_args, boot_lock, stratovmm_command
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL_SOURCE = ROOT / "plugins" / "vsock" / "tests" / "guest" / "vsockt.c"
-BOOT_LOCK = "/tmp/stratovmm-boot.lock"
 DATA_SIZE = 1 << 20
 GUEST_CID = 3
 BOOT_TIMEOUT = 300.0
@@ -42,17 +38,6 @@ echo "RECV-MD5 $(md5sum < /tmp/recv)"
 /mnt/vsockt send 2 6000 /mnt/data.bin /tmp/back; echo "SEND-RC=$?"
 echo "BACK-MD5 $(md5sum < /tmp/back)"
 """
-
-
-@contextmanager
-def boot_lock() -> Iterator[None]:
-    """One Linux boot at a time on this machine."""
-    with open(BOOT_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def md5(data: bytes) -> str:

@@ -2,8 +2,8 @@
 fault — the kvm-pvm host's known flaw, not the VMM's.
 
 On this host, guest user code now and then segfaults (busybox stress loops do it under QEMU
-too; bench/RESULTS.md): about one CI run in three lost a test to it.  Nothing a VMM does can
-prevent it, and no test should be weakened for it, so a failed Linux-tier test whose report
+too; bench/RESULTS.md); a CI run lost test_vsock to a segfaulting /init.  Nothing a VMM does
+can prevent it, and no test should be weakened for it, so a failed Linux-tier test whose report
 or guest console shows such a fault (``stratovmm.testing.guest.host_fault``) runs once more,
 from fresh fixtures: everything set up for it, the module's boot included, is torn down
 first.  The first attempt is reported as ``rerun`` with the fault line, so the run's summary

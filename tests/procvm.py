@@ -10,7 +10,6 @@ huge pages for a test and undoes both afterwards.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import resource
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from stratovmm.testing.guest import stratovmm_command
+from stratovmm.testing.guest import file_lock, stratovmm_command
 
 HUGETLBFS_LOCK = "/tmp/stratovmm-hugetlbfs.lock"
 
@@ -223,8 +222,7 @@ def hugetlbfs(directory: Path, size: int) -> Iterator[Path]:
     that two test processes (xdist workers) cannot restore each other's value."""
     if os.geteuid() != 0:
         pytest.skip("mounting hugetlbfs and setting vm.nr_hugepages needs root")
-    with open(HUGETLBFS_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(HUGETLBFS_LOCK):
         yield from _hugetlbfs(directory, size)
 
 

@@ -130,6 +130,19 @@ BOOT_LOCK = "/tmp/stratovmm-boot.lock"
 
 
 @contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (made if missing) for the block: how test
+    processes on one machine (xdist workers, several runs) take turns at something they
+    share."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def boot_lock() -> Iterator[None]:
     """Serialise guest boots machine-wide when ``STRATOVMM_BOOT_LOCK`` is set.
 
@@ -139,9 +152,5 @@ def boot_lock() -> Iterator[None]:
     if not os.environ.get("STRATOVMM_BOOT_LOCK"):
         yield
         return
-    with open(BOOT_LOCK, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(BOOT_LOCK):
+        yield

@@ -8,7 +8,6 @@ to take its lock file builds, and the others wait for that build and use it."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import venv
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,6 +24,8 @@ from venvtools import (
     copy_source,
     find_modules,
 )
+
+from stratovmm.testing.guest import file_lock
 
 _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contract-venv")
 _build: Future[Venv] | None = None
@@ -54,8 +55,7 @@ def build_once(root: Path) -> Venv:
     """The venv in ``root``, built by whichever process sharing ``root`` gets here first; a
     failed build is reported to the others as it was, not retried."""
     built, failed = root / "built", root / "failed"
-    with open(root / "build.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(root / "build.lock"):
         if failed.exists():
             raise RuntimeError(f"the contract venv build failed in another worker:\n"
                                f"{failed.read_text()}")

@@ -10,7 +10,9 @@ timeouts assume that), while the other workers run the rest.  Everything a test 
 with other processes is named per process or taken under a lock file.
 
 A Linux-tier test that fails because a guest user process was killed by a fault runs once
-more from fresh fixtures (``hostfault.py``: the kvm-pvm host's flaw, reported as a rerun)."""
+more from fresh fixtures (``hostfault.py``: the kvm-pvm host's flaw, reported as a rerun).
+Every test phase has a time limit (``timelimit.py``): a hung test fails with its stacks and
+its processes' states instead of stalling the run."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import timelimit
 from hostfault import (  # noqa: F401 - hooks: one rerun after a guest fault (kvm-pvm)
     pytest_report_teststatus,
     pytest_runtest_makereport,
@@ -40,7 +43,11 @@ ORDER = {"unit": 0, "kvm": 1, "contract": 2, "linux": 3}
 def pytest_configure(config: pytest.Config) -> None:
     """The process that starts the run (plain pytest, or the xdist controller) makes the one
     directory the contract venv is built in; xdist workers inherit it through the
-    environment, so the venv is built once per run, not once per worker."""
+    environment, so the venv is built once per run, not once per worker.
+
+    The watchdog is registered as a plugin, not imported as conftest hooks, so that its
+    limit covers the plugins' own tests (plugins/*/tests) too."""
+    config.pluginmanager.register(timelimit, "stratovmm-timelimit")
     if hasattr(config, "workerinput"):
         return
     root = tempfile.mkdtemp(prefix="stratovmm-contract-")

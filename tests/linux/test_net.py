@@ -94,9 +94,11 @@ def in_netns(ns: str, fn: Callable[[], T]) -> T:
         finally:
             os.close(fd)
 
-    thread = threading.Thread(target=run)
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    thread.join()
+    thread.join(60)
+    if not result:
+        raise TimeoutError(f"no result within 60 s in namespace {ns}")
     if isinstance(result[0], BaseException):
         raise result[0]
     return result[0]  # type: ignore[no-any-return]
@@ -118,6 +120,11 @@ def ns_run(ns: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProc
                           timeout=timeout)
 
 
+def ip_run(*argv: str) -> None:
+    """``ip ARGV``, which must succeed within a minute."""
+    subprocess.run(["ip", *argv], check=True, timeout=60)
+
+
 @dataclass
 class Netns:
     name: str
@@ -133,18 +140,17 @@ def netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Netns]:
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
     name = f"svmmnet{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
+    ip_run("netns", "add", name)
     dnsmasq = None
     try:
-        ip = ["ip", "-n", name]
         ns_run(name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
         ns_run(name, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
-        subprocess.run([*ip, "link", "set", "lo", "up"], check=True)
+        ip_run("-n", name, "link", "set", "lo", "up")
         for tap, addr in (("tap0", HOST_IP), ("tap1", None), ("tap2", HP_HOST_IP)):
-            subprocess.run([*ip, "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
+            ip_run("-n", name, "tuntap", "add", "dev", tap, "mode", "tap")
             if addr:
-                subprocess.run([*ip, "addr", "add", f"{addr}/24", "dev", tap], check=True)
-            subprocess.run([*ip, "link", "set", tap, "up"], check=True)
+                ip_run("-n", name, "addr", "add", f"{addr}/24", "dev", tap)
+            ip_run("-n", name, "link", "set", tap, "up")
         work = tmp_path_factory.mktemp("dnsmasq")
         dnsmasq = subprocess.Popen(
             ["ip", "netns", "exec", name, "dnsmasq", "--no-daemon", "--conf-file=/dev/null",
@@ -157,7 +163,7 @@ def netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Netns]:
         if dnsmasq is not None:
             dnsmasq.send_signal(signal.SIGTERM)
             dnsmasq.wait(10)
-        subprocess.run(["ip", "netns", "del", name], check=False)
+        subprocess.run(["ip", "netns", "del", name], check=False, timeout=60)
 
 
 # -- the VMM and its console -------------------------------------------------------------------

@@ -1,0 +1,144 @@
+"""The per-phase time limit (tests/timelimit.py), run by pytest itself in a subprocess on
+small test files that hang in the ways a real test can."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+
+CONFTEST = """
+import timelimit
+
+timelimit.GRACE = 1.0
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(timelimit, "stratovmm-timelimit")
+"""
+
+HANGS = """
+import pathlib
+import signal
+import subprocess
+import time
+
+import pytest
+
+MARK = pathlib.Path(__file__).with_name("cleaned-up")
+
+
+def test_sleeps_past_the_limit():
+    child = subprocess.Popen(["sleep", "300"])
+    try:
+        time.sleep(300)
+    finally:
+        child.kill()
+        child.wait()
+        MARK.write_text("yes")
+
+
+@pytest.fixture
+def slow_setup():
+    time.sleep(300)
+
+
+def test_setup_hangs(slow_setup):
+    pass
+
+
+def test_after_the_hangs():
+    pass
+"""
+
+DEAF = """
+import signal
+import time
+
+
+def test_main_thread_cannot_be_interrupted():
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
+    time.sleep(30)
+
+
+def test_after_the_crash():
+    pass
+"""
+
+
+GIL_HELD = """
+import ctypes
+import signal
+
+
+def test_main_thread_holds_the_gil_in_c():
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
+    ctypes.PyDLL(None).sleep(60)            # PyDLL: the GIL stays held during the call
+"""
+
+
+def run(pytester: pytest.Pytester, tests: str, *args: str,
+        limit: str = "0.5") -> pytest.RunResult:
+    """Run ``tests`` under the watchdog in a fresh interpreter with a ``limit`` s limit."""
+    pytester.makeconftest(CONFTEST)
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_hangs=tests)
+    pytester._monkeypatch.setenv("STRATOVMM_TEST_TIMEOUT", limit)
+    pytester._monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:benchmark",
+                                         *args, timeout=120)
+
+
+def test_a_hung_call_or_setup_fails_with_stacks_and_cleans_up(pytester: pytest.Pytester
+                                                                ) -> None:
+    """Each hang fails after the limit, naming its phase; the captured stderr holds the
+    Python stack of the hung line and the child process's state; the test's ``finally``
+    ran (its child was killed); the next test runs and passes."""
+    result = run(pytester, HANGS)
+    result.assert_outcomes(passed=1, failed=1, errors=1)
+    out = result.stdout.str()
+    assert "watchdog: the call phase ran past its limit of 0.5 s" in out
+    assert "watchdog: the setup phase ran past its limit of 0.5 s" in out
+    assert "=== watchdog: test_hangs.py::test_sleeps_past_the_limit (call)" in out
+    assert 'in test_sleeps_past_the_limit' in out           # faulthandler's stack
+    assert "process " in out and "sleep 300" in out and "state=S" in out
+    assert (pytester.path / "cleaned-up").read_text() == "yes"
+
+
+def test_zero_turns_the_watchdog_off(pytester: pytest.Pytester) -> None:
+    """``STRATOVMM_TEST_TIMEOUT=0``: no limit (a short sleep is not cut)."""
+    result = run(pytester, "import time\ndef test_sleep():\n    time.sleep(1)\n", limit="0")
+    result.assert_outcomes(passed=1)
+
+
+def test_a_main_thread_deaf_to_the_alarm_ends_the_process(pytester: pytest.Pytester) -> None:
+    """The alarm cannot reach the main thread: after the grace period the diagnosis goes to
+    the real stderr and the process exits 70 instead of hanging the run."""
+    result = run(pytester, DEAF)
+    assert result.ret == 70
+    err = result.stderr.str()
+    assert "test_main_thread_cannot_be_interrupted (call) still running after 1.5 s" in err
+    assert "the main thread did not return; exiting" in err
+
+
+def test_under_xdist_a_crashed_worker_is_replaced_and_the_run_goes_on(
+        pytester: pytest.Pytester) -> None:
+    """With a worker (as in CI) the same hang is reported as that test's crash, and the test
+    after it runs on a new worker."""
+    result = run(pytester, DEAF, "-n", "1")
+    out = result.stdout.str()
+    assert "crashed while running" in out and "test_main_thread_cannot_be_interrupted" in out
+    result.assert_outcomes(passed=1, failed=1)
+
+
+def test_a_c_call_holding_the_gil_still_ends_the_process(pytester: pytest.Pytester) -> None:
+    """Neither the alarm nor the backstop thread can run while a C call holds the GIL;
+    faulthandler's C thread ends the process (status 1) at twice the grace period after
+    the limit, not after the call's 60 s."""
+    result = run(pytester, GIL_HELD)
+    assert result.ret == 1
+    assert result.duration < 30

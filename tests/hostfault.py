@@ -9,6 +9,11 @@ from fresh fixtures: everything set up for it, the module's boot included, is to
 first.  The first attempt is reported as ``rerun`` with the fault line, so the run's summary
 says what happened; a second fault, or any other failure, fails the test as usual.
 
+A Linux-tier phase that ran past its time limit (``timelimit.py``) is rerun the same way,
+once per run (``MAX_HANG_RERUNS``): a CI run once hung in the net module's setup, cause
+unknown, and every wait there has a timeout.  The summary then prints the first attempt's
+stacks and process states, so a hang that comes back can be diagnosed, not just retried.
+
 The hooks are imported into ``tests/conftest.py``.
 """
 
@@ -19,11 +24,14 @@ from collections.abc import Generator, Iterator
 
 import pytest
 from _pytest.runner import runtestprotocol
+from timelimit import DIAGNOSIS, overrun
 
 from stratovmm.testing.guest import host_fault
 
 RERUN = "rerun"
+MAX_HANG_RERUNS = 1
 FAULT = pytest.StashKey[str]()
+HANG_RERUNS = pytest.StashKey[int]()
 
 
 def guest_texts(item: pytest.Item, report: pytest.TestReport) -> Iterator[str]:
@@ -45,10 +53,24 @@ def pytest_runtest_makereport(item: pytest.Item,
     """Remember the fault line of a failed Linux-tier test (while its fixtures still live)."""
     report = yield
     if report.failed and item.get_closest_marker("linux") is not None:
-        line = host_fault("\n".join(guest_texts(item, report)))
+        line = rerun_reason(item, report)
         if line is not None:
             item.stash[FAULT] = line
     return report
+
+
+def rerun_reason(item: pytest.Item, report: pytest.TestReport) -> str | None:
+    """The guest's fault line; else the watchdog's message, while this run's budget of
+    hang reruns lasts; else None."""
+    line = host_fault("\n".join(guest_texts(item, report)))
+    if line is not None:
+        return line
+    hang = overrun(report.longreprtext)
+    used = item.session.stash.get(HANG_RERUNS, 0)
+    if hang is None or used >= MAX_HANG_RERUNS:
+        return None
+    item.session.stash[HANG_RERUNS] = used + 1
+    return hang
 
 
 def fresh_fixtures(item: pytest.Item) -> bool:
@@ -74,6 +96,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             if report.failed:
                 report.outcome = RERUN  # type: ignore[assignment]
                 report.user_properties.append(("host_fault", fault))
+                report.user_properties.extend(
+                    ("diagnosis", text) for _, text in report.sections if DIAGNOSIS in text)
                 item.ihook.pytest_runtest_logreport(report=report)
         del item.stash[FAULT]
         reports = runtestprotocol(item, nextitem=nextitem, log=False)
@@ -92,11 +116,15 @@ def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, str] 
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Name every rerun test and the guest's fault line."""
+    """Name every rerun test and the guest's fault line (and, after a hang, print what
+    the watchdog saw)."""
     reruns = terminalreporter.stats.get(RERUN, [])
     if not reruns:
         return
-    terminalreporter.section("reruns after a guest fault (kvm-pvm host)")
+    terminalreporter.section("reruns after a guest fault or a hang (kvm-pvm host)")
     for report in reruns:
         fault = dict(report.user_properties).get("host_fault", "?")
         terminalreporter.line(f"{report.nodeid} ({report.when}): {fault}")
+        for name, text in report.user_properties:
+            if name == "diagnosis":
+                terminalreporter.line(text)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -36,6 +37,14 @@ LIMITS = {"linux": 600.0, "contract": 300.0}
 DEFAULT_LIMIT = 120.0
 GRACE = 60.0            # after the alarm, before the worker gives up on the main thread
 HARD_EXIT_STATUS = 70   # EX_SOFTWARE
+DIAGNOSIS = "=== watchdog: "
+_OVERRUN = re.compile(r"watchdog: the \w+ phase ran past its limit of [\d.]+ s")
+
+
+def overrun(text: str) -> str | None:
+    """The watchdog's failure message if ``text`` (a failure report) holds one."""
+    found = _OVERRUN.search(text)
+    return found.group(0) if found else None
 
 
 def limit_for(item: pytest.Item) -> float:
@@ -113,7 +122,7 @@ def python_stacks() -> str:
 
 def diagnose(nodeid: str, when: str, limit: float, out: TextIO) -> None:
     """Write what the test process and its children are doing to ``out``."""
-    out.write(f"\n=== watchdog: {nodeid} ({when}) still running after {limit:g} s ===\n")
+    out.write(f"\n{DIAGNOSIS}{nodeid} ({when}) still running after {limit:g} s ===\n")
     out.write(python_stacks())
     for pid in descendants(os.getpid()):
         for line in process_report(pid):

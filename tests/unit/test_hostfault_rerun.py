@@ -4,11 +4,15 @@ on small test files whose module fixture stands in for a boot; and the fault lin
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from stratovmm.testing.guest import host_fault
 
 pytest_plugins = ["pytester"]
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
 
 CONFTEST = """
 from hostfault import (pytest_report_teststatus, pytest_runtest_makereport,
@@ -120,3 +124,79 @@ def test_fault_lines_are_recognised(line: str) -> None:
 ])
 def test_other_lines_are_not_faults(line: str) -> None:
     assert host_fault(f"GUEST-READY\n{line}\n") is None
+
+
+# A module fixture whose "boot" hangs on the boots listed in HANGING (as a guest that never
+# answers would), under the time limit of tests/timelimit.py.
+HANG_CONFTEST = """
+import timelimit
+from hostfault import (pytest_report_teststatus, pytest_runtest_makereport,
+                       pytest_runtest_protocol, pytest_terminal_summary)
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(timelimit, "stratovmm-timelimit")
+"""
+
+HANGS = """
+import pathlib
+import time
+
+import pytest
+
+COUNT = pathlib.Path(__file__).with_name("boots")
+HANGING = {hanging}
+
+
+@pytest.fixture(scope="module")
+def boot():
+    n = int(COUNT.read_text()) + 1 if COUNT.exists() else 1
+    COUNT.write_text(str(n))
+    if n in HANGING:
+        time.sleep(60)
+    return n
+
+
+@pytest.mark.linux
+def test_first(boot):
+    pass
+
+
+@pytest.mark.linux
+def test_second(boot):
+    pass
+"""
+
+
+def run_hangs(pytester: pytest.Pytester, hanging: set[int]) -> tuple[pytest.RunResult, int]:
+    """Run the file above in a fresh interpreter with a 0.5 s limit per phase."""
+    pytester.makeconftest(HANG_CONFTEST)
+    pytester.makeini("[pytest]\nmarkers =\n    linux: boots Linux\n")
+    pytester.makepyfile(test_guest=HANGS.format(hanging=hanging))
+    pytester._monkeypatch.setenv("STRATOVMM_TEST_TIMEOUT", "0.5")
+    pytester._monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:benchmark",
+                                           timeout=120)
+    return result, int((pytester.path / "boots").read_text())
+
+
+def test_a_hang_once_reruns_and_prints_what_the_watchdog_saw(pytester: pytest.Pytester
+                                                              ) -> None:
+    """The first boot hangs past the limit: the test reruns on a second boot (which the next
+    test uses); the summary names the limit and prints the first attempt's stacks."""
+    result, boots = run_hangs(pytester, {1})
+    assert result.parseoutcomes() == {"passed": 2, "rerun": 1}
+    assert boots == 2
+    out = result.stdout.str()
+    assert ("test_guest.py::test_first (setup): watchdog: the setup phase ran past its limit"
+            " of 0.5 s") in out
+    assert "=== watchdog: test_guest.py::test_first (setup) still running" in out
+    assert "in boot" in out                         # the hung fixture's line in the stack
+
+
+def test_hangs_get_one_rerun_per_run(pytester: pytest.Pytester) -> None:
+    """Boots 1 and 2 hang: the rerun is spent on the first, so the second hang fails the
+    test, and the next test, given a fixture that already failed, is not rerun again."""
+    result, boots = run_hangs(pytester, {1, 2})
+    assert result.parseoutcomes() == {"errors": 2, "rerun": 1}
+    assert boots == 2

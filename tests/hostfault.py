@@ -24,7 +24,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 from _pytest.runner import runtestprotocol
-from timelimit import DIAGNOSIS, overrun
+from timelimit import DIAGNOSIS, overrun, watched
 
 from stratovmm.testing.guest import host_fault
 
@@ -77,8 +77,9 @@ def fresh_fixtures(item: pytest.Item) -> bool:
     """Tear down everything still set up (module-scoped boots included), as at the end of
     a run, so the rerun sets it all up again.  False if a teardown failed."""
     try:
-        item.session._setupstate.teardown_exact(None)
-    except Exception:  # a broken teardown means no rerun, not a crash
+        with watched(item, "teardown before the rerun"):
+            item.session._setupstate.teardown_exact(None)
+    except (Exception, pytest.fail.Exception):  # a broken teardown: no rerun, not a crash
         return False
     return True
 

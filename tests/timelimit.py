@@ -20,6 +20,7 @@ module as a plugin.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import re
@@ -147,7 +148,9 @@ class Watch:
         self.backstop = threading.Thread(target=self._backstop, daemon=True,
                                          name="test-watchdog")
         self.backstop.start()
-        faulthandler.dump_traceback_later(limit + 2 * GRACE, exit=True)
+        with contextlib.suppress(AttributeError, ValueError, OSError):  # no fd 2 at all
+            faulthandler.dump_traceback_later(limit + 2 * GRACE, exit=True,
+                                              file=sys.__stderr__)  # type: ignore[arg-type]
 
     def _alarm(self, _signum: int, _frame: object) -> None:
         diagnose(self.item.nodeid, self.when, self.limit, sys.stderr)
@@ -173,30 +176,37 @@ class Watch:
         self.done.set()
 
 
+@contextlib.contextmanager
+def watched(item: pytest.Item, when: str) -> Iterator[None]:
+    """Run the block under ``item``'s limit (``when`` names it in the diagnosis); also used
+    by hostfault.py for the teardown before a rerun, which no pytest phase covers."""
+    limit = limit_for(item)
+    if limit <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    watch = Watch(item, when, limit)
+    try:
+        yield
+    finally:
+        watch.stop()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     """Setup under the watchdog."""
-    return (yield from _watched(item, "setup"))
+    with watched(item, "setup"):
+        return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     """The test itself under the watchdog."""
-    return (yield from _watched(item, "call"))
+    with watched(item, "call"):
+        return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     """Teardown under the watchdog."""
-    return (yield from _watched(item, "teardown"))
-
-
-def _watched(item: pytest.Item, when: str) -> Generator[None, None, None]:
-    limit = limit_for(item)
-    if limit <= 0 or threading.current_thread() is not threading.main_thread():
+    with watched(item, "teardown"):
         return (yield)
-    watch = Watch(item, when, limit)
-    try:
-        return (yield)
-    finally:
-        watch.stop()

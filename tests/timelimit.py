@@ -5,12 +5,12 @@ A CI run (normally about 17 minutes) once stopped printing after 1,010 of 1,029 
 cut off at its 90-minute limit, with nothing to say which test hung or why.  With this module
 a setup, call or teardown that runs past its tier's limit is interrupted (SIGALRM in the main
 thread raises ``pytest.fail``, so the test's own ``finally`` blocks still kill its VMM) and
-fails with, in its captured stderr, every thread's Python stack and the state of every
+fails with, in its captured stderr, every thread's Python stack, the state of every
 process the test started (each thread's state, ``wchan`` and kernel stack: a VMM stuck in
-the host kernel shows there).  If the phase has still not ended a minute after the alarm
-(the main thread blocked where a signal cannot reach it), the same diagnosis goes to the
-real stderr and the worker process exits; pytest-xdist reports the test as crashed and
-carries on with the rest on a new worker.
+the host kernel shows there) and the end of the host's kernel log.  If the phase has still
+not ended a minute after the alarm (the main thread blocked where a signal cannot reach
+it), the same diagnosis goes to the real stderr and the worker process exits; pytest-xdist
+reports the test as crashed and carries on with the rest on a new worker.
 
 Limits are per phase (a Linux module's boot happens in the setup of its first test):
 ``LIMITS`` by tier marker, ``DEFAULT_LIMIT`` otherwise; ``STRATOVMM_TEST_TIMEOUT=SECONDS``
@@ -25,6 +25,7 @@ import faulthandler
 import os
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -121,13 +122,27 @@ def python_stacks() -> str:
         return f.read().decode(errors="replace")
 
 
+def kernel_log_tail(lines: int = 30) -> str:
+    """The end of the host kernel's log (hung tasks, soft lockups, KVM's complaints), or why
+    it cannot be read (``dmesg`` needs root)."""
+    try:
+        proc = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"<dmesg: {exc}>"
+    if proc.returncode != 0:
+        return f"<dmesg: {proc.stderr.strip()}>"
+    return "\n".join(proc.stdout.splitlines()[-lines:])
+
+
 def diagnose(nodeid: str, when: str, limit: float, out: TextIO) -> None:
-    """Write what the test process and its children are doing to ``out``."""
+    """Write what the test process and its children are doing, and the end of the kernel
+    log, to ``out``."""
     out.write(f"\n{DIAGNOSIS}{nodeid} ({when}) still running after {limit:g} s ===\n")
     out.write(python_stacks())
     for pid in descendants(os.getpid()):
         for line in process_report(pid):
             out.write(line + "\n")
+    out.write("host kernel log, last lines:\n" + kernel_log_tail() + "\n")
     out.flush()
 
 

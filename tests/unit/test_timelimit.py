@@ -106,6 +106,7 @@ def test_a_hung_call_or_setup_fails_with_stacks_and_cleans_up(pytester: pytest.P
     assert "=== watchdog: test_hangs.py::test_sleeps_past_the_limit (call)" in out
     assert 'in test_sleeps_past_the_limit' in out           # faulthandler's stack
     assert "process " in out and "sleep 300" in out and "state=S" in out
+    assert "host kernel log, last lines:" in out
     assert (pytester.path / "cleaned-up").read_text() == "yes"
 
 

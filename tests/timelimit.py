@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TextIO
@@ -158,8 +159,9 @@ class Watch:
     def __init__(self, item: pytest.Item, when: str, limit: float) -> None:
         self.item, self.when, self.limit = item, when, limit
         self.done = threading.Event()
+        self.started = time.monotonic()
         self.previous = signal.signal(signal.SIGALRM, self._alarm)
-        signal.setitimer(signal.ITIMER_REAL, limit)
+        self.outer = signal.setitimer(signal.ITIMER_REAL, limit)[0]   # a watch around this one
         self.backstop = threading.Thread(target=self._backstop, daemon=True,
                                          name="test-watchdog")
         self.backstop.start()
@@ -185,9 +187,13 @@ class Watch:
         os._exit(HARD_EXIT_STATUS)
 
     def stop(self) -> None:
+        """Disarm; an outer watch (a pytester run inside a test) gets its timer back."""
         faulthandler.cancel_dump_traceback_later()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self.previous)
+        if self.outer > 0:
+            left = self.outer - (time.monotonic() - self.started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
         self.done.set()
 
 

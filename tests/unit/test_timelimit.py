@@ -154,3 +154,18 @@ def test_a_c_call_holding_the_gil_still_ends_the_process(pytester: pytest.Pytest
     result = run(pytester, GIL_HELD)
     assert result.ret == 1
     assert result.duration < 30
+
+
+def test_a_watch_inside_another_gives_the_outer_its_timer_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nested watch (pytest run in-process inside a test) restores the outer handler and
+    the outer timer's remaining time when it ends."""
+    item = SimpleNamespace(nodeid="x", get_closest_marker=lambda _name: None)
+    monkeypatch.setenv("STRATOVMM_TEST_TIMEOUT", "50")
+    with timelimit.watched(item, "outer"):  # type: ignore[arg-type]
+        handler = signal.getsignal(signal.SIGALRM)
+        monkeypatch.setenv("STRATOVMM_TEST_TIMEOUT", "5")
+        with timelimit.watched(item, "inner"):  # type: ignore[arg-type]
+            assert signal.getitimer(signal.ITIMER_REAL)[0] <= 5
+        assert signal.getsignal(signal.SIGALRM) is handler
+        assert 45 < signal.getitimer(signal.ITIMER_REAL)[0] <= 50

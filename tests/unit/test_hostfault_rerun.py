@@ -4,15 +4,12 @@ on small test files whose module fixture stands in for a boot; and the fault lin
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from limitedrun import run_limited
 
 from stratovmm.testing.guest import host_fault
 
 pytest_plugins = ["pytester"]
-
-TESTS_DIR = Path(__file__).resolve().parents[1]
 
 CONFTEST = """
 from hostfault import (pytest_report_teststatus, pytest_runtest_makereport,
@@ -129,13 +126,8 @@ def test_other_lines_are_not_faults(line: str) -> None:
 # A module fixture whose "boot" hangs on the boots listed in HANGING (as a guest that never
 # answers would), under the time limit of tests/timelimit.py.
 HANG_CONFTEST = """
-import timelimit
 from hostfault import (pytest_report_teststatus, pytest_runtest_makereport,
                        pytest_runtest_protocol, pytest_terminal_summary)
-
-
-def pytest_configure(config):
-    config.pluginmanager.register(timelimit, "stratovmm-timelimit")
 """
 
 HANGS = """
@@ -170,14 +162,9 @@ def test_second(boot):
 
 def run_hangs(pytester: pytest.Pytester, hanging: set[int]) -> tuple[pytest.RunResult, int]:
     """Run the file above in a fresh interpreter with a 0.5 s limit per phase."""
-    pytester.makeconftest(HANG_CONFTEST)
-    pytester.makeini("[pytest]\nmarkers =\n    linux: boots Linux\n")
-    pytester.makepyfile(test_guest=HANGS.format(hanging=hanging))
-    pytester._monkeypatch.setenv("STRATOVMM_TEST_TIMEOUT", "0.5")
-    pytester._monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))
-    pytester._monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")   # a faster start
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider",
-                                           timeout=120)
+    result = run_limited(pytester, "0.5", conftest=HANG_CONFTEST,
+                         ini="[pytest]\nmarkers =\n    linux: boots Linux\n",
+                         test_guest=HANGS.format(hanging=hanging))
     return result, int((pytester.path / "boots").read_text())
 
 

@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import signal
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import timelimit
+from limitedrun import run_limited
 
 pytest_plugins = ["pytester"]
 
-TESTS_DIR = Path(__file__).resolve().parents[1]
-
-CONFTEST = """
-import timelimit
-
+GRACE_1S = """
 timelimit.GRACE = 1.0
-
-
-def pytest_configure(config):
-    config.pluginmanager.register(timelimit, "stratovmm-timelimit")
 """
 
 HANGS = """
@@ -85,16 +77,9 @@ def test_main_thread_holds_the_gil_in_c():
 """
 
 
-def run(pytester: pytest.Pytester, tests: str, *args: str,
-        limit: str = "0.5") -> pytest.RunResult:
-    """Run ``tests`` under the watchdog in a fresh interpreter with a ``limit`` s limit."""
-    pytester.makeconftest(CONFTEST)
-    pytester.makeini("[pytest]\n")
-    pytester.makepyfile(test_hangs=tests)
-    pytester._monkeypatch.setenv("STRATOVMM_TEST_TIMEOUT", limit)
-    pytester._monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))
-    pytester._monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")   # a faster start
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=120)
+def run(pytester: pytest.Pytester, tests: str, *args: str) -> pytest.RunResult:
+    """Run ``tests`` in a fresh interpreter with a 0.5 s limit and a 1 s grace period."""
+    return run_limited(pytester, "0.5", *args, conftest=GRACE_1S, test_hangs=tests)
 
 
 def test_a_hung_call_or_setup_fails_with_stacks_and_cleans_up(pytester: pytest.Pytester

@@ -161,13 +161,10 @@ class Watch:
         self.done = threading.Event()
         self.started = time.monotonic()
         self.previous = signal.signal(signal.SIGALRM, self._alarm)
-        self.outer = signal.setitimer(signal.ITIMER_REAL, limit)[0]   # a watch around this one
+        self.outer = _arm(limit)                # what was left of a watch around this one
         self.backstop = threading.Thread(target=self._backstop, daemon=True,
                                          name="test-watchdog")
         self.backstop.start()
-        with contextlib.suppress(AttributeError, ValueError, OSError):  # no fd 2 at all
-            faulthandler.dump_traceback_later(limit + 2 * GRACE, exit=True,
-                                              file=sys.__stderr__)  # type: ignore[arg-type]
 
     def _alarm(self, _signum: int, _frame: object) -> None:
         diagnose(self.item.nodeid, self.when, self.limit, sys.stderr)
@@ -187,14 +184,24 @@ class Watch:
         os._exit(HARD_EXIT_STATUS)
 
     def stop(self) -> None:
-        """Disarm; an outer watch (a pytester run inside a test) gets its timer back."""
-        faulthandler.cancel_dump_traceback_later()
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        """Disarm; an outer watch (a pytester run inside a test) gets its alarm and its
+        faulthandler exit back, for the time it had left."""
+        _arm(0)
         signal.signal(signal.SIGALRM, self.previous)
         if self.outer > 0:
-            left = self.outer - (time.monotonic() - self.started)
-            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
+            _arm(max(self.outer - (time.monotonic() - self.started), 0.001))
         self.done.set()
+
+
+def _arm(seconds: float) -> float:
+    """SIGALRM in ``seconds`` and faulthandler's exit ``2 * GRACE`` later (0: neither);
+    returns the seconds the alarm had left before."""
+    faulthandler.cancel_dump_traceback_later()
+    if seconds > 0:
+        with contextlib.suppress(AttributeError, ValueError, OSError):  # no fd 2 at all
+            faulthandler.dump_traceback_later(seconds + 2 * GRACE, exit=True,
+                                              file=sys.__stderr__)  # type: ignore[arg-type]
+    return signal.setitimer(signal.ITIMER_REAL, seconds)[0]
 
 
 @contextlib.contextmanager

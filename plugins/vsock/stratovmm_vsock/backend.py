@@ -48,9 +48,6 @@ from stratovmm_vsock.packet import (
 
 log = logging.getLogger(__name__)
 
-VHOST_VSOCK = "/dev/vhost-vsock"
-SUN_PATH_MAX = 107                  # sizeof(sockaddr_un.sun_path) - 1
-PORT_SUFFIX_MAX = len("_4294967295")
 CONN_BUF_SIZE = 128 * 1024          # buf_alloc we advertise per stream
 MAX_CONNECTIONS = 128               # host sockets (bridged + waiting for CONNECT)
 MAX_PENDING_RST = 64

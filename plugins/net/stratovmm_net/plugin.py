@@ -28,7 +28,7 @@ from stratovmm_net.schema import DEVICE_ADD_SCHEMA, NET_SCHEMA, NETDEV_ADD_SCHEM
 from stratovmm_net.tap import Tap
 from stratovmm_net.vhost import RUNTIME_IOCTLS, VhostNetDevice, check_vhost, open_vhost_net
 
-STRATOVMM_API = "1.0"
+STRATOVMM_API = "1.1"
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from stratovmm_vsock.vhost import (
     open_vhost_vsock,
 )
 
-STRATOVMM_API = "1.0"
+STRATOVMM_API = "1.1"
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import signal
 import threading
 from typing import Any
 
-from stratovmm.boot import layout
+from stratovmm.boot import cpu, layout
 from stratovmm.boot.cmdline import Cmdline
 from stratovmm.boot.loader import load_kernel
 from stratovmm.bus import Bus
@@ -137,7 +137,7 @@ class MicroVm:
         boot = self.config.boot
         entry = load_kernel(self.memory, boot.kernel, self.cmdline, self.config.machine.vcpus,
                             boot.initrd)
-        supported = self.kvm.supported_cpuid()
+        supported = cpu.kvm_features(self.kvm.supported_cpuid(), self.config.machine.cpu_features)
         count = self.config.machine.vcpus
         for index in range(count):
             vcpu = Vcpu(self.vm.create_vcpu(index), self.pio, self.mmio, self)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAMESPACE = "stratovmm.devices"
-API_VERSION = "1.0"
+API_VERSION = "1.1"
 hookimpl = pluggy.HookimplMarker("stratovmm")
 
 

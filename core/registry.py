@@ -60,6 +60,8 @@ class OptionSpec:
     ``json_key`` is the top-level JSON key; with ``repeatable`` its value is a list of
     objects (merged with the file's by ``id_field``), otherwise one object merged
     key by key.  ``file_key`` False keeps the option out of the JSON file (runtime only).
+    With ``nest`` the sub-options fill an object at ``json_key.nest`` instead
+    (``-cpu host,kvm-pv-ipi=off`` → ``"machine-config": {"cpu": {...}}``).
     """
 
     name: str
@@ -73,6 +75,7 @@ class OptionSpec:
     driver: str | None = None
     file_key: bool = True
     metavar: str = ""
+    nest: str | None = None
 
     @property
     def display(self) -> str:

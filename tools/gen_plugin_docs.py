@@ -58,6 +58,10 @@ DEVICES: Spec = [
     ("stratovmm.eventloop", [("EventLoop", ["register", "modify", "unregister", "call_soon",
                                             "call_later", "in_loop_thread"])]),
     ("stratovmm.irq", [("IrqLine", None)]),
+    ("stratovmm.vhost", [("VhostBackend", ["open", "request", "set_features", "set_mem_table",
+                                           "set_vring", "vring_base", "close"]),
+                         ("VhostRings", ["offered", "start", "kick", "stop", "close"]),
+                         "vhost_iow"]),
 ]
 
 ERRORS: Spec = [

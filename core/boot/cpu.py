@@ -8,12 +8,16 @@ loaded kernel, flat __BOOT_CS/__BOOT_DS, ``%rsi`` = boot_params.
 
 from __future__ import annotations
 
+import logging
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from stratovmm.boot import layout
 from stratovmm.kvm.fds import CpuidEntry
+
+log = logging.getLogger(__name__)
 
 # control register and EFER bits
 CR0_PE, CR0_ET, CR0_PG = 1 << 0, 1 << 4, 1 << 31
@@ -49,6 +53,29 @@ APIC_MODE_NMI, APIC_MODE_EXTINT = 4, 7
 CPUID_HYPERVISOR = 1 << 31         # leaf 1 ECX
 CPUID_HTT = 1 << 28                # leaf 1 EDX
 CPUID_CMP_LEGACY = 1 << 1          # leaf 0x80000001 ECX
+
+KVM_CPUID_FEATURES = 0x40000001    # <asm/kvm_para.h>: EAX holds the KVM_FEATURE_* bits
+
+# QEMU's names for the paravirtual features (target/i386/cpu.c, feature_word_info[FEAT_KVM])
+# and their KVM_FEATURE_* bits in KVM_CPUID_FEATURES EAX (<asm/kvm_para.h>).  QEMU names bits
+# 0 and 3 (the old and the new kvmclock MSRs) both "kvmclock", so that name covers both.
+KVM_FEATURES: dict[str, int] = {
+    "kvmclock": 1 << 0 | 1 << 3,       # KVM_FEATURE_CLOCKSOURCE, KVM_FEATURE_CLOCKSOURCE2
+    "kvm-nopiodelay": 1 << 1,          # KVM_FEATURE_NOP_IO_DELAY
+    "kvm-mmu": 1 << 2,                 # KVM_FEATURE_MMU_OP (never offered by Linux KVM)
+    "kvm-asyncpf": 1 << 4,             # KVM_FEATURE_ASYNC_PF
+    "kvm-steal-time": 1 << 5,          # KVM_FEATURE_STEAL_TIME
+    "kvm-pv-eoi": 1 << 6,              # KVM_FEATURE_PV_EOI
+    "kvm-pv-unhalt": 1 << 7,           # KVM_FEATURE_PV_UNHALT
+    "kvm-pv-tlb-flush": 1 << 9,        # KVM_FEATURE_PV_TLB_FLUSH
+    "kvm-asyncpf-vmexit": 1 << 10,     # KVM_FEATURE_ASYNC_PF_VMEXIT
+    "kvm-pv-ipi": 1 << 11,             # KVM_FEATURE_PV_SEND_IPI
+    "kvm-poll-control": 1 << 12,       # KVM_FEATURE_POLL_CONTROL
+    "kvm-pv-sched-yield": 1 << 13,     # KVM_FEATURE_PV_SCHED_YIELD
+    "kvm-asyncpf-int": 1 << 14,        # KVM_FEATURE_ASYNC_PF_INT
+    "kvm-msi-ext-dest-id": 1 << 15,    # KVM_FEATURE_MSI_EXT_DEST_ID
+    "kvmclock-stable-bit": 1 << 24,    # KVM_FEATURE_CLOCKSOURCE_STABLE_BIT
+}
 
 
 def gdt_entry(flags: int, base: int, limit: int) -> int:
@@ -147,6 +174,39 @@ def filter_cpuid(supported: list[CpuidEntry], topo: Topology) -> list[CpuidEntry
         elif e.function == 0x8000001E:
             e = replace(e, eax=topo.index, ebx=topo.index & 0xFF, ecx=0)
         out.append(e)
+    return out
+
+
+def kvm_features(supported: list[CpuidEntry],
+                 features: Mapping[str, bool]) -> list[CpuidEntry]:
+    """KVM's supported CPUID with the paravirtual features of ``-cpu host,NAME=on|off``.
+
+    ``off`` clears the feature's bits in leaf 0x40000001 EAX, so the guest kernel never
+    sees it (Linux checks ``kvm_para_has_feature()`` before it uses any of them); ``on`` is
+    the default, KVM's own offer.  ``on`` for a feature KVM does not offer leaves it off
+    with a warning, as QEMU does without ``enforce``: a guest told to use a hypercall or MSR
+    that KVM lacks would fault.  Names are keys of ``KVM_FEATURES``.
+    """
+    clear = 0
+    wanted = 0
+    for name, on in features.items():
+        if on:
+            wanted |= KVM_FEATURES[name]
+        else:
+            clear |= KVM_FEATURES[name]
+    out: list[CpuidEntry] = []
+    for e in supported:
+        if e.function == KVM_CPUID_FEATURES:
+            for name in sorted(n for n, on in features.items() if on):
+                if e.eax & KVM_FEATURES[name] != KVM_FEATURES[name]:
+                    log.warning("-cpu %s=on: KVM does not offer it (CPUID.%XH:EAX mask %#x);"
+                                " the guest does not get it", name, KVM_CPUID_FEATURES,
+                                KVM_FEATURES[name])
+            e = replace(e, eax=e.eax & ~clear)
+        out.append(e)
+    if wanted and not any(e.function == KVM_CPUID_FEATURES for e in supported):
+        log.warning("-cpu: KVM offers no paravirtual features (no CPUID leaf %#x)",
+                    KVM_CPUID_FEATURES)
     return out
 
 

@@ -116,6 +116,8 @@ class CommandLineParser:
                 out.runtime[spec.json_key] = converted
             return
         fragment = self._keyvalues(spec, value)
+        if spec.nest is not None:
+            fragment = {spec.nest: fragment}
         if spec.file_key:
             self._merge(out, spec, fragment)
             for sub in spec.sub:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from stratovmm.boot import layout
+from stratovmm.boot.cpu import KVM_FEATURES
 from stratovmm.registry import OptionSpec, SubOption, ValueKind
 
 S, P, N, B, Z = ValueKind.STR, ValueKind.PATH, ValueKind.INT, ValueKind.BOOL, ValueKind.SIZE
@@ -24,6 +25,12 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
                metavar="[type=]microvm[,dump-guest-core=on|off][,mem-share=on|off]"),
     OptionSpec("smp", "number of vCPUs, 1..254", "machine-config", implied="cpus",
                sub=(SubOption("cpus", "vcpu_count", N),), metavar="[cpus=]N"),
+    OptionSpec("cpu", "the host CPU; KVM paravirtual features on|off by QEMU's names"
+               " (kvm-pv-ipi, kvm-pv-eoi, kvmclock, ...; default: all KVM offers)",
+               "machine-config", implied="model", nest="cpu",
+               sub=(SubOption("model", "model", values={"host": "host"}, help="only host"),
+                    *(SubOption(name, name, B) for name in KVM_FEATURES)),
+               metavar="[model=]host[,kvm-pv-ipi=on|off,...]"),
     OptionSpec("m", "guest RAM: bytes or K/M/G suffix, 256M..512G (default 256M)",
                "machine-config", implied="size", sub=(SubOption("size", "mem_size", Z),),
                metavar="[size=]SIZE"),
@@ -79,6 +86,11 @@ CORE_SCHEMA: dict[str, Any] = {
                          "x-message": "must be an absolute path"},
             "dump_guest_core": {"type": "boolean"},
             "mem_share": {"type": "boolean"},
+            "cpu": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"model": {"enum": ["host"]},
+                               **{name: {"type": "boolean"} for name in KVM_FEATURES}},
+            },
         },
     },
     "iothread": {

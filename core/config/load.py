@@ -73,10 +73,20 @@ def merge(file_doc: dict[str, Any], cmdline_doc: dict[str, Any],
             id_field = spec.id_field if spec else None
             merged[key] = _merge_items(old, value, id_field)
         elif isinstance(value, dict) and isinstance(old, dict):
-            merged[key] = {**old, **value}
+            merged[key] = _merge_objects(old, value)
         else:
             merged[key] = value
     return merged
+
+
+def _merge_objects(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Key by key, nested objects too (``-cpu`` over the file's ``machine-config.cpu``)."""
+    out = dict(old)
+    for key, value in new.items():
+        inner = out.get(key)
+        out[key] = (_merge_objects(inner, value)
+                    if isinstance(value, dict) and isinstance(inner, dict) else value)
+    return out
 
 
 def _merge_items(old: list[Any], new: list[Any], id_field: str | None) -> list[Any]:

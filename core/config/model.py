@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,13 +13,14 @@ from stratovmm.qmp.flowcontrol import COMMANDS_PER_SECOND, rate_from_env
 
 @dataclass(frozen=True)
 class MachineConfig:
-    """``machine-config``: vCPUs and guest RAM."""
+    """``machine-config``: vCPUs, their KVM paravirtual features (``-cpu``), guest RAM."""
 
     vcpus: int = 1
     mem_size: int = layout.MIN_MEM
     mem_path: str | None = None
     mem_share: bool = False
     dump_guest_core: bool = True
+    cpu_features: Mapping[str, bool] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ def build_vm_config(document: dict[str, Any], runtime: RuntimeOptions) -> VmConf
             mem_path=machine.get("mem_path"),
             mem_share=machine.get("mem_share", False),
             dump_guest_core=machine.get("dump_guest_core", True),
+            cpu_features={k: v for k, v in machine.get("cpu", {}).items() if k != "model"},
         ),
         boot=BootConfig(kernel=kernel, append=boot.get("boot_args", ""),
                         initrd=boot.get("initrd_fs_path")),

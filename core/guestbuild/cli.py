@@ -26,7 +26,7 @@ from stratovmm.guestbuild import deps
 from stratovmm.guestbuild.common import BuildError, log
 from stratovmm.guestbuild.images import build_disks, build_initramfs
 from stratovmm.guestbuild.kernel import KernelOptions, build_kernel
-from stratovmm.testing.guest import HOST_APPEND, boot_args, stratovmm_command
+from stratovmm.testing.guest import HOST_APPEND, HOST_CPU, boot_args, stratovmm_command
 
 STAGES = ("deps", "kernel", "initramfs", "disks")
 # What ``path`` and ``demo`` need; the disks are optional extras.
@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     path.add_argument("--out", type=Path, default=default_out(),
                       help="output directory (default: %(default)s)")
 
-    sub.add_parser("cmdline", help="print the kernel command line for this host")
+    sub.add_parser("cmdline", help="print the kernel command line for this host",
+                   description="Prints the kernel command line this project boots with (the "
+                               "kvm-pvm workarounds are harmless elsewhere).  On kvm-pvm "
+                               "hosts a guest with several vCPUs also needs the VMM option "
+                               f"-cpu {HOST_CPU} (its PV-IPI hypercall faults there).")
 
     demo = sub.add_parser("demo", help="boot the guest with its serial console on this terminal",
                           description="Boots vmlinux + initramfs.cpio with -smp 2 -m 512M; "

@@ -149,12 +149,12 @@ def discoverable(site: Path, name: str, source: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("declared", "message"), [
-    ('"2.0"', "plugin future: written for plugin API 2.0, this core provides 1.0; install a"
+    ('"2.0"', "plugin future: written for plugin API 2.0, this core provides 1.1; install a"
               " matching version of the plugin"),
-    ('"1.9"', "plugin future: written for plugin API 1.9, this core provides 1.0; install a"
+    ('"1.9"', "plugin future: written for plugin API 1.9, this core provides 1.1; install a"
               " matching version of the plugin"),
     (None, "plugin future: does not declare STRATOVMM_API (the plugin API version it was"
-           " written for; this core provides 1.0)"),
+           " written for; this core provides 1.1)"),
 ])
 def test_incompatible_api_version_is_refused_at_load(contract_venv: Venv, tmp_path: Path,
                                                      declared: str | None, message: str) -> None:

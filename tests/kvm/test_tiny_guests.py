@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from tinyguest import build_guest
 
+from stratovmm.kvm import Kvm
 from stratovmm.testing.guest import stratovmm_command
 
 TIMEOUT = 60
+PV_IPI = 1 << 11                    # KVM_FEATURE_PV_SEND_IPI in CPUID.40000001H:EAX
 
 
 @dataclass
@@ -98,6 +100,22 @@ FETCH_FROM_MMIO = """
 main:
     mov $0xd0000000, %eax
     jmp *%eax
+"""
+
+# Prints CPUID.40000001H:EAX, the KVM paravirtual feature bits the guest was given, then resets.
+KVM_FEATURE_BITS = """
+main:
+    mov $prefix, %esi
+    call print
+    mov $0x40000001, %eax
+    xor %ecx, %ecx
+    cpuid
+    call print_hex
+    mov $newline, %esi
+    call print
+    call reset
+prefix:  .asciz "kvm-features=0x"
+newline: .asciz "\\n"
 """
 
 # The BSP wakes every AP with INIT + SIPI (all-excluding-self) into a real-mode trampoline
@@ -315,3 +333,33 @@ def test_emulation_failure_is_reported(guests: Path) -> None:
     assert "internal error" in run.err.lower(), run.err
     assert "rip=0xd0000000" in run.err, run.err
     assert "Traceback" not in run.err
+
+
+def kvm_feature_bits(run: Run) -> int:
+    """The EAX the tiny guest read from CPUID 0x40000001."""
+    assert run.rc == 0, run
+    (line,) = [x for x in run.out.splitlines() if x.startswith("kvm-features=0x")]
+    return int(line.split("=0x")[1], 16)
+
+
+def test_cpu_option_clears_kvm_feature_bits_the_guest_reads(guests: Path,
+                                                             tmp_path: Path) -> None:
+    """-cpu host,kvm-pv-ipi=off (and its JSON form) clears exactly bit 11 (PV_SEND_IPI) of the
+    CPUID leaf the guest reads; without -cpu the guest reads KVM's own offer."""
+    kvm = Kvm()
+    try:
+        offered = next(e.eax for e in kvm.supported_cpuid() if e.function == 0x40000001)
+    finally:
+        os.close(kvm.fd)
+    if not offered & PV_IPI:
+        pytest.skip("this KVM does not offer PV_SEND_IPI")
+    elf = build_guest(guests, "kvm_features", KVM_FEATURE_BITS)
+    base = ("-kernel", str(elf), "-serial", "stdio")
+    assert kvm_feature_bits(run_vmm(*base)) == offered
+    assert kvm_feature_bits(run_vmm(*base, "-cpu", "host,kvm-pv-ipi=off")) == offered & ~PV_IPI
+    config = tmp_path / "vm.json"
+    config.write_text(json.dumps({"machine-config": {"cpu": {"model": "host",
+                                                             "kvm-pv-ipi": False,
+                                                             "kvm-pv-eoi": False}}}))
+    assert kvm_feature_bits(run_vmm(*base, "-config", str(config))) == offered & ~(
+        PV_IPI | 1 << 6)

@@ -32,7 +32,13 @@ from typing import Any, TypeVar
 import pytest
 from stratovmm_net.device import format_mac, generated_mac
 
-from stratovmm.testing.guest import HOST_APPEND, boot_lock, cmd_arg, stratovmm_command
+from stratovmm.testing.guest import (
+    HOST_APPEND,
+    HOST_CPU,
+    boot_lock,
+    cmd_arg,
+    stratovmm_command,
+)
 from stratovmm.testing.qmp import QmpTestClient
 
 CLONE_NEWNET = 0x40000000
@@ -279,7 +285,7 @@ def outcome(netns: Netns, guest: Path, tmp_path_factory: pytest.TempPathFactory)
     for server in servers:
         server.start()
     argv = ["ip", "netns", "exec", netns.name, *stratovmm_command(), "-name", VM_NAME,
-            "-smp", "2", "-m", "256M", "-kernel", str(guest / "vmlinux"),
+            "-smp", "2", "-cpu", HOST_CPU, "-m", "256M", "-kernel", str(guest / "vmlinux"),
             "-initrd", str(guest / "initramfs.cpio"), "-serial", "stdio",
             "-config", str(work / "vm.json"), "-iothread", "id=io0",
             "-netdev", f"id=net0,netdev=tap0,mac={wan_mac},iothread=io0",

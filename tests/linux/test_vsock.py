@@ -1,5 +1,8 @@
 """virtio-vsock with the real Linux guest through the userspace unix-socket bridge: one boot,
-1 MiB round trips both ways with matching checksums on both sides (issue 5).
+1 MiB round trips both ways with matching checksums on both sides (issue 5).  The VM is
+started with exactly StratoVirt's guide line ``-device vsock,id=vsock0,guest-cid=3`` (no
+``uds-path``): on this host, which has no /dev/vhost-vsock, the bridge listens at the
+default path ``$XDG_RUNTIME_DIR/stratovmm/NAME.vsock`` and the log names it (issue 11).
 
 The guest gets a static AF_VSOCK tool (``plugins/vsock/tests/guest/vsockt.c``, built here
 with the system gcc) and 1 MiB of random data on an ext4 drive made with ``mkfs.ext4 -d``.
@@ -15,6 +18,7 @@ import queue
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,6 +32,7 @@ TOOL_SOURCE = ROOT / "plugins" / "vsock" / "tests" / "guest" / "vsockt.c"
 DATA_SIZE = 1 << 20
 GUEST_CID = 3
 BOOT_TIMEOUT = 300.0
+VM_NAME = "vsockvm"
 
 GUEST_SCRIPT = """
 mount -t ext4 -o ro /dev/vda /mnt || { echo MOUNT-FAILED; exit 10; }
@@ -136,15 +141,23 @@ def marker(output: str, name: str) -> str:
 
 
 def test_vsock_round_trips_through_the_unix_bridge(guest: Path, tmp_path: Path) -> None:
-    """1 MiB host→guest (CONNECT) and guest→host (PATH_6000) echo round trips match by md5
-    on both sides; a refused port is refused both ways; no guest fault is logged."""
+    """With the guide's line (no uds-path) the guest gets its vsock on the bridge at the
+    default path, which the log names; 1 MiB host→guest (CONNECT) and guest→host
+    (PATH_6000) echo round trips match by md5 on both sides; a refused port is refused both
+    ways; no guest fault is logged."""
     guest_data = os.urandom(DATA_SIZE)
     host_data = os.urandom(DATA_SIZE)
     image = tools_image(tmp_path, guest_data)
-    path = str(tmp_path / "vsock.sock")
-    args = [*boot_args(guest, GUEST_SCRIPT, smp=2, mem="256M"),
-            "-drive", f"id=tools,file={image},readonly=on",
-            "-device", f"vsock,id=vsock0,guest-cid={GUEST_CID},uds-path={path}", "-D"]
+    # a short runtime directory: PATH_<port> must fit a unix socket address
+    runtime = tempfile.mkdtemp(prefix="vsock-", dir="/tmp")
+    (Path(runtime) / "stratovmm").mkdir(mode=0o700)    # so that PATH_6000 can listen first
+    path = os.path.join(runtime, "stratovmm", f"{VM_NAME}.vsock")
+    # where the host has vhost-vsock the guide's line uses it: name the bridge's path there
+    vhost_host = os.path.exists("/dev/vhost-vsock")
+    device = f"vsock,id=vsock0,guest-cid={GUEST_CID}" + (f",uds-path={path}" if vhost_host
+                                                          else "")
+    args = [*boot_args(guest, GUEST_SCRIPT, smp=2, mem="256M"), "-name", VM_NAME,
+            "-drive", f"id=tools,file={image},readonly=on", "-device", device, "-D"]
     lines: queue.Queue[str] = queue.Queue()
     stderr_file = tmp_path / "stderr.txt"
     with boot_lock(), open(stderr_file, "wb") as stderr_sink:
@@ -153,7 +166,8 @@ def test_vsock_round_trips_through_the_unix_bridge(guest: Path, tmp_path: Path) 
         start = time.monotonic()
         proc = subprocess.Popen([*stratovmm_command(), *args], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=stderr_sink,
-                                env={**os.environ, "STRATOVMM_LOG_LEVEL": "warn"})
+                                env={**os.environ, "STRATOVMM_LOG_LEVEL": "warn",
+                                     "XDG_RUNTIME_DIR": runtime})
         assert proc.stdout is not None
         stdout = proc.stdout
         collected: list[str] = []
@@ -188,6 +202,7 @@ def test_vsock_round_trips_through_the_unix_bridge(guest: Path, tmp_path: Path) 
         reader.join(10)
         total = time.monotonic() - start
     echo_service.join(10)
+    shutil.rmtree(runtime, ignore_errors=True)
     stderr = stderr_file.read_text(errors="replace")
     output = "".join(collected).replace("\r", "")
     print(output, stderr)               # shown by pytest when an assertion below fails
@@ -195,6 +210,8 @@ def test_vsock_round_trips_through_the_unix_bridge(guest: Path, tmp_path: Path) 
           f" total {total:.1f}s")
     assert proc.returncode == 0, (output, stderr)
     assert "GUEST-CMD-END rc=0" in output, output
+    # the guide's line, no /dev/vhost-vsock: the bridge at the default path, named in the log
+    assert vhost_host or f"CONNECT <port> on {path} reaches the guest" in stderr, stderr
     # host → guest through CONNECT
     assert refused == b"", "CONNECT to a port nobody listens on must close without OK"
     assert ok.startswith(b"OK ") and int(ok[3:]) >= 1 << 30, ok

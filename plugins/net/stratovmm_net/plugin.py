@@ -26,9 +26,9 @@ from stratovmm_net import tap as tap_mod
 from stratovmm_net.device import NetDevice, generated_mac, parse_mac
 from stratovmm_net.schema import DEVICE_ADD_SCHEMA, NET_SCHEMA, NETDEV_ADD_SCHEMA
 from stratovmm_net.tap import Tap
-from stratovmm_net.vhost import RUNTIME_IOCTLS, VhostNet, VhostNetDevice, check_vhost
+from stratovmm_net.vhost import RUNTIME_IOCTLS, VhostNetDevice, check_vhost, open_vhost_net
 
-STRATOVMM_API = "1.0"
+STRATOVMM_API = "1.1"
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def create_net(ctx: BuildContext, item: dict[str, Any]) -> None:
         mac = generated_mac(f"{item['host_dev_name']}/{iface}")
     iothread = item.get("iothread")
     loop = ctx.loop_for(iothread)
-    vhost = VhostNet.open(f"{option} vhost") if item.get("vhost_type") else None
+    vhost = open_vhost_net(f"{option} vhost") if item.get("vhost_type") else None
     try:
         tap = Tap.open(item["host_dev_name"], f"{option} netdev")
     except ConfigError:

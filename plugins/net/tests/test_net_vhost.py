@@ -13,9 +13,13 @@ import pytest
 from stratovmm_net import vhost as vhost_mod
 from stratovmm_net.device import F_MRG_RXBUF, RX, TX
 from stratovmm_net.tap import Tap
-from stratovmm_net.vhost import (
+from stratovmm_net.vhost import VHOST_NET_SET_BACKEND, VhostNetDevice, check_vhost, open_vhost_net
+
+from stratovmm.errors import ConfigError
+from stratovmm.eventloop import EventLoop
+from stratovmm.testing.harness import DeviceHarness
+from stratovmm.vhost import (
     VHOST_GET_VRING_BASE,
-    VHOST_NET_SET_BACKEND,
     VHOST_SET_FEATURES,
     VHOST_SET_MEM_TABLE,
     VHOST_SET_VRING_ADDR,
@@ -23,14 +27,8 @@ from stratovmm_net.vhost import (
     VHOST_SET_VRING_CALL,
     VHOST_SET_VRING_KICK,
     VHOST_SET_VRING_NUM,
-    VhostNet,
-    VhostNetDevice,
-    check_vhost,
+    VhostBackend,
 )
-
-from stratovmm.errors import ConfigError
-from stratovmm.eventloop import EventLoop
-from stratovmm.testing.harness import DeviceHarness
 from stratovmm.virtio import constants as c
 
 pytestmark = pytest.mark.unit
@@ -61,7 +59,7 @@ class Rig:
         self.loop = EventLoop("vhost-test")
         tap = Tap(self.ours.fileno(), "fake0", 0)
         tap.set_offload = lambda flags: None  # type: ignore[method-assign]
-        self.vhost = VhostNet(-1, vhost_features, self.recorder)
+        self.vhost = VhostBackend(-1, vhost_features, "/dev/vhost-net", self.recorder)
         self.device = VhostNetDevice("v0", tap, bytes.fromhex("525400000001"), self.loop,
                                      self.vhost)
         self.h = DeviceHarness(self.device, memory_size=4 << 20, queue_size=64)
@@ -90,7 +88,7 @@ def test_vhost_on_without_the_device_is_refused_clearly(monkeypatch: pytest.Monk
                                           r" /nonexistent/vhost-net, which this host"):
         check_vhost("-netdev id=n0 vhost")
     with pytest.raises(ConfigError, match="vhost=on needs"):
-        VhostNet.open("-netdev id=n0 vhost")
+        open_vhost_net("-netdev id=n0 vhost")
 
 
 def test_driver_ok_hands_both_rings_and_the_tap_to_vhost(rig: Rig) -> None:

@@ -6,7 +6,9 @@ Firecracker's "hybrid vsock" does it.
   port ``<port>``, and when the guest answers RESPONSE writes ``OK <hostport>\\n``
   (``hostport`` is the host-side port the guest sees) and the stream is bridged.
   A guest RST (nothing listens there) or no answer within ``CONNECT_TIMEOUT``
-  closes the host socket without an ``OK``.
+  closes the host socket without an ``OK``; so does a host socket that has not
+  sent its whole ``CONNECT`` line within ``HANDSHAKE_TIMEOUT``, so that idle
+  sockets cannot hold the ``MAX_CONNECTIONS`` slots for ever.
 * guest → host: a guest connecting to CID 2 port ``P`` makes the bridge connect
   to the unix socket ``PATH_P``; success is a RESPONSE, failure (no such socket,
   nobody listening, its backlog full) an RST.
@@ -30,7 +32,7 @@ import stat
 from collections.abc import Callable
 from typing import Protocol
 
-from stratovmm.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
+from stratovmm.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Timer
 from stratovmm_vsock.connection import Connection, ProtocolViolation, State
 from stratovmm_vsock.packet import (
     HOST_CID,
@@ -48,13 +50,16 @@ from stratovmm_vsock.packet import (
 
 log = logging.getLogger(__name__)
 
-VHOST_VSOCK = "/dev/vhost-vsock"
-SUN_PATH_MAX = 107                  # sizeof(sockaddr_un.sun_path) - 1
-PORT_SUFFIX_MAX = len("_4294967295")
 CONN_BUF_SIZE = 128 * 1024          # buf_alloc we advertise per stream
 MAX_CONNECTIONS = 128               # host sockets (bridged + waiting for CONNECT)
 MAX_PENDING_RST = 64
 CONNECT_TIMEOUT = 5.0               # seconds the guest has to answer a REQUEST
+# Seconds a host socket has to send its whole CONNECT line.  Firecracker's muxer gives it
+# no time at all: it reads the line on the socket's first EPOLLIN and drops the socket if
+# the line is not all there (unix/muxer.rs, read_local_stream_port), and it has no timer for
+# sockets that never send.  We allow a line split across writes, for as long as we give the
+# guest to answer (Firecracker: 2 s, csm CONN_REQUEST_TIMEOUT_MS), then close the socket.
+HANDSHAKE_TIMEOUT = 5.0
 MAX_CONNECT_LINE = 32               # "CONNECT 4294967295\n" is 19 bytes
 LOCAL_PORT_FIRST = 1 << 30          # host ports of host-initiated streams, as Firecracker
 LOCAL_PORT_LAST = (1 << 31) - 1
@@ -109,6 +114,7 @@ class HostClient:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.line = bytearray()
+        self.timer: Timer | None = None     # HANDSHAKE_TIMEOUT
 
     def read_line(self) -> bytes | None:
         """The line once complete (None: not yet).  Read a byte at a time so no stream data
@@ -141,13 +147,15 @@ class UnixBridge:
 
     def __init__(self, path: str, guest_cid: int, loop: EventLoop,
                  buf_alloc: int = CONN_BUF_SIZE, max_connections: int = MAX_CONNECTIONS,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         self.path = path
         self.guest_cid = guest_cid
         self.loop = loop
         self.buf_alloc = buf_alloc
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
+        self.handshake_timeout = handshake_timeout
         self.listener = listen_unix(path)
         self.conns: dict[tuple[int, int], Connection] = {}
         self.clients: dict[int, HostClient] = {}
@@ -384,6 +392,8 @@ class UnixBridge:
             fd = sock.fileno()
             self.clients[fd] = client
             self.loop.register(fd, EPOLLIN, self._client_handler(fd))
+            client.timer = self.loop.call_later(self.handshake_timeout,
+                                                self._handshake_expired(fd, client))
 
     def _client_handler(self, fd: int) -> Callable[[int], None]:
         def handler(_events: int) -> None:
@@ -412,9 +422,20 @@ class UnixBridge:
         self._host_connect(client, port)
         self.device.pump_rx()
 
+    def _handshake_expired(self, fd: int, client: HostClient) -> Callable[[], None]:
+        def expired() -> None:
+            if self.clients.get(fd) is client:
+                log.info("vsock: host client on %s dropped: no CONNECT line within %.0f s",
+                         self.path, self.handshake_timeout)
+                self._drop_client(fd, close=True)
+        return expired
+
     def _drop_client(self, fd: int, close: bool) -> None:
         client = self.clients.pop(fd)
         self.loop.unregister(fd)
+        if client.timer is not None:
+            client.timer.cancel()
+            client.timer = None
         if close:
             client.sock.close()
 

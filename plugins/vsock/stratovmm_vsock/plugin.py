@@ -2,13 +2,17 @@
 
 Backends (SPEC §2): with ``uds-path`` the userspace bridge of ``backend.py``
 (Firecracker's hybrid vsock), by choice even where ``/dev/vhost-vsock`` exists.
-Without it the device would need vhost-vsock; this plugin does not drive
-vhost yet, so that configuration is refused with a message saying which.
+Without it, vhost-vsock where ``/dev/vhost-vsock`` exists (``vhost.py``, as
+StratoVirt v0.3), else the userspace bridge at a default path
+(``paths.py``), logged as a warning, so StratoVirt's own line
+``-device vsock,id=vsock0,guest-cid=3`` gives the guest its vsock everywhere.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from stratovmm.config.model import RuntimeOptions
@@ -23,14 +27,24 @@ from stratovmm.registry import (
     SubOption,
     ValueKind,
 )
-from stratovmm_vsock.backend import PORT_SUFFIX_MAX, SUN_PATH_MAX, VHOST_VSOCK, UnixBridge
+from stratovmm_vsock import paths
+from stratovmm_vsock.backend import UnixBridge
 from stratovmm_vsock.device import VsockDevice
 from stratovmm_vsock.schema import VSOCK_SCHEMA
+from stratovmm_vsock.vhost import (
+    RUNTIME_IOCTLS,
+    VHOST_VSOCK_PATH,
+    VhostVsockDevice,
+    open_vhost_vsock,
+)
 
-STRATOVMM_API = "1.0"
+STRATOVMM_API = "1.1"
+
+log = logging.getLogger(__name__)
 
 VSOCK_OPTION = OptionSpec(
-    "device", "virtio-vsock; uds-path: bridge to host unix sockets (at most one)", "vsock",
+    "device", "virtio-vsock: vhost-vsock, or with uds-path (or without /dev/vhost-vsock) a"
+    " bridge to host unix sockets (at most one)", "vsock",
     driver="vsock", id_field="vsock_id",
     sub=(SubOption("id", "vsock_id", required=True),
          SubOption("guest-cid", "guest_cid", ValueKind.INT, required=True,
@@ -44,44 +58,56 @@ VSOCK_OPTION = OptionSpec(
 WHERE = "-device vsock"
 
 
-def check_backend(item: dict[str, Any]) -> None:
-    """Refuse, before anything is built, a vsock no backend here can serve."""
-    path = item.get("uds_path")
-    if path is None:
-        if os.path.exists(VHOST_VSOCK):
-            raise ConfigError(f"{WHERE}: the vhost-vsock backend ({VHOST_VSOCK}) is not"
-                              " implemented by this plugin; give uds-path=PATH (JSON"
-                              " \"uds_path\") for the userspace backend")
-        raise ConfigError(f"{WHERE}: {VHOST_VSOCK} does not exist on this host (vhost_vsock"
-                          " module not loaded), so give uds-path=PATH (JSON \"uds_path\") for"
-                          " the userspace backend")
-    longest = len(os.fsencode(os.path.abspath(path))) + PORT_SUFFIX_MAX
-    if longest > SUN_PATH_MAX:
-        raise ConfigError(f"{WHERE} uds-path: {path!r} is too long: PATH_<port> must fit the"
-                          f" {SUN_PATH_MAX} bytes of a unix socket address")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise ConfigError(f"{WHERE} uds-path: directory {parent!r} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{WHERE} uds-path: directory {parent!r} is not writable")
+@dataclass
+class _Settings:
+    """What ``vmm_check_config`` learned for the seccomp rules."""
+
+    vhost = False       # vhost-vsock's rings are set up when the driver is ready
+
+
+_settings = _Settings()
+
+
+def uses_vhost(item: dict[str, Any]) -> bool:
+    """vhost-vsock serves the device: no ``uds_path`` and the host has the device."""
+    return "uds_path" not in item and os.path.exists(VHOST_VSOCK_PATH)
 
 
 def create_vsock(ctx: BuildContext, item: dict[str, Any]) -> None:
-    """Listen on ``uds_path`` and attach the virtio-vsock device."""
-    check_backend(item)
-    path = os.path.abspath(item["uds_path"])
+    """Attach the virtio-vsock device with its backend."""
+    vsock_id, cid = item["vsock_id"], item["guest_cid"]
+    if uses_vhost(item):
+        vhost = open_vhost_vsock(cid, WHERE)
+        device: VhostVsockDevice | VsockDevice = VhostVsockDevice(vsock_id, cid, vhost,
+                                                                  ctx.main_loop)
+    else:
+        device = VsockDevice(vsock_id, cid, _bridge(ctx, item))
+    try:
+        ctx.add_device(vsock_id, device)
+    except ConfigError:
+        device.close()
+        raise
+    ctx.add_virtio_device(device)
+
+
+def _bridge(ctx: BuildContext, item: dict[str, Any]) -> UnixBridge:
+    """The userspace bridge at ``uds_path``, else at the default path (logged)."""
+    if "uds_path" in item:
+        path, where = os.path.abspath(item["uds_path"]), f"{WHERE} uds-path"
+    else:
+        path, where = paths.default_socket_path(ctx.name), WHERE
+        paths.ensure_private_dir(os.path.dirname(path), where)
+    paths.check_socket_path(path, where)
     try:
         bridge = UnixBridge(path, item["guest_cid"], ctx.main_loop)
     except OSError as exc:
-        raise ConfigError(f"{WHERE} uds-path: cannot listen on {path}:"
-                          f" {exc.strerror or exc}") from exc
-    device = VsockDevice(item["vsock_id"], item["guest_cid"], bridge)
-    try:
-        ctx.add_device(item["vsock_id"], device)
-    except ConfigError:
-        bridge.close()
-        raise
-    ctx.add_virtio_device(device)
+        raise ConfigError(f"{where}: cannot listen on {path}: {exc.strerror or exc}") from exc
+    if "uds_path" not in item:
+        log.warning("%s: %s does not exist, so the guest's vsock is bridged to unix sockets:"
+                    " CONNECT <port> on %s reaches the guest, guest connections to host port P"
+                    " reach %s_P (give uds-path=PATH to choose the path)", item["vsock_id"],
+                    VHOST_VSOCK_PATH, path, path)
+    return bridge
 
 
 @hookimpl
@@ -92,14 +118,18 @@ def vmm_register_devices(registry: DeviceRegistry) -> None:
 
 @hookimpl
 def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
-    """The backend must exist; the socket path must be usable."""
+    """A given socket path must be usable; remember whether vhost-vsock serves the device."""
     item = config.get("vsock")
-    if isinstance(item, dict):
-        check_backend(item)
+    _settings.vhost = isinstance(item, dict) and uses_vhost(item)
+    if isinstance(item, dict) and "uds_path" in item:
+        paths.check_socket_path(item["uds_path"], f"{WHERE} uds-path")
 
 
 @hookimpl
 def vmm_seccomp_rules(rules: SeccompRules) -> None:
     """Guest-initiated streams open and connect a unix socket while the VM runs; a guest
-    SHUTDOWN(SEND) becomes ``shutdown(SHUT_WR)`` on the host socket."""
+    SHUTDOWN(SEND) becomes ``shutdown(SHUT_WR)`` on the host socket.  vhost-vsock's rings
+    are handed over when the driver is ready."""
     rules.allow("socket", "connect", "shutdown")
+    if _settings.vhost:
+        rules.allow_ioctl(*RUNTIME_IOCTLS)

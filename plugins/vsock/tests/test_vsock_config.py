@@ -4,14 +4,17 @@ choice and socket path errors — each a clear ConfigError naming the option."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
-from stratovmm_vsock import plugin
+from stratovmm_vsock import paths, plugin
 from stratovmm_vsock.device import VsockDevice
+from stratovmm_vsock.vhost import RUNTIME_IOCTLS, VhostVsockDevice
 
 from stratovmm import cli
 from stratovmm.config.load import load_config
@@ -19,7 +22,8 @@ from stratovmm.config.model import VmConfig, runtime_options
 from stratovmm.errors import ConfigError
 from stratovmm.eventloop import EventLoop
 from stratovmm.plugin import PluginHost
-from stratovmm.registry import DeviceRegistry
+from stratovmm.registry import DeviceRegistry, SeccompRules
+from stratovmm.vhost import VhostBackend
 
 RUNTIME = runtime_options({})
 
@@ -80,22 +84,17 @@ def test_json_list_of_vsocks_is_refused(devices: DeviceRegistry, tmp_path: Path)
         load_config(["-config", str(path)], devices)
 
 
-def test_without_uds_path_and_without_vhost_is_refused() -> None:
-    """No /dev/vhost-vsock here and no uds-path: the message says what to give."""
-    if os.path.exists("/dev/vhost-vsock"):
-        pytest.skip("this host has /dev/vhost-vsock")
-    with pytest.raises(ConfigError, match=r"does not exist.*uds-path=PATH"):
-        plugin.vmm_check_config({"vsock": {"vsock_id": "v0", "guest_cid": 3}}, RUNTIME)
-
-
-def test_vhost_present_but_unimplemented_is_said_plainly(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where /dev/vhost-vsock exists, the missing vhost backend is named, not faked."""
-    fake = tmp_path / "vhost-vsock"
-    fake.touch()
-    monkeypatch.setattr(plugin, "VHOST_VSOCK", str(fake))
-    with pytest.raises(ConfigError, match=r"not implemented.*uds-path=PATH"):
-        plugin.vmm_check_config({"vsock": {"vsock_id": "v0", "guest_cid": 3}}, RUNTIME)
+def test_guide_line_without_uds_path_is_accepted(devices: DeviceRegistry,
+                                                tmp_path: Path) -> None:
+    """StratoVirt's own ``-device vsock,id=vsock0,guest-cid=3`` and its JSON (no uds_path)
+    pass the parser and the plugin's checks, whatever the host has."""
+    config = parse(devices, "-device", "vsock,id=vsock0,guest-cid=3")
+    assert config.document["vsock"] == {"vsock_id": "vsock0", "guest_cid": 3}
+    plugin.vmm_check_config(config.document, RUNTIME)
+    path = tmp_path / "vm.json"
+    path.write_text(json.dumps({"boot-source": {"kernel_image_path": "/vmlinux"},
+                                "vsock": {"vsock_id": "vsock0", "guest_cid": 3}}))
+    assert load_config(["-config", str(path)], devices).document["vsock"]["guest_cid"] == 3
 
 
 @pytest.mark.parametrize(("path", "needle"), [
@@ -112,7 +111,8 @@ def test_unusable_socket_paths_are_refused(path: str, needle: str) -> None:
 class FakeContext:
     """The parts of ``BuildContext`` the factory uses."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name
         self.main_loop = EventLoop("ctx")
         self.devices: dict[str, Any] = {}
         self.virtio: list[Any] = []
@@ -169,8 +169,120 @@ def test_unwritable_socket_path_is_refused() -> None:
 
 def test_seccomp_rules_cover_runtime_connects() -> None:
     """Guest-initiated streams need socket/connect after the filter is on."""
-    from stratovmm.registry import SeccompRules
-
     rules = SeccompRules()
     plugin.vmm_seccomp_rules(rules)
     assert {"socket", "connect", "shutdown"} <= set(rules.syscalls)
+
+
+# -- without uds-path: vhost-vsock, else the bridge at the default path ---------------------------
+
+
+@pytest.fixture
+def no_vhost(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A host without /dev/vhost-vsock whose runtime directory is ``tmp_path/run``."""
+    monkeypatch.setattr(plugin, "VHOST_VSOCK_PATH", str(tmp_path / "no-vhost-vsock"))
+    (tmp_path / "run").mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    return tmp_path / "run" / "stratovmm"
+
+
+def test_without_vhost_the_bridge_listens_at_the_default_path(
+        no_vhost: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No /dev/vhost-vsock and no uds-path: the bridge listens at RUNDIR/NAME.vsock, in a
+    0700 directory it made, and the log names the path."""
+    ctx = FakeContext(name="vm1")
+    with caplog.at_level(logging.WARNING):
+        plugin.create_vsock(ctx, {"vsock_id": "vsock0", "guest_cid": 3})  # type: ignore[arg-type]
+    device = ctx.devices["vsock0"]
+    path = no_vhost / "vm1.vsock"
+    assert isinstance(device, VsockDevice) and device.bridge.path == str(path)
+    assert stat.S_IMODE(os.stat(no_vhost).st_mode) == 0o700
+    probe = socket.socket(socket.AF_UNIX)
+    probe.connect(str(path))
+    probe.close()
+    assert f"CONNECT <port> on {path} reaches the guest" in caplog.text
+    device.close()
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(("name", "stem"), [
+    ("vm1", "vm1"), ("web-01.prod", "web-01.prod"), (None, "PID"), ("../evil", "PID"),
+    (".hidden", "PID"), ("a/b", "PID"), ("", "PID"),
+])
+def test_default_path_is_named_after_the_vm_or_the_pid(no_vhost: Path, name: str | None,
+                                                       stem: str) -> None:
+    """-name gives NAME.vsock when it is a plain file name; otherwise the pid does."""
+    expected = str(os.getpid()) if stem == "PID" else stem
+    assert paths.default_socket_path(name) == str(no_vhost / f"{expected}.vsock")
+
+
+def test_runtime_dir_for_root_and_for_other_users(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without XDG_RUNTIME_DIR: /run/stratovmm for root, /tmp/stratovmm-UID for others."""
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert paths.runtime_dir() == "/run/stratovmm"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert paths.runtime_dir() == "/tmp/stratovmm-1000"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert paths.runtime_dir() == "/run/user/1000/stratovmm"
+
+
+def test_a_runtime_dir_others_could_write_is_refused(no_vhost: Path) -> None:
+    """A default directory writable by others, or a symlink there, is refused (someone else
+    could plant the socket); the message names -device vsock."""
+    no_vhost.mkdir(mode=0o700)
+    no_vhost.chmod(0o777)
+    with pytest.raises(ConfigError, match=r"-device vsock: .* writable by nobody else"):
+        plugin.create_vsock(FakeContext("vm1"),  # type: ignore[arg-type]
+                            {"vsock_id": "v0", "guest_cid": 3})
+    no_vhost.rmdir()
+    no_vhost.symlink_to("/tmp")
+    with pytest.raises(ConfigError, match=r"-device vsock: .* is not a directory"):
+        plugin.create_vsock(FakeContext("vm1"),  # type: ignore[arg-type]
+                            {"vsock_id": "v0", "guest_cid": 3})
+
+
+def test_two_vms_with_one_name_are_told_apart(no_vhost: Path) -> None:
+    """A second VM of the same -name finds the first one's socket live: a clear refusal."""
+    first = FakeContext("twin")
+    plugin.create_vsock(first, {"vsock_id": "v0", "guest_cid": 3})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"cannot listen on .*twin\.vsock: another process"):
+        plugin.create_vsock(FakeContext("twin"),  # type: ignore[arg-type]
+                            {"vsock_id": "v0", "guest_cid": 4})
+    first.devices["v0"].close()
+
+
+def test_with_vhost_vsock_the_factory_uses_it(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    """Where /dev/vhost-vsock exists and no uds-path is given, the device is vhost-vsock
+    (opened with the guest's CID) and seccomp lets its ring hand-over through; uds-path
+    still selects the bridge."""
+    fake = tmp_path / "vhost-vsock"
+    fake.touch()
+    monkeypatch.setattr(plugin, "VHOST_VSOCK_PATH", str(fake))
+    opened: list[tuple[int, str]] = []
+
+    def open_recorded(cid: int, option: str) -> VhostBackend:
+        opened.append((cid, option))
+        return VhostBackend(os.open(fake, os.O_RDWR), 1 << 32, str(fake),
+                            lambda fd, request, arg=b"": arg)
+
+    monkeypatch.setattr(plugin, "open_vhost_vsock", open_recorded)
+    item = {"vsock_id": "v0", "guest_cid": 7}
+    ctx = FakeContext("vm1")
+    plugin.create_vsock(ctx, item)  # type: ignore[arg-type]
+    assert isinstance(ctx.devices["v0"], VhostVsockDevice)
+    assert opened == [(7, "-device vsock")]
+    plugin.vmm_check_config({"vsock": item}, RUNTIME)
+    rules = SeccompRules()
+    plugin.vmm_seccomp_rules(rules)
+    assert set(RUNTIME_IOCTLS) <= set(rules.ioctls)
+    ctx.devices["v0"].close()
+    ctx = create(str(tmp_path / "v.sock"))
+    assert isinstance(ctx.devices["v0"], VsockDevice)
+    ctx.devices["v0"].close()
+    plugin.vmm_check_config({"vsock": {**item, "uds_path": str(tmp_path / "v.sock")}},
+                            RUNTIME)
+    rules = SeccompRules()
+    plugin.vmm_seccomp_rules(rules)
+    assert not set(RUNTIME_IOCTLS) & set(rules.ioctls)

@@ -297,6 +297,30 @@ def test_host_connect_times_out_when_guest_is_silent(tmp_path: Path) -> None:
     drv.device.close()
 
 
+def test_silent_host_client_is_dropped_after_the_handshake_timeout(tmp_path: Path) -> None:
+    """A host socket that never completes its CONNECT line is closed after the handshake
+    timeout and its slot freed: with one slot, a real client gets in afterwards."""
+    drv = MockDriver(tmp_path, handshake_timeout=0.2, max_connections=1)
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(drv.path)
+    silent.sendall(b"CONN")                         # half a line, then nothing
+    silent.settimeout(2)
+    drv.settle()
+    assert len(drv.bridge.clients) == 1
+    deadline = time.monotonic() + 5
+    while drv.bridge.clients and time.monotonic() < deadline:
+        drv.settle(1, 0.05)
+    assert drv.bridge.clients == {}
+    assert silent.recv(10) == b""
+    drv.post_rx()
+    client = host_connect(drv, 55)
+    (req, _), = drv.received()
+    assert req.op == OP_REQUEST and req.dst_port == 55
+    client.close()
+    silent.close()
+    drv.device.close()
+
+
 @pytest.mark.parametrize("line", [b"CONNECT\n", b"CONNECT x\n", b"HELLO 5\n",
                                   b"CONNECT 99999999999\n", b"C" * 40])
 def test_bad_connect_line_is_dropped(drv: MockDriver, line: bytes) -> None:

@@ -137,7 +137,7 @@ class QmpCommand:
     help: str = ""
 
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 def check_strict_schema(schema: Mapping[str, Any], where: str) -> None:
@@ -174,7 +174,7 @@ class DeviceRegistry:
                 f"plugin {self._current_plugin}: option {option.display} is already registered"
                 f" by {self.owner.get(option.display, '?')}"
             )
-        if not _NAME.match(option.name):
+        if not _NAME.fullmatch(option.name):
             raise PluginError(f"plugin {self._current_plugin}: bad option name {option.name!r}")
         self.options[key] = option
         self.owner[option.display] = self._current_plugin

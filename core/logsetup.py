@@ -9,12 +9,15 @@ time, the thread and the module::
 "One line" is kept even for tracebacks and for messages that quote guest or
 client data: every control character inside an event is written as a visible
 escape (``\\n``, ``\\x1b``, ``\\u2028``), so nothing a guest sends can forge a
-log line or hide one from a reader.  ``-D PATH`` appends to PATH; ``-D`` alone and
-no ``-D`` at all log to stderr (at the default level only errors appear).
+log line or hide one from a reader.  ``-D PATH`` appends to PATH, creating it
+with mode 0600 whatever the umask (log lines quote guest and QMP data); ``-D``
+alone and no ``-D`` at all log to stderr (at the default level only errors
+appear).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -74,12 +77,25 @@ class OneLineFormatter(logging.Formatter):
         return super().format(record).translate(_ESCAPES)
 
 
+LOG_FILE_MODE = 0o600
+
+
+class PrivateFileHandler(logging.FileHandler):
+    """``logging.FileHandler`` that creates its file 0600 (the umask can only narrow that);
+    an existing file keeps its mode."""
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                     LOG_FILE_MODE)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def setup_logging(path: str | None) -> None:
     """Log at the environment's level to ``path`` (appending) or to stderr."""
     level = log_level()
     if path is not None:
         try:
-            handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")
+            handler: logging.Handler = PrivateFileHandler(path, encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"-D {path}: {exc.strerror}") from exc
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,3 +179,19 @@ def test_every_control_character_in_a_message_is_escaped(tmp_path: Path) -> None
     assert "\\u2028" in line and "\\u2029" in line and "\\u202e" in line
     assert "\\t" in line and "\\n" in line and "\\r" in line
     assert line.endswith("z end")
+
+
+def test_log_file_is_created_0600_and_an_existing_one_keeps_its_mode(tmp_path: Path) -> None:
+    """-D PATH creates the file 0600 (log lines quote guest and QMP data; open() would give
+    0666 minus the umask); a file the user made beforehand keeps the mode they gave it."""
+    path = tmp_path / "vmm.log"
+    setup_logging(str(path))
+    logging.getLogger("stratovmm.x").error("private")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    shared = tmp_path / "shared.log"
+    shared.touch(mode=0o640)
+    shared.chmod(0o640)
+    setup_logging(str(shared))
+    logging.getLogger("stratovmm.x").error("appended")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o640
+    assert "appended" in shared.read_text()

@@ -9,6 +9,7 @@ vhost yet, so that configuration is refused with a message saying which.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from stratovmm.config.model import RuntimeOptions
@@ -16,6 +17,7 @@ from stratovmm.context import BuildContext
 from stratovmm.errors import ConfigError
 from stratovmm.plugin import hookimpl
 from stratovmm.registry import (
+    ArgCondition,
     DeviceRegistry,
     DeviceType,
     OptionSpec,
@@ -98,8 +100,18 @@ def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
         check_backend(item)
 
 
+_SOCK_TYPE_MASK = 0xF     # the kernel's SOCK_TYPE_MASK: the type without NONBLOCK/CLOEXEC
+
+#: The only sockets the bridge makes while the VM runs: unix streams.  connect's address
+#: is behind a pointer the filter cannot read; the sockets it can be given are these, the
+#: unix sockets made before the filter and fds a (trusted) QMP client passed with getfd.
+UNIX_STREAM = (ArgCondition(0, "eq", socket.AF_UNIX),
+               ArgCondition(1, "masked_eq", socket.SOCK_STREAM, _SOCK_TYPE_MASK))
+
+
 @hookimpl
 def vmm_seccomp_rules(rules: SeccompRules) -> None:
-    """Guest-initiated streams open and connect a unix socket while the VM runs; a guest
-    SHUTDOWN(SEND) becomes ``shutdown(SHUT_WR)`` on the host socket."""
-    rules.allow("socket", "connect", "shutdown")
+    """Guest-initiated streams open (``UNIX_STREAM`` only) and connect a unix socket while
+    the VM runs; a guest SHUTDOWN(SEND) becomes ``shutdown(SHUT_WR)`` on the host socket."""
+    rules.allow("socket", when=UNIX_STREAM)
+    rules.allow("connect", "shutdown")

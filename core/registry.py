@@ -286,6 +286,10 @@ class SeccompRules:
         conditions = tuple(when)
         for condition in conditions:
             self._check(condition)
+        if len({c.arg for c in conditions}) < len(conditions):
+            raise PluginError(f"plugin {self._current_plugin}: seccomp rule for"
+                              f" {', '.join(syscalls)} checks one argument twice (libseccomp"
+                              " takes one condition per argument; add two rules instead)")
         if conditions and "ioctl" in syscalls:
             raise PluginError(f"plugin {self._current_plugin}: ioctl is limited by request"
                               " number: use allow_ioctl")
@@ -302,6 +306,8 @@ class SeccompRules:
             raise PluginError(f"{where}: arg must be 0..5")
         if condition.op not in _ARG_OPS:
             raise PluginError(f"{where}: op must be one of {', '.join(_ARG_OPS)}")
+        if not all(-(1 << 63) <= v < 1 << 64 for v in (condition.value, condition.mask)):
+            raise PluginError(f"{where}: value and mask must fit 64 bits")
         if condition.op == "masked_eq" and condition.value & ~condition.mask:
             raise PluginError(f"{where}: value has bits outside the mask (never true)")
 

@@ -128,6 +128,7 @@ _CLONE_THREAD = 0x00010000
 _OPEN_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _PR_SET_NAME = 15
 _LOW32 = 0xFFFF_FFFF
+_ALL64 = 0xFFFF_FFFF_FFFF_FFFF
 _ALL_BUT_LOW5 = 0xFFFF_FFFF_FFFF_FFE0
 
 def core_conditions() -> dict[str, tuple[tuple[ArgCondition, ...], ...]]:
@@ -200,10 +201,11 @@ def _to_arg(condition: ArgCondition) -> Any:
     """The pyseccomp ``Arg`` for one condition."""
     import pyseccomp
 
+    value, mask = condition.value & _ALL64, condition.mask & _ALL64    # -100 as the register has it
     if condition.op == "masked_eq":
-        return pyseccomp.Arg(condition.arg, pyseccomp.MASKED_EQ, condition.mask, condition.value)
+        return pyseccomp.Arg(condition.arg, pyseccomp.MASKED_EQ, mask, value)
     op = {"eq": pyseccomp.EQ, "lt": pyseccomp.LT, "le": pyseccomp.LE}[condition.op]
-    return pyseccomp.Arg(condition.arg, op, condition.value)
+    return pyseccomp.Arg(condition.arg, op, value)
 
 
 def build_filter(rules: SeccompRules, reporter: bool) -> Any:

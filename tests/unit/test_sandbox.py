@@ -390,6 +390,7 @@ def test_rules_combine_as_alternatives_and_core_conditions_hold() -> None:
     ((6, "eq", 1, 0), "arg must be 0..5"),
     ((0, "ne", 1, 0), "op must be one of eq, lt, le, masked_eq"),
     ((0, "masked_eq", 3, 1), "bits outside the mask"),
+    ((0, "eq", 1 << 64, 0), "must fit 64 bits"),
 ])
 def test_bad_condition_is_a_plugin_error_naming_the_plugin(fields: tuple[int, str, int, int],
                                                           message: str) -> None:
@@ -400,6 +401,17 @@ def test_bad_condition_is_a_plugin_error_naming_the_plugin(fields: tuple[int, st
     rules.set_plugin("netdev")
     with pytest.raises(PluginError, match=f"^plugin netdev: .*{message}"):
         rules.allow("socket", when=[ArgCondition(*fields)])
+
+
+def test_two_conditions_on_one_argument_are_refused() -> None:
+    """libseccomp takes one condition per argument in a rule: refused at registration, with
+    the plugin's name, instead of failing when the filter is built."""
+    from stratovmm.registry import ArgCondition
+
+    rules = SeccompRules()
+    rules.set_plugin("x")
+    with pytest.raises(PluginError, match=r"^plugin x: .*socket checks one argument twice"):
+        rules.allow("socket", when=[ArgCondition(0, "le", 9), ArgCondition(0, "eq", 1)])
 
 
 def test_ioctl_with_conditions_is_refused() -> None:

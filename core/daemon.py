@@ -17,7 +17,12 @@ without a path are refused with ``-daemonize``).  The working directory is kept,
 so relative paths given later (QMP ``blockdev-add``) mean what the user meant.
 
 The pidfile is written atomically (a temporary file in the same directory,
-then ``link``, or ``rename`` over a stale file) and removed on every exit that
+then ``link``, or ``rename`` over a stale file) with mode 0600, as StratoVirt and
+QEMU create theirs.  The temporary has a random name and is created with
+``O_CREAT|O_EXCL|O_NOFOLLOW`` (``tempfile.mkstemp``), and neither ``link`` nor
+``rename`` follows a symlink at the final path, so a symlink planted in a shared
+directory never makes the VMM write or truncate another file; reading an existing
+pidfile does not follow one either.  It is removed on every exit that
 runs Python code (``atexit``: the guest ends, QMP ``quit``, SIGTERM/SIGINT, a
 fatal error), but only while it still names this process.  A
 pidfile naming another live process is refused; one naming a dead process is
@@ -31,6 +36,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import types
 
 from stratovmm.config.model import RuntimeOptions
@@ -67,6 +73,15 @@ def process_alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
+def _read_head(path: str) -> bytes:
+    """The first bytes of ``path``; ``OSError`` (ELOOP) if it is a symlink."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        return os.read(fd, 32)
+    finally:
+        os.close(fd)
+
+
 class PidFile:
     """``-pidfile PATH``: this process's pid, written atomically, removed at exit."""
 
@@ -77,8 +92,7 @@ class PidFile:
     def holder(self) -> int | None:
         """The live process (other than us) the file names, if any."""
         try:
-            with open(self.path, "rb") as f:
-                pid = int(f.read(32).strip() or b"0")
+            pid = int(_read_head(self.path).strip() or b"0")
         except (OSError, ValueError):
             return None
         if pid == os.getpid() or not process_alive(pid):
@@ -96,9 +110,9 @@ class PidFile:
         """Write our pid (atomically) and remove the file again at exit."""
         self.check()
         directory, base = os.path.split(self.path)
-        tmp = os.path.join(directory, f".{base}.{os.getpid()}.tmp")
+        tmp = None
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
             try:
                 os.write(fd, f"{os.getpid()}\n".encode())
             finally:
@@ -111,10 +125,11 @@ class PidFile:
         except OSError as exc:
             raise ConfigError(f"-pidfile {self.path}: {exc.strerror}") from exc
         finally:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
         self._written = True
         atexit.register(self.remove)
         log.info("pid %d written to %s", os.getpid(), self.path)
@@ -125,9 +140,7 @@ class PidFile:
         if not written:
             return
         try:
-            with open(self.path, "rb") as f:
-                ours = f.read(32).strip() == str(os.getpid()).encode()
-            if ours:
+            if _read_head(self.path).strip() == str(os.getpid()).encode():
                 os.unlink(self.path)
         except OSError:
             pass

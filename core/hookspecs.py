@@ -107,11 +107,14 @@ def vmm_vm_created(vm: VmApi) -> None:
 def vmm_seccomp_rules(rules: SeccompRules) -> None:
     """Declare the syscalls and ioctls the plugin's devices need after set-up.
 
-    :param rules: ``rules.allow("sendmsg", ...)``, ``rules.allow_ioctl(TUNSETOFFLOAD)``.
+    :param rules: ``rules.allow("sendmsg", ...)``, ``rules.allow("socket",
+        when=[ArgCondition(0, "eq", AF_UNIX)])``, ``rules.allow_ioctl(TUNSETOFFLOAD)``.
 
     Called once, after ``vmm_vm_created`` and before the filter is applied to
-    every thread (unless ``-disable-seccomp``).  A syscall nobody declared kills
-    the process.
+    every thread (unless ``-disable-seccomp``), and only if the plugin is in
+    use: one of its device types is configured, or it has a hotplug driver and
+    ``-api-channel`` is given, or it registers neither.  A syscall nobody
+    declared kills the process; the core's argument conditions cannot be lifted.
     """
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
+from stratovmm.config.core_options import ITEM_ID_SCHEMA
 from stratovmm.errors import ConfigError, HotplugError
 from stratovmm.qmp.errors import DeviceNotFound, GenericError
 from stratovmm.registry import QmpCommand
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 COMMON_PROPERTIES: Mapping[str, Any] = {
     "driver": {"type": "string", "minLength": 1},
-    "id": {"type": "string", "minLength": 1, "pattern": "^[A-Za-z0-9_.-]+$"},
+    "id": {"type": "string", "minLength": 1, "pattern": ITEM_ID_SCHEMA["pattern"]},
     "addr": {"type": ["string", "integer"]},
     "bus": {"type": "string"},
 }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import types
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -93,9 +93,12 @@ class PluginHost:
 
     # -- registration: each plugin in turn, so the registries can name it ------
 
-    def _each(self, hook_name: str, target: Registry, **kwargs: Any) -> None:
+    def _each(self, hook_name: str, target: Registry, skip: Collection[str] = (),
+              **kwargs: Any) -> None:
         hook = getattr(self.pm.hook, hook_name)
         for impl in hook.get_hookimpls():     # registration order: plugins sorted by name
+            if impl.plugin_name in skip:
+                continue
             target.set_plugin(impl.plugin_name)
             try:
                 impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
@@ -112,9 +115,9 @@ class PluginHost:
         self._each("vmm_register_qmp_commands", registry, registry=registry.qmp)
         return registry
 
-    def seccomp_rules(self, registry: Registry) -> SeccompRules:
-        """Collect every plugin's seccomp rules into ``registry.seccomp``."""
-        self._each("vmm_seccomp_rules", registry, rules=registry.seccomp)
+    def seccomp_rules(self, registry: Registry, skip: Collection[str] = ()) -> SeccompRules:
+        """Collect the seccomp rules of every plugin not in ``skip`` into ``registry.seccomp``."""
+        self._each("vmm_seccomp_rules", registry, skip, rules=registry.seccomp)
         return registry.seccomp
 
     # -- configuration and lifecycle ---------------------------------------------

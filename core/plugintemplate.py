@@ -28,7 +28,7 @@ from pathlib import Path
 from stratovmm.config.core_options import CORE_OPTIONS
 from stratovmm.plugin import API_VERSION
 
-_NAME = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$")
+_NAME = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Names:
     @classmethod
     def of(cls, name: str) -> Names:
         """The spellings of ``name``; ``ValueError`` saying why a name is unusable."""
-        if not _NAME.match(name) or "--" in name:
+        if not _NAME.fullmatch(name) or "--" in name:
             raise ValueError(f"plugin name {name!r}: use lower-case letters, digits and single"
                              " dashes, starting with a letter (e.g. my-dev)")
         if name in {o.name for o in CORE_OPTIONS}:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -140,7 +140,7 @@ class QmpCommand:
     help: str = ""
 
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 def check_strict_schema(schema: Mapping[str, Any], where: str) -> None:
@@ -163,6 +163,7 @@ class DeviceRegistry:
         self.options: dict[tuple[str, str | None], OptionSpec] = {}
         self.hotplug_drivers: dict[str, HotplugDriver] = {}
         self.owner: dict[str, str] = {}
+        self.hotplug_owner: dict[str, str] = {}
         self._current_plugin = "core"
 
     def set_plugin(self, name: str) -> None:
@@ -177,7 +178,7 @@ class DeviceRegistry:
                 f"plugin {self._current_plugin}: option {option.display} is already registered"
                 f" by {self.owner.get(option.display, '?')}"
             )
-        if not _NAME.match(option.name):
+        if not _NAME.fullmatch(option.name):
             raise PluginError(f"plugin {self._current_plugin}: bad option name {option.name!r}")
         self.options[key] = option
         self.owner[option.display] = self._current_plugin
@@ -202,6 +203,7 @@ class DeviceRegistry:
             raise PluginError(f"{where}: slots must be 0..16")
         check_strict_schema(driver.schema, where)
         self.hotplug_drivers[driver.driver] = driver
+        self.hotplug_owner[driver.driver] = self._current_plugin
 
 
 class QmpRegistry:
@@ -231,29 +233,112 @@ class QmpRegistry:
         self.events[name] = data_schema or {"type": "object"}
 
 
+@dataclass(frozen=True)
+class ArgCondition:
+    """A check on one argument of a system call, for ``SeccompRules.allow(..., when=[...])``.
+
+    ``arg`` is the argument's index (0-5).  ``op`` is ``"eq"`` (the argument
+    equals ``value``), ``"lt"``/``"le"`` (is below / at most ``value``) or
+    ``"masked_eq"`` (``argument & mask == value``: "these flag bits are clear"
+    is ``masked_eq`` with ``value`` 0).  The filter compares the 64-bit register
+    while the kernel reads an ``int`` argument from its low 32 bits, which is
+    why there is no "not equal" or "greater than": garbage in the high bits
+    would satisfy them and still reach the kernel as the forbidden value.  The
+    filter sees only the value: what a pointer points to (a path, a socket
+    address) cannot be checked.
+    """
+
+    arg: int
+    op: str
+    value: int
+    mask: int = 0
+
+
+_ARG_OPS = ("eq", "lt", "le", "masked_eq")
+
+
 class SeccompRules:
-    """Syscalls (by name) and ioctl request numbers a plugin needs after set-up."""
+    """Syscalls (by name) and ioctl request numbers a plugin needs after set-up.
+
+    Rules combine: a call is allowed when any rule for it holds, and a rule
+    only ever allows more.  The core allows a few calls only under conditions
+    (threads-only ``clone``, read-only ``openat``...: ``stratovmm.sandbox``); a
+    plugin cannot lift those: its ``allow(name)`` of such a call means the
+    core's rule (it already covers what a device's own thread, signal or
+    read-only open needs), and a plugin that needs more adds a narrow rule with
+    ``when``.
+    """
 
     def __init__(self) -> None:
         self.syscalls: dict[str, str] = {}
         self.owners: dict[str, set[str]] = {}
         self.ioctls: dict[int, str] = {}
+        self.rules: dict[str, list[tuple[str, tuple[ArgCondition, ...]]]] = {}
         self._current_plugin = "core"
 
     def set_plugin(self, name: str) -> None:
         """Attribute the next rules to plugin ``name``."""
         self._current_plugin = name
 
-    def allow(self, *syscalls: str) -> None:
-        """Allow these syscalls with any arguments."""
+    def allow(self, *syscalls: str, when: Sequence[ArgCondition] = ()) -> None:
+        """Allow these syscalls; with ``when``, only while every condition holds.
+
+        Without ``when`` any arguments pass, except for a call the core allows
+        only under a condition: that condition stays.
+        """
+        conditions = tuple(when)
+        for condition in conditions:
+            self._check(condition)
+        if len({c.arg for c in conditions}) < len(conditions):
+            raise PluginError(f"plugin {self._current_plugin}: seccomp rule for"
+                              f" {', '.join(syscalls)} checks one argument twice (libseccomp"
+                              " takes one condition per argument; add two rules instead)")
+        if conditions and "ioctl" in syscalls:
+            raise PluginError(f"plugin {self._current_plugin}: ioctl is limited by request"
+                              " number: use allow_ioctl")
         for name in syscalls:
             self.syscalls.setdefault(name, self._current_plugin)
             self.owners.setdefault(name, set()).add(self._current_plugin)
+            rule = (self._current_plugin, conditions)
+            if rule not in self.rules.setdefault(name, []):
+                self.rules[name].append(rule)
+
+    def _check(self, condition: ArgCondition) -> None:
+        where = f"plugin {self._current_plugin}: seccomp condition {condition}"
+        if not 0 <= condition.arg <= 5:
+            raise PluginError(f"{where}: arg must be 0..5")
+        if condition.op not in _ARG_OPS:
+            raise PluginError(f"{where}: op must be one of {', '.join(_ARG_OPS)}")
+        if not all(-(1 << 63) <= v < 1 << 64 for v in (condition.value, condition.mask)):
+            raise PluginError(f"{where}: value and mask must fit 64 bits")
+        if condition.op == "masked_eq" and condition.value & ~condition.mask:
+            raise PluginError(f"{where}: value has bits outside the mask (never true)")
 
     def allow_ioctl(self, *requests: int) -> None:
         """Allow ioctl with these request numbers (the filter checks argument 1)."""
         for request in requests:
             self.ioctls.setdefault(request, self._current_plugin)
+
+    def core_conditioned(self, name: str) -> bool:
+        """True when the core allows ``name`` only under conditions."""
+        core = [c for owner, c in self.rules.get(name, []) if owner == "core"]
+        return bool(core) and all(core)
+
+    def conditions(self, name: str) -> list[tuple[ArgCondition, ...]] | None:
+        """What the filter allows for ``name``: ``None`` for any arguments, else the
+        alternatives (each a set of conditions that must all hold)."""
+        rules = self.rules.get(name, [])
+        if not self.core_conditioned(name) and any(not c for _owner, c in rules):
+            return None
+        return list(dict.fromkeys(c for _owner, c in rules if c))
+
+    def held_to_core(self, name: str) -> list[str]:
+        """Plugins that allowed ``name`` without conditions while the core conditions it
+        (their rule is the core's)."""
+        if not self.core_conditioned(name):
+            return []
+        return sorted({owner for owner, c in self.rules.get(name, []) if owner != "core"
+                       and not c})
 
 
 @dataclass

@@ -28,7 +28,7 @@ def run_vm(config: VmConfig, host: PluginHost, registry: Registry) -> int:
     host.vm_created(vm.api)
     from stratovmm.qmp.server import start_qmp_server  # [qmp] issue 4
     start_qmp_server(vm)
-    seccomp = sandbox.prepare(config.runtime, host, registry)  # errors reach the terminal
+    seccomp = sandbox.prepare(config, host, registry)  # errors reach the terminal
     session.detach()  # pidfile; -daemonize: stdio to /dev/null
     sandbox.apply(seccomp)  # every thread, before any vCPU runs
     session.release()  # -daemonize: the parent exits 0

@@ -3,11 +3,17 @@
 Once the VM is set up (every fd it needs is open, the QMP socket listens), the
 process needs only a small set of system calls; the filter forbids the rest.
 The allow-list is ``CORE_SYSCALLS`` (below, one group per reason) plus what each
-plugin declares through ``vmm_seccomp_rules``.  ``ioctl`` is always limited to
-request numbers: ``CORE_IOCTLS`` and the plugins' ``allow_ioctl`` lists
-(argument 1, low 32 bits: the kernel's ``cmd`` is an ``unsigned int``).  A few
-core calls are narrowed by argument where the filter can express it
-(``core_conditions``); a plugin that allows such a call by name lifts the limit.
+plugin in use declares through ``vmm_seccomp_rules``: plugins none of whose
+devices is configured add nothing (a plugin's hotplug drivers count as
+configured when ``-api-channel`` is given; a plugin without device types or
+hotplug drivers always counts).  ``ioctl`` is always limited to request
+numbers: ``CORE_IOCTLS`` and the plugins' ``allow_ioctl`` lists (argument 1,
+low 32 bits: the kernel's ``cmd`` is an ``unsigned int``).  A few core calls
+are narrowed by argument (``core_conditions``).  Rules combine
+(``SeccompRules``): a plugin adds narrowly conditioned allowances of its own
+(blk: ``openat`` read-write but never creating or truncating, for
+``blockdev-add``; vsock: ``socket`` for ``AF_UNIX`` streams only) and can never
+lift a core condition.
 
 A forbidden call is never run.  The filter's default action is
 ``SECCOMP_RET_TRAP``; the ``SIGSYS`` handler, a few lines of C in
@@ -39,15 +45,16 @@ import os
 import signal
 import termios
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from stratovmm.config.model import RuntimeOptions
+from stratovmm.config.model import VmConfig
 from stratovmm.errors import HostError, PluginError
 from stratovmm.kvm._kvm import lib as kvm
 from stratovmm.logsetup import log_fds
 from stratovmm.plugin import PluginHost
-from stratovmm.registry import Registry, SeccompRules
+from stratovmm.registry import ArgCondition, Registry, SeccompRules
 
 log = logging.getLogger(__name__)
 
@@ -119,41 +126,30 @@ CORE_IOCTLS: dict[str, int] = {
 
 _CLONE_THREAD = 0x00010000
 _OPEN_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_PR_SET_NAME = 15
 _LOW32 = 0xFFFF_FFFF
+_ALL64 = 0xFFFF_FFFF_FFFF_FFFF
+_ALL_BUT_LOW5 = 0xFFFF_FFFF_FFFF_FFE0
 
-
-@dataclass(frozen=True)
-class Condition:
-    """Allow a core call only when argument ``arg`` compares ``op`` to ``value``."""
-
-    arg: int
-    op: str          # "eq", "ne" or "masked_eq"
-    value: int
-    mask: int = 0
-
-    def to_arg(self) -> Any:
-        """The pyseccomp ``Arg``."""
-        import pyseccomp
-
-        if self.op == "masked_eq":
-            return pyseccomp.Arg(self.arg, pyseccomp.MASKED_EQ, self.mask, self.value)
-        op = {"eq": pyseccomp.EQ, "ne": pyseccomp.NE}[self.op]
-        return pyseccomp.Arg(self.arg, op, self.value)
-
-
-def core_conditions() -> dict[str, Condition]:
-    """Argument checks on core calls (a plugin that allows the call outright lifts them)."""
+def core_conditions() -> dict[str, tuple[tuple[ArgCondition, ...], ...]]:
+    """Argument checks on core calls, which no plugin can lift: for each call its
+    alternatives (any may hold), each a tuple of conditions (all must hold)."""
     return {
         # threads only: a clone without CLONE_THREAD would be a fork
-        "clone": Condition(0, "masked_eq", _CLONE_THREAD, _CLONE_THREAD),
+        "clone": ((ArgCondition(0, "masked_eq", _CLONE_THREAD, _CLONE_THREAD),),),
         # read-only opens (imports, tracebacks); files to write are opened before
-        "openat": Condition(2, "masked_eq", 0, _OPEN_WRITE_FLAGS),
+        "openat": ((ArgCondition(2, "masked_eq", 0, _OPEN_WRITE_FLAGS),),),
         # naming the calling thread, nothing else prctl can do
-        "prctl": Condition(0, "eq", 15),
-        # nobody may replace the SIGSYS reporter once the filter is on
-        "rt_sigaction": Condition(0, "ne", signal.SIGSYS),
+        "prctl": ((ArgCondition(0, "eq", _PR_SET_NAME),),),
+        # nobody may replace the SIGSYS reporter once the filter is on: every signal
+        # number but SIGSYS (31), as 1-30, 32-63 and 64.  The kernel reads the number
+        # from the low 32 bits: only "below" and "equal" tests are safe, high bits
+        # make them fail (a "not equal" would let 0x1_0000001f through as 31).
+        "rt_sigaction": ((ArgCondition(0, "lt", signal.SIGSYS),),
+                         (ArgCondition(0, "masked_eq", 32, _ALL_BUT_LOW5),),
+                         (ArgCondition(0, "eq", 64),)),
         # signals only to our own threads (tgid = our pid; fixed once daemonized)
-        "tgkill": Condition(0, "eq", os.getpid()),
+        "tgkill": ((ArgCondition(0, "eq", os.getpid()),),),
     }
 
 
@@ -161,17 +157,34 @@ def core_rules(rules: SeccompRules | None = None) -> SeccompRules:
     """``rules`` (or a fresh set) with the core's syscalls and ioctls added as ``core``."""
     rules = rules if rules is not None else SeccompRules()
     rules.set_plugin("core")
+    conditions = core_conditions()
     for names in CORE_SYSCALLS.values():
-        rules.allow(*names)
+        for name in names:
+            for when in conditions.get(name, ((),)):
+                rules.allow(name, when=when)
     rules.allow("ioctl")
     rules.allow_ioctl(*CORE_IOCTLS.values())
     return rules
 
 
-def collect_rules(host: PluginHost, registry: Registry) -> SeccompRules:
-    """The core's rules, then every plugin's (``vmm_seccomp_rules``)."""
+def idle_plugins(registry: Registry, config: VmConfig) -> set[str]:
+    """Plugins that made device types or hotplug drivers of which this VM uses none: their
+    seccomp rules are left out.  Hotplug drivers are in use when QMP can reach them."""
+    devices = registry.devices
+    with_devices = {devices.owner[t.option.display] for t in devices.device_types.values()}
+    with_devices |= set(devices.hotplug_owner.values())
+    in_use = {devices.owner[t.option.display] for t in devices.device_types.values()
+              if config.devices(t.option.json_key)}
+    if config.runtime.api_channel is not None:
+        in_use |= set(devices.hotplug_owner.values())
+    return with_devices - in_use
+
+
+def collect_rules(host: PluginHost, registry: Registry,
+                  idle: Collection[str] = ()) -> SeccompRules:
+    """The core's rules, then those of every plugin (``vmm_seccomp_rules``) not in ``idle``."""
     core_rules(registry.seccomp)
-    return host.seccomp_rules(registry)
+    return host.seccomp_rules(registry, skip=idle)
 
 
 def _syscall_number(name: str, owner: str) -> int:
@@ -184,6 +197,17 @@ def _syscall_number(name: str, owner: str) -> int:
     return number
 
 
+def _to_arg(condition: ArgCondition) -> Any:
+    """The pyseccomp ``Arg`` for one condition."""
+    import pyseccomp
+
+    value, mask = condition.value & _ALL64, condition.mask & _ALL64    # -100 as the register has it
+    if condition.op == "masked_eq":
+        return pyseccomp.Arg(condition.arg, pyseccomp.MASKED_EQ, mask, value)
+    op = {"eq": pyseccomp.EQ, "lt": pyseccomp.LT, "le": pyseccomp.LE}[condition.op]
+    return pyseccomp.Arg(condition.arg, op, value)
+
+
 def build_filter(rules: SeccompRules, reporter: bool) -> Any:
     """A ``pyseccomp.SyscallFilter`` allowing exactly ``rules`` (not loaded yet)."""
     import pyseccomp
@@ -194,18 +218,17 @@ def build_filter(rules: SeccompRules, reporter: bool) -> Any:
     flt.set_attr(pyseccomp.Attr.CTL_TSYNC, 1)
     if not reporter:
         flt.set_attr(pyseccomp.Attr.CTL_LOG, 1)
-    conditions = core_conditions()
     for name, owner in sorted(rules.syscalls.items()):
         _syscall_number(name, owner)
         if name == "ioctl":
             continue
-        # the core's argument checks hold unless a plugin asked for the call outright
-        only_core = rules.owners.get(name, {owner}) == {"core"}
-        condition = conditions.get(name) if only_core else None
-        if condition is None:
+        for plugin in rules.held_to_core(name):
+            log.debug("seccomp: plugin %s allows %s, within the core's conditions", plugin, name)
+        alternatives = rules.conditions(name)
+        if alternatives is None:
             flt.add_rule(pyseccomp.ALLOW, name)
-        else:
-            flt.add_rule(pyseccomp.ALLOW, name, condition.to_arg())
+        for conditions in alternatives or ():
+            flt.add_rule(pyseccomp.ALLOW, name, *(_to_arg(c) for c in conditions))
     if "ioctl" in rules.syscalls:
         for request in sorted({r & _LOW32 for r in rules.ioctls}):
             flt.add_rule(pyseccomp.ALLOW, "ioctl",
@@ -280,16 +303,17 @@ class Sandbox:
                  else "kills the process (named in the kernel log)")
 
 
-def prepare(runtime: RuntimeOptions, host: PluginHost, registry: Registry) -> Sandbox | None:
-    """Collect the rules and build the filter (None with ``-disable-seccomp``).
+def prepare(config: VmConfig, host: PluginHost, registry: Registry) -> Sandbox | None:
+    """Collect the rules of the plugins in use and build the filter (None with
+    ``-disable-seccomp``).
 
     Done before the process detaches, so a plugin's bad rule is a set-up error
     that reaches the terminal.
     """
-    if not runtime.seccomp:
+    if not config.runtime.seccomp:
         log.warning("seccomp filter disabled (-disable-seccomp)")
         return None
-    rules = collect_rules(host, registry)
+    rules = collect_rules(host, registry, idle_plugins(registry, config))
     reporter = reporter_available()
     if not reporter:
         log.warning("stratovmm._sandbox is not built: forbidden system calls will be named"

@@ -145,14 +145,15 @@ class Background:
 
 
 @contextlib.contextmanager
-def start_vmm(args: list[str], workdir: Path,
-              env: dict[str, str] | None = None) -> Iterator[Background]:
-    """Run ``stratovmm ARGS`` in the background for the ``with`` block; killed afterwards."""
+def start_vmm(args: list[str], workdir: Path, env: dict[str, str] | None = None,
+              umask: int = -1) -> Iterator[Background]:
+    """Run ``stratovmm ARGS`` in the background for the ``with`` block; killed afterwards.
+    ``umask`` (unless -1) is the VMM's umask."""
     out, err = workdir / "vmm.stdout", workdir / "vmm.stderr"
     with open(out, "wb") as fo, open(err, "wb") as fe:
         proc = subprocess.Popen(vmm_command(*args), stdin=subprocess.DEVNULL, stdout=fo,
                                 stderr=fe, cwd=workdir, env={**os.environ, **(env or {})},
-                                preexec_fn=no_core_dumps)
+                                preexec_fn=no_core_dumps, umask=umask)
     vmm = Background(proc, out, err)
     try:
         yield vmm

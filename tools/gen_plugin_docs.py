@@ -39,7 +39,7 @@ REGISTRY: Spec = [
         "ValueKind", "SubOption", "OptionSpec", "DeviceType", "HotplugDriver", "QmpCommand",
         ("DeviceRegistry", ["add_device_type", "add_option", "add_hotplug_driver"]),
         ("QmpRegistry", ["add_command", "add_event"]),
-        ("SeccompRules", ["allow", "allow_ioctl"]),
+        ("SeccompRules", ["allow", "allow_ioctl"]), "ArgCondition",
     ]),
     ("stratovmm.plugin", ["check_api_version"]),
 ]

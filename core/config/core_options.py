@@ -62,7 +62,19 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
                metavar="[PATH]"),
 )
 
-_ITEM_ID = {"type": "string", "minLength": 1, "pattern": "^[A-Za-z0-9_.-]+$",
+def whole_string(regex: str) -> str:
+    """A JSON-schema ``pattern`` that matches only when ``regex`` matches the whole text.
+
+    jsonschema applies ``pattern`` with ``re.search``, and Python's ``$`` also
+    matches just before a final newline, so ``^[a-z]+$`` accepts ``"abc\\n"``.
+    ``\\Z`` would fix that for Python but means a literal ``Z`` in ECMA-262, the
+    dialect JSON Schema patterns are written in (``query-qmp-schema`` hands them
+    to clients); ``$(?!\\n)`` is "end of text" in both.
+    """
+    return f"^(?:{regex})$(?!\\n)"
+
+
+_ITEM_ID = {"type": "string", "minLength": 1, "pattern": whole_string("[A-Za-z0-9_.-]+"),
             "x-message": "must be letters, digits, '_', '.' or '-'"}
 
 CORE_SCHEMA: dict[str, Any] = {

@@ -46,6 +46,7 @@ from stratovmm.qmp.commands import PACKAGE, version_triple
 from stratovmm.qmp.dispatch import MAX_RECEIVED_FDS, Dispatcher, Session, encode_line
 from stratovmm.qmp.flowcontrol import LeakyBucket
 from stratovmm.qmp.framing import Frame, JsonStreamSplitter
+from stratovmm.unixsock import private_listener
 
 if TYPE_CHECKING:
     from stratovmm.machine import MicroVm
@@ -110,14 +111,13 @@ class QmpServer:
             raise ConfigError(f"-api-channel: {self.path!r} is longer than {_UNIX_PATH_MAX}"
                               " bytes")
         self._remove_stale_socket()
-        listener = socket.socket(socket.AF_UNIX,
-                                 socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        listener = None
         try:
-            listener.bind(self.path)
-            listener.listen(LISTEN_BACKLOG)
+            listener = private_listener(self.path, LISTEN_BACKLOG)   # 0600: QMP controls the VM
             st = os.stat(self.path)
         except OSError as exc:
-            listener.close()
+            if listener is not None:
+                listener.close()
             raise HostError(f"-api-channel: cannot listen on {self.path}: {exc.strerror}"
                             ) from exc
         self._listener = listener

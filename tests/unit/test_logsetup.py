@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,44 @@ def test_setting_up_twice_replaces_the_handler(tmp_path: Path) -> None:
     logging.getLogger("stratovmm.x").error("once")
     assert first.read_text() == ""
     assert "once" in second.read_text()
+
+
+# every character that ends a line for some reader (str.splitlines, terminals, editors) or
+# that a terminal obeys (ESC sequences, backspace, DEL, C1 CSI), and the bidi controls that
+# reorder what a reader sees
+HOSTILE = "".join(map(chr, [*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029,
+                            *range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+
+
+def test_every_control_character_in_a_message_is_escaped(tmp_path: Path) -> None:
+    """C0, DEL, C1 (NEL included), U+2028/2029 and bidi controls from guest data are written
+    as visible escapes: the event stays one line for every reader and hides nothing."""
+    path = tmp_path / "vmm.log"
+    setup_logging(str(path))
+    logging.getLogger("stratovmm.test").error("guest wrote %s end", "a" + HOSTILE + "z")
+    text = path.read_text(encoding="utf-8")
+    assert text.count("\n") == 1 and text.endswith("\n")
+    line = text[:-1]
+    assert len(line.splitlines()) == 1
+    assert not set(line) & set(HOSTILE), [hex(ord(c)) for c in set(line) & set(HOSTILE)]
+    assert LINE.match(line)
+    assert "\\x1b" in line and "\\x7f" in line and "\\x85" in line and "\\x9b" in line
+    assert "\\u2028" in line and "\\u2029" in line and "\\u202e" in line
+    assert "\\t" in line and "\\n" in line and "\\r" in line
+    assert line.endswith("z end")
+
+
+def test_log_file_is_created_0600_and_an_existing_one_keeps_its_mode(tmp_path: Path) -> None:
+    """-D PATH creates the file 0600 (log lines quote guest and QMP data; open() would give
+    0666 minus the umask); a file the user made beforehand keeps the mode they gave it."""
+    path = tmp_path / "vmm.log"
+    setup_logging(str(path))
+    logging.getLogger("stratovmm.x").error("private")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    shared = tmp_path / "shared.log"
+    shared.touch(mode=0o640)
+    shared.chmod(0o640)
+    setup_logging(str(shared))
+    logging.getLogger("stratovmm.x").error("appended")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o640
+    assert "appended" in shared.read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -120,3 +121,37 @@ def test_live_and_dead_processes(sleeper: int) -> None:
     assert process_alive(sleeper)
     assert not process_alive(dead_pid())
     assert not process_alive(0)
+
+
+def test_symlink_at_a_temporary_name_is_not_followed(tmp_path: Path) -> None:
+    """A symlink planted where the temporary file could be made (the old fixed name, with our
+    pid) is never written through: the file it points to stays as it was."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / f".vm.pid.{os.getpid()}.tmp").symlink_to(victim)
+    pidfile = PidFile(str(tmp_path / "vm.pid"))
+    pidfile.write()
+    try:
+        assert victim.read_text() == "precious\n"
+        assert (tmp_path / "vm.pid").read_text() == f"{os.getpid()}\n"
+    finally:
+        pidfile.remove()
+
+
+def test_symlink_at_the_pidfile_path_is_replaced_not_followed(tmp_path: Path,
+                                                              sleeper: int) -> None:
+    """A symlink at the pidfile's path, even to a file naming a live process, is neither read
+    nor written through: it is replaced by a regular 0600 file holding our pid."""
+    victim = tmp_path / "victim"
+    victim.write_text(f"{sleeper}\n")
+    path = tmp_path / "vm.pid"
+    path.symlink_to(victim)
+    pidfile = PidFile(str(path))
+    pidfile.write()
+    try:
+        assert victim.read_text() == f"{sleeper}\n"
+        assert not path.is_symlink() and path.read_text() == f"{os.getpid()}\n"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        pidfile.remove()
+    assert not path.exists() and victim.exists()

@@ -33,15 +33,32 @@ libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 libc.syscall.argtypes = [ctypes.c_long] * 4
 rules = sandbox.core_rules()
+{rules}
 REPORTER = {reporter}
 sandbox.Sandbox(rules, sandbox.build_filter(rules, REPORTER), REPORTER).apply()
 """
 
 
-def run_filtered(body: str, tmp_path: Path, reporter: bool = True,
-                 setup: str = "") -> subprocess.CompletedProcess[str]:
-    """Run ``setup``, load the core filter, run ``body``; no core file is left behind."""
-    script = textwrap.dedent(setup) + PRELUDE.format(reporter=reporter) + textwrap.dedent(body)
+# the rules stratovmm collects from installed plugins NAMES (QMP: with -api-channel)
+PLUGIN_RULES = """
+import importlib
+from stratovmm.cli import core_registry
+from stratovmm.config.model import RuntimeOptions
+from stratovmm.plugin import PluginHost
+host = PluginHost({{name: importlib.import_module(f"stratovmm_{{name}}.plugin")
+                   for name in {names!r}}})
+registry = host.register(core_registry())
+host.check_config({{}}, RuntimeOptions(api_channel="qmp.sock" if {qmp!r} else None))
+rules = sandbox.collect_rules(host, registry)
+"""
+
+
+def run_filtered(body: str, tmp_path: Path, reporter: bool = True, setup: str = "",
+                 rules: str = "") -> subprocess.CompletedProcess[str]:
+    """Run ``setup``, load the core filter (with ``rules``' code run on the core's rules
+    first), run ``body``; no core file is left behind."""
+    script = (textwrap.dedent(setup) + PRELUDE.format(reporter=reporter, rules=rules)
+              + textwrap.dedent(body))
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=tmp_path, timeout=60,
                           preexec_fn=lambda: __import__("resource").setrlimit(
@@ -168,6 +185,7 @@ def test_what_the_core_does_after_setup_passes_the_filter(tmp_path: Path) -> Non
     ("open('written', 'w')", "openat"),
     ("signal.signal(signal.SIGSYS, signal.SIG_IGN)", "rt_sigaction"),
     ("libc.syscall(234, 1, 1, 0)", "tgkill"),
+    ("libc.syscall(13, (1 << 32) | 31, 0, 0, 8)", "rt_sigaction"),   # SIGSYS, high bits set
     ("os.execv('/bin/true', ['true'])", "execve"),
     ("threading.Thread(target=lambda: socket.socket()).start(); time.sleep(5)", "socket"),
 ])
@@ -261,3 +279,206 @@ def test_documented_count_matches_the_core_list() -> None:
     """The count the module docstring (and README) gives is the core list's real size."""
     count = len(sandbox.core_rules().syscalls)
     assert f"The core allows {count} calls where StratoVirt allows 39" in (sandbox.__doc__ or "")
+
+
+# -- plugins' rules combine with the core's, never lift them ----------------------------------
+
+LIFTER_RULES = """
+rules.set_plugin("lifter")
+rules.allow("openat", "clone", "rt_sigaction", "tgkill", "prctl")
+"""
+
+
+@pytest.mark.parametrize(("body", "name"), [
+    ("open('written', 'w')", "openat"),
+    ("os.fork()", "clone"),
+    ("signal.signal(signal.SIGSYS, signal.SIG_IGN)", "rt_sigaction"),
+    ("libc.syscall(234, 1, 1, 0)", "tgkill"),
+])
+def test_plugin_allowing_a_conditioned_call_by_name_does_not_lift_the_condition(
+        tmp_path: Path, body: str, name: str) -> None:
+    """A plugin's bare ``allow("openat", "clone", ...)`` means the core's rule: writing opens,
+    forks, replacing the SIGSYS reporter and signalling other processes still kill."""
+    if not sandbox.reporter_available():
+        pytest.skip("stratovmm._sandbox is not built")
+    proc = run_filtered(body + "\nprint('SURVIVED', flush=True)\n", tmp_path,
+                        rules=LIFTER_RULES)
+    killed_by_sigsys(proc, name)
+    assert "SURVIVED" not in proc.stdout
+    assert not (tmp_path / "written").exists()
+
+
+def test_blk_with_qmp_opens_existing_images_read_write_but_never_creates_or_truncates(
+        tmp_path: Path) -> None:
+    """blk's rule for blockdev-add: O_RDWR (and O_DIRECT...) on an existing file passes; the
+    same open with O_CREAT, O_TRUNC or O_WRONLY kills, and the file is left as it was."""
+    if not sandbox.reporter_available():
+        pytest.skip("stratovmm._sandbox is not built")
+    pytest.importorskip("stratovmm_blk")
+    (tmp_path / "disk.img").write_bytes(b"data")
+    rules = PLUGIN_RULES.format(names=("blk",), qmp=True)
+    ok = run_filtered("os.close(os.open('disk.img', os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK))\n"
+                      "print('OPENED', flush=True)\n", tmp_path, rules=rules)
+    assert ok.returncode == 0 and "OPENED" in ok.stdout, ok.stderr
+    for flags in ("os.O_RDWR | os.O_CREAT", "os.O_RDWR | os.O_TRUNC", "os.O_WRONLY"):
+        name = "created.img" if "CREAT" in flags else "disk.img"
+        proc = run_filtered(f"os.open({name!r}, {flags}, 0o644)\nprint('SURVIVED')\n",
+                            tmp_path, rules=rules)
+        killed_by_sigsys(proc, "openat")
+        assert "SURVIVED" not in proc.stdout
+    assert not (tmp_path / "created.img").exists()
+    assert (tmp_path / "disk.img").read_bytes() == b"data"
+
+
+def test_blk_without_qmp_adds_no_open(tmp_path: Path) -> None:
+    """With drives but no -api-channel nothing opens images later: blk's rules leave openat at
+    the core's read-only rule."""
+    if not sandbox.reporter_available():
+        pytest.skip("stratovmm._sandbox is not built")
+    pytest.importorskip("stratovmm_blk")
+    (tmp_path / "disk.img").write_bytes(b"data")
+    proc = run_filtered("os.open('disk.img', os.O_RDWR)\nprint('SURVIVED')\n", tmp_path,
+                        rules=PLUGIN_RULES.format(names=("blk",), qmp=False))
+    killed_by_sigsys(proc, "openat")
+
+
+def test_vsock_makes_unix_stream_sockets_only(tmp_path: Path) -> None:
+    """vsock's rule: socket(AF_UNIX, SOCK_STREAM|flags) passes; AF_INET, AF_NETLINK, a unix
+    datagram socket and AF_UNIX with high bits set in the family kill."""
+    if not sandbox.reporter_available():
+        pytest.skip("stratovmm._sandbox is not built")
+    pytest.importorskip("stratovmm_vsock")
+    rules = PLUGIN_RULES.format(names=("vsock",), qmp=False)
+    ok = run_filtered("socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK"
+                      " | socket.SOCK_CLOEXEC).close()\nprint('MADE', flush=True)\n",
+                      tmp_path, rules=rules)
+    assert ok.returncode == 0 and "MADE" in ok.stdout, ok.stderr
+    for call in ("socket.socket(socket.AF_INET, socket.SOCK_STREAM)",
+                 "socket.socket(socket.AF_NETLINK, socket.SOCK_RAW)",
+                 "socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)",
+                 "libc.syscall(41, (1 << 32) | socket.AF_UNIX, socket.SOCK_STREAM, 0)"):
+        proc = run_filtered(f"{call}\nprint('SURVIVED')\n", tmp_path, rules=rules)
+        killed_by_sigsys(proc, "socket")
+        assert "SURVIVED" not in proc.stdout
+
+
+# -- the rules object --------------------------------------------------------------------------
+
+
+def test_rules_combine_as_alternatives_and_core_conditions_hold() -> None:
+    """A call's rules are alternatives; a plugin's bare rule for a core-conditioned call adds
+    nothing, its conditioned rule adds one alternative; for other calls a bare rule wins."""
+    from stratovmm.registry import ArgCondition
+
+    rules = sandbox.core_rules()
+    read_write = ArgCondition(2, "masked_eq", 0, 0o1101)
+    rules.set_plugin("a")
+    rules.allow("openat", "pwritev")
+    rules.allow("openat", when=[read_write])
+    rules.set_plugin("b")
+    rules.allow("pwritev", when=[ArgCondition(0, "eq", 3)])
+    rules.allow("openat", when=[read_write])
+    core_open = sandbox.core_conditions()["openat"]
+    assert rules.conditions("openat") == [*core_open, (read_write,)]
+    assert rules.held_to_core("openat") == ["a"]
+    assert rules.conditions("pwritev") is None
+    assert rules.conditions("read") is None
+    assert rules.owners["openat"] == {"core", "a", "b"}
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ((6, "eq", 1, 0), "arg must be 0..5"),
+    ((0, "ne", 1, 0), "op must be one of eq, lt, le, masked_eq"),
+    ((0, "masked_eq", 3, 1), "bits outside the mask"),
+    ((0, "eq", 1 << 64, 0), "must fit 64 bits"),
+])
+def test_bad_condition_is_a_plugin_error_naming_the_plugin(fields: tuple[int, str, int, int],
+                                                          message: str) -> None:
+    """A condition the filter cannot express safely (or that is never true) stops start-up."""
+    from stratovmm.registry import ArgCondition
+
+    rules = SeccompRules()
+    rules.set_plugin("netdev")
+    with pytest.raises(PluginError, match=f"^plugin netdev: .*{message}"):
+        rules.allow("socket", when=[ArgCondition(*fields)])
+
+
+def test_two_conditions_on_one_argument_are_refused() -> None:
+    """libseccomp takes one condition per argument in a rule: refused at registration, with
+    the plugin's name, instead of failing when the filter is built."""
+    from stratovmm.registry import ArgCondition
+
+    rules = SeccompRules()
+    rules.set_plugin("x")
+    with pytest.raises(PluginError, match=r"^plugin x: .*socket checks one argument twice"):
+        rules.allow("socket", when=[ArgCondition(0, "le", 9), ArgCondition(0, "eq", 1)])
+
+
+def test_ioctl_with_conditions_is_refused() -> None:
+    """ioctl is limited by request number only (allow_ioctl)."""
+    from stratovmm.registry import ArgCondition
+
+    rules = SeccompRules()
+    rules.set_plugin("x")
+    with pytest.raises(PluginError, match="use allow_ioctl"):
+        rules.allow("ioctl", when=[ArgCondition(1, "eq", 1)])
+
+
+# -- what a VM's filter holds, per configured device set ---------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ("balloon", "blk", "console", "net", "rng", "serial", "vsock")
+EVERY_DEVICE = ("-serial", "stdio", "-drive", "id=d0,file=/x.img", "-netdev",
+                "id=n0,netdev=tap0", "-chardev", "id=c0,path=/tmp/c.sock", "-device",
+                "vsock,id=v0,guest-cid=3,uds-path=/tmp/v.sock", "-balloon",
+                "deflate-on-oom=on", "-rng", "random_file=/dev/urandom")
+QMP = ("-api-channel", "unix:/tmp/q.sock")
+# README row -> command lines that must give the count the row states
+DEVICE_SETS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "no devices, or `-serial stdio` only": ((), ("-serial", "stdio")),
+    "`-drive`": (("-drive", "id=d0,file=/x.img"),),
+    "`-drive` (or none) with `-api-channel`": (("-drive", "id=d0,file=/x.img", *QMP), QMP),
+    "one of every device type": (EVERY_DEVICE,),
+    "one of every device type, with `-api-channel`": ((*EVERY_DEVICE, *QMP),),
+}
+
+
+def filter_rules(args: tuple[str, ...]) -> SeccompRules:
+    """The rules ``stratovmm ARGS`` would load, with the shipped plugins (as ``prepare``)."""
+    import importlib
+
+    from stratovmm.cli import core_registry
+    from stratovmm.config.load import load_config
+    from stratovmm.plugin import PluginHost
+
+    for name in SHIPPED:
+        pytest.importorskip(f"stratovmm_{name}")
+    host = PluginHost({n: importlib.import_module(f"stratovmm_{n}.plugin") for n in SHIPPED})
+    registry = host.register(core_registry())
+    config = load_config(["-kernel", "k", *args], registry.devices)
+    host.check_config(config.document, config.runtime)
+    return sandbox.collect_rules(host, registry, sandbox.idle_plugins(registry, config))
+
+
+@pytest.mark.parametrize("row", sorted(DEVICE_SETS))
+def test_readme_states_the_syscall_count_of_each_device_set(row: str) -> None:
+    """The README's table gives, per configured device set, the number of calls the filter
+    really allows (computed here as the VMM computes it; printed with -s)."""
+    counts = {len(filter_rules(args).syscalls) for args in DEVICE_SETS[row]}
+    assert len(counts) == 1, counts
+    (count,) = counts
+    print(f"{row}: {count} system calls")
+    assert f"| {row} | {count} |" in (ROOT / "README.md").read_text()
+
+
+def test_only_plugins_in_use_contribute_rules() -> None:
+    """blk's, vsock's and net's calls are in the filter only when their devices are
+    configured (or, for blk and net, QMP can hot-plug them)."""
+    bare, with_qmp = filter_rules(()), filter_rules(QMP)
+    every = filter_rules(EVERY_DEVICE)
+    assert "pwritev" not in bare.syscalls and "socket" not in bare.syscalls
+    assert "pwritev" in with_qmp.syscalls and "readv" in with_qmp.syscalls
+    assert "socket" not in with_qmp.syscalls           # vsock has no hotplug driver
+    assert {"pwritev", "socket", "readv"} <= set(every.syscalls)
+    assert bare.conditions("openat") == list(sandbox.core_conditions()["openat"])
+    assert len(with_qmp.conditions("openat") or []) == 2     # core read-only, blk read-write

@@ -12,7 +12,9 @@ from typing import Any
 ADDRESS_SCHEMA: dict[str, Any] = {
     "type": ["integer", "string"],
     "minimum": 0,
-    "pattern": "^(0[xX][0-9a-fA-F]+|[0-9]+)$",
+    # "$(?!\n)": the end of the text; jsonschema uses re.search, where "$" alone also
+    # matches before a final newline
+    "pattern": "^(0[xX][0-9a-fA-F]+|[0-9]+)$(?!\\n)",
     "x-message": "is not an address (decimal, or hex with 0x)",
     "description": "guest physical address of the 4 KiB register window",
 }

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from stratovmm.config.model import RuntimeOptions
 from stratovmm.context import BuildContext, VmApi
 from stratovmm.errors import ConfigError, HotplugError
 from stratovmm.plugin import hookimpl
 from stratovmm.qmp.errors import GenericError
 from stratovmm.registry import (
+    ArgCondition,
     DeviceRegistry,
     DeviceType,
     HotplugDriver,
@@ -111,9 +114,27 @@ def vmm_register_qmp_commands(registry: QmpRegistry) -> None:
                                     help="open an image as a block node for device_add"))
 
 
+#: blockdev-add opens an existing image read-only or read-write: never creating,
+#: truncating, appending to or making a file (O_TMPFILE), and never write-only.
+OPEN_EXISTING = ArgCondition(2, "masked_eq", 0, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                             | os.O_APPEND | os.O_TMPFILE)
+
+_qmp = {"blockdev-add": False}     # set by vmm_check_config: can QMP open images later?
+
+
+@hookimpl
+def vmm_check_config(runtime: RuntimeOptions) -> None:
+    """Remember whether blockdev-add can run (it opens images after the filter is on)."""
+    _qmp["blockdev-add"] = runtime.api_channel is not None
+
+
 @hookimpl
 def vmm_seccomp_rules(rules: SeccompRules) -> None:
-    """Zero-copy vectored I/O, flush, and the anonymous maps of O_DIRECT bounce buffers
-    (blockdev-add opens and locks images after the filter is on: openat/fstat/lseek/flock)."""
+    """Zero-copy vectored I/O, flush, and the anonymous maps of O_DIRECT bounce buffers;
+    with QMP, blockdev-add opens (existing files only, see ``OPEN_EXISTING``), checks and
+    locks images after the filter is on."""
     rules.allow("preadv", "pwritev", "preadv2", "pwritev2", "fdatasync", "mmap", "munmap",
-                "openat", "newfstatat", "fstat", "lseek", "close", "flock")
+                "lseek", "close")
+    if _qmp["blockdev-add"]:
+        rules.allow("openat", when=[OPEN_EXISTING])
+        rules.allow("newfstatat", "fstat", "flock")

@@ -39,11 +39,11 @@ from collections.abc import Callable, Sequence
 
 from stratovmm.errors import ConfigError
 from stratovmm.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Timer
+from stratovmm.unixsock import private_listener
 
 log = logging.getLogger(__name__)
 
 OUTPUT_BUFFER = 64 * 1024      # guest output kept while no client can take it
-SOCKET_MODE = 0o600
 SUN_PATH_MAX = 107             # sizeof(sockaddr_un.sun_path) - 1 for the NUL
 BACKLOG = 4
 ACCEPT_RETRY = 1.0             # seconds to wait after accept() failed (EMFILE...)
@@ -101,23 +101,15 @@ class ConsoleSocket:
     # -- set-up ---------------------------------------------------------------------------
 
     def _listen(self, where: str) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            # Linux gives the socket file the mode of the socket inode (minus umask):
-            # set it before bind so the file is never more open than 0600.
-            os.fchmod(sock.fileno(), SOCKET_MODE)
             try:
                 if stat.S_ISSOCK(os.lstat(self.path).st_mode):
                     os.unlink(self.path)            # stale socket of an earlier run
             except FileNotFoundError:
                 pass
-            sock.bind(self.path)
-            sock.listen(BACKLOG)
-            sock.setblocking(False)
+            return private_listener(self.path, BACKLOG)     # 0600, whatever the umask
         except OSError as exc:
-            sock.close()
             raise ConfigError(f"{where}: {self.path}: {exc.strerror or exc}") from None
-        return sock
 
     # -- state seen by the device ------------------------------------------------------------
 

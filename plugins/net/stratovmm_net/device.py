@@ -127,12 +127,12 @@ def tap_offloads(acked: int) -> int:
 
 # -- MAC addresses ----------------------------------------------------------------------------
 
-_MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-])(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}$")
+_MAC = re.compile(r"[0-9A-Fa-f]{2}([:-])(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}")
 
 
 def parse_mac(text: str, option: str) -> bytes:
     """``52:54:00:12:34:56`` → 6 bytes; a unicast, non-zero address or ``ConfigError``."""
-    if not _MAC.match(text):
+    if not _MAC.fullmatch(text):
         raise ConfigError(f"{option}: {text!r} is not a MAC address (six hex pairs, e.g."
                           " 52:54:00:12:34:56)")
     mac = bytes(int(part, 16) for part in re.split("[:-]", text))

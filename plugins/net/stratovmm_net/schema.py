@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from stratovmm.config.core_options import ITEM_ID_SCHEMA
+from stratovmm.config.core_options import ITEM_ID_SCHEMA, whole_string
 
-MAC_PATTERN = r"^[0-9A-Fa-f]{2}([:-])([0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}$"
+MAC_PATTERN = whole_string(r"[0-9A-Fa-f]{2}([:-])([0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}")
 MAC_SCHEMA: dict[str, Any] = {"type": "string", "pattern": MAC_PATTERN,
                               "x-message": "is not a MAC address (e.g. 52:54:00:12:34:56)"}
 IFNAME_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 15,

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from stratovmm.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Timer
+from stratovmm.unixsock import private_listener
 from stratovmm_vsock.connection import Connection, ProtocolViolation, State
 from stratovmm_vsock.packet import (
     HOST_CID,
@@ -77,7 +78,7 @@ class DeviceSide(Protocol):
 
 
 def listen_unix(path: str) -> socket.socket:
-    """A non-blocking listening socket at ``path``.
+    """A non-blocking listening socket at ``path``, mode 0600 whatever the umask.
 
     A socket file left behind by a VMM that died is replaced; one that still has a
     listener, or any other kind of file, is refused (``OSError``)."""
@@ -97,15 +98,7 @@ def listen_unix(path: str) -> socket.socket:
             raise FileExistsError(errno.EADDRINUSE, "another process is listening there")
         finally:
             probe.close()
-    sock = socket.socket(socket.AF_UNIX,
-                         socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-    try:
-        sock.bind(path)
-        sock.listen(64)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return private_listener(path, 64)       # 0600: a way into the guest
 
 
 class HostClient:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from stratovmm.context import BuildContext
 from stratovmm.errors import ConfigError
 from stratovmm.plugin import hookimpl
 from stratovmm.registry import (
+    ArgCondition,
     DeviceRegistry,
     DeviceType,
     OptionSpec,
@@ -125,11 +127,21 @@ def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
         paths.check_socket_path(item["uds_path"], f"{WHERE} uds-path")
 
 
+_SOCK_TYPE_MASK = 0xF     # the kernel's SOCK_TYPE_MASK: the type without NONBLOCK/CLOEXEC
+
+#: The only sockets the bridge makes while the VM runs: unix streams.  connect's address
+#: is behind a pointer the filter cannot read; the sockets it can be given are these, the
+#: unix sockets made before the filter and fds a (trusted) QMP client passed with getfd.
+UNIX_STREAM = (ArgCondition(0, "eq", socket.AF_UNIX),
+               ArgCondition(1, "masked_eq", socket.SOCK_STREAM, _SOCK_TYPE_MASK))
+
+
 @hookimpl
 def vmm_seccomp_rules(rules: SeccompRules) -> None:
-    """Guest-initiated streams open and connect a unix socket while the VM runs; a guest
-    SHUTDOWN(SEND) becomes ``shutdown(SHUT_WR)`` on the host socket.  vhost-vsock's rings
-    are handed over when the driver is ready."""
-    rules.allow("socket", "connect", "shutdown")
+    """Guest-initiated streams open (``UNIX_STREAM`` only) and connect a unix socket while
+    the VM runs; a guest SHUTDOWN(SEND) becomes ``shutdown(SHUT_WR)`` on the host socket.
+    vhost-vsock's rings are handed over when the driver is ready."""
+    rules.allow("socket", when=UNIX_STREAM)
+    rules.allow("connect", "shutdown")
     if _settings.vhost:
         rules.allow_ioctl(*RUNTIME_IOCTLS)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,12 +181,15 @@ def test_seccomp_rules_cover_runtime_connects() -> None:
 
 
 @pytest.fixture
-def no_vhost(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """A host without /dev/vhost-vsock whose runtime directory is ``tmp_path/run``."""
+def no_vhost(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """A host without /dev/vhost-vsock whose runtime directory is a short directory under
+    /tmp (pytest's ``tmp_path`` can be too long for ``PATH_<port>`` to fit a unix socket
+    address)."""
     monkeypatch.setattr(plugin, "VHOST_VSOCK_PATH", str(tmp_path / "no-vhost-vsock"))
-    (tmp_path / "run").mkdir()
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
-    return tmp_path / "run" / "stratovmm"
+    run = Path(tempfile.mkdtemp(prefix="vs", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    yield run / "stratovmm"
+    shutil.rmtree(run, ignore_errors=True)
 
 
 def test_without_vhost_the_bridge_listens_at_the_default_path(

@@ -132,12 +132,15 @@ class MicroVm:
             return line
 
     def build_devices(self) -> None:
-        """Create every cold-plugged device through its registered factory."""
+        """Create every cold-plugged device through its registered factory.  With a QMP
+        socket the hot-replace slots are reserved first, so cold drives and NICs fill them
+        from address 0, as in StratoVirt (``stratovmm.virtio.slots``)."""
+        self.virtio.use_drivers(self.registry.devices.hotplug_drivers.values(),
+                                reserve=self.config.runtime.api_channel is not None)
         for device_type in self.registry.devices.device_types.values():
             for item in self.config.devices(device_type.option.json_key):
                 device_type.create(self.api, item)
-        if self.config.runtime.api_channel is not None:
-            self.virtio.reserve_hotplug_slots(self.registry.devices.hotplug_drivers.values())
+        self.virtio.finish()
 
     def load(self) -> None:
         """Load the kernel and create the vCPUs (the command line is final now)."""

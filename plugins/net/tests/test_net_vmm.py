@@ -284,3 +284,50 @@ def test_netdev_add_by_name_uses_fds_opened_before_seccomp(guests: dict[str, Pat
         assert qmp.command("quit")["return"] == {}
         assert proc.wait(10) == 0
     os.close(tap_fd)
+
+
+def test_cold_nic_fills_slot_0_and_netdevs_follow_v03(guests: dict[str, Path],
+                                                      taps: list[str], tmp_path: Path) -> None:
+    """As StratoVirt v0.3: the cold NIC is net slot 0 (device_add there is refused) and
+    device_del removes it (DEVICE_DELETED path = id, tap released, netdev_del of it then
+    succeeds once); netdev_add takes v0.3's arguments (type, queues, scripts, the last of
+    several fds names) and refuses vhost; netdev_del closes an unattached netdev and
+    refuses an attached one."""
+    with loop_vm(guests["loop"], tmp_path, "-netdev", f"id=cold,netdev={taps[0]}") as (
+            proc, sock), QmpTestClient(sock) as qmp:
+        assert "occupied by 'cold'" in error_of(qmp.command(
+            "device_add", {"driver": "virtio-net-mmio", "id": "x", "addr": "0x0"}))
+        assert "netdev 'cold' is in use by a device" in error_of(
+            qmp.command("netdev_del", {"id": "cold"}))
+        assert qmp.command("device_del", {"id": "cold"})["return"] == {}
+        assert qmp.wait_event("DEVICE_DELETED", 5)["data"] == {"device": "cold",
+                                                               "path": "cold"}
+        os.close(open_tap_fd(taps[0]))         # released
+        assert qmp.command("netdev_del", {"id": "cold"})["return"] == {}
+        assert "no netdev 'cold'" in error_of(qmp.command("netdev_del", {"id": "cold"}))
+
+        assert qmp.command("netdev_add", {
+            "id": "n1", "ifname": taps[1], "type": "tap", "queues": "1", "script": "no",
+            "downscript": "no", "dnssearch": "example"})["return"] == {}
+        assert qmp.command("netdev_del", {"id": "n1"})["return"] == {}
+        os.close(open_tap_fd(taps[1]))         # closed by netdev_del
+        refusal = ("needs /dev/vhost-net" if not os.path.exists("/dev/vhost-net")
+                   else "vhost-net serves only -netdev NICs")
+        for vhost in ({"vhost": "on"}, {"vhost": True}, {"vhostfds": "v"}):
+            assert refusal in error_of(qmp.command(
+                "netdev_add", {"id": "v", "ifname": taps[1], **vhost}))
+
+        tap_fd = open_tap_fd(taps[1])
+        read_end, write_end = os.pipe()
+        assert qmp.command("getfd", {"fdname": "a"}, fds=[read_end])["return"] == {}
+        assert qmp.command("getfd", {"fdname": "b"}, fds=[tap_fd])["return"] == {}
+        assert qmp.command("netdev_add", {"id": "n2", "fds": "a:b"})["return"] == {}
+        assert qmp.command("closefd", {"fdname": "a"})["return"] == {}    # not taken
+        assert "not found" in error_of(qmp.command("closefd", {"fdname": "b"}))
+        assert qmp.command("device_add", {"driver": "virtio-net-mmio", "id": "nic",
+                                          "netdev": "n2", "addr": "0"})["return"] == {}
+        assert "in use by a device" in error_of(qmp.command("netdev_del", {"id": "n2"}))
+        assert qmp.command("quit")["return"] == {}
+        assert proc.wait(10) == 0
+    for fd in (read_end, write_end, tap_fd):
+        os.close(fd)

@@ -99,6 +99,19 @@ def test_frozen_vm_is_paused_until_cont(kernel: Path, flag: str) -> None:
         frozen.close()
 
 
+def test_quit_while_paused(vm: VmProcess) -> None:
+    """A stopped VM answers query-status paused and quits as a running one does:
+    SHUTDOWN host-qmp-quit and exit status 0 (v0.3's destroy() from any state)."""
+    with vm.client() as client:
+        assert vm.wait_stdout("READY")
+        assert client.command("stop")["return"] == {}
+        assert client.command("query-status")["return"]["status"] == "paused"
+        assert client.command("quit")["return"] == {}
+        assert client.wait_event("SHUTDOWN", 5)["data"] == {"guest": False,
+                                                            "reason": "host-qmp-quit"}
+    assert vm.wait() == 0
+
+
 def test_query_name(vm: VmProcess) -> None:
     """-name is what query-name answers."""
     with vm.client() as client:

@@ -22,6 +22,7 @@ from stratovmm.registry import (
     QmpRegistry,
     SeccompRules,
     SubOption,
+    ValueKind,
 )
 from stratovmm_net import tap as tap_mod
 from stratovmm_net.device import NetDevice, generated_mac, parse_mac
@@ -49,8 +50,11 @@ NETDEV_OPTION = OptionSpec(
          SubOption("mac", "mac", help="guest MAC; default: a locally administered one"),
          SubOption("iothread", "iothread", help="serve the queues on this -iothread"),
          SubOption("vhost", "vhost_type", values=_VHOST_VALUES,
-                   help="hand the rings to /dev/vhost-net")),
-    metavar="id=ID,netdev=TAP[,mac=MAC][,iothread=ID][,vhost=on|off]",
+                   help="hand the rings to /dev/vhost-net"),
+         SubOption("fds", "tap_fd", ValueKind.INT,
+                   help="an open tap fd inherited from the parent, used instead of opening"
+                        " netdev= by name (as StratoVirt's fds=)")),
+    metavar="id=ID,netdev=TAP[,mac=MAC][,iothread=ID][,vhost=on|off][,fds=FD]",
 )
 
 HOTPLUG_SLOTS = 2     # as StratoVirt reserves for net
@@ -80,7 +84,8 @@ def create_net(ctx: BuildContext, item: dict[str, Any]) -> None:
     loop = ctx.loop_for(iothread)
     vhost = VhostNet.open(f"{option} vhost") if item.get("vhost_type") else None
     try:
-        tap = Tap.open(item["host_dev_name"], f"{option} netdev")
+        tap = (Tap.from_fd(item["tap_fd"], f"{option} fds") if "tap_fd" in item
+               else Tap.open(item["host_dev_name"], f"{option} netdev"))
     except ConfigError:
         if vhost is not None:
             vhost.close()

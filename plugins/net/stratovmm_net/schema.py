@@ -23,6 +23,8 @@ NET_SCHEMA: dict[str, Any] = {
         "iothread": {"type": "string", "minLength": 1},
         # StratoVirt: "vhost-kernel"; null (the command line's vhost=off) = no vhost
         "vhost_type": {"enum": ["vhost-kernel", None]},
+        # an open tap fd inherited from the parent (StratoVirt's tap_fd / -netdev fds=)
+        "tap_fd": {"type": "integer", "minimum": 3},
     },
 }
 

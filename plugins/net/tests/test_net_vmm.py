@@ -331,3 +331,37 @@ def test_cold_nic_fills_slot_0_and_netdevs_follow_v03(guests: dict[str, Path],
         assert proc.wait(10) == 0
     for fd in (read_end, write_end, tap_fd):
         os.close(fd)
+
+
+def test_cold_nic_on_an_inherited_tap_fd(guests: dict[str, Path], taps: list[str],
+                                         tmp_path: Path) -> None:
+    """-netdev ...,fds=N (StratoVirt v0.3) and JSON "tap_fd": the NIC uses the tap fd the
+    parent passed down instead of opening netdev= by name; a fd that is no tap is refused
+    naming the option."""
+    tap_fd = open_tap_fd(taps[0])
+    config = tmp_path / "vm.json"
+    try:
+        argv = [*stratovmm_command(), "-kernel", str(guests["reset"]), "-serial", "stdio",
+                "-netdev", f"id=n0,netdev={taps[0]},fds={tap_fd}"]
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=60, pass_fds=(tap_fd,))
+        assert proc.returncode == 0, proc.stderr
+        config.write_text(json.dumps({"net": [{"iface_id": "n1", "host_dev_name": taps[0],
+                                               "tap_fd": tap_fd}]}))
+        proc = subprocess.run([*argv[:5], "-config", str(config)], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=60, pass_fds=(tap_fd,))
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        os.close(tap_fd)
+    proc = run_vmm(guests["reset"], "-netdev", f"id=n0,netdev={taps[0]},fds=0")
+    assert proc.returncode == 2 and "-netdev fds: 0 is below the minimum 3" in proc.stderr
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.run([*argv[:5], "-netdev", f"id=n0,netdev={taps[0]},fds={read_end}"],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=60, pass_fds=(read_end,))
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert proc.returncode == 2
+    assert "-netdev id=n0 fds: fd is not an attached tun/tap fd" in proc.stderr, proc.stderr

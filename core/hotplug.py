@@ -45,7 +45,6 @@ COMMON_PROPERTIES: Mapping[str, Any] = {
     "mq": {"type": ["string", "boolean"]},
     "vectors": {"type": ["string", "integer"]},
 }
-IGNORED = frozenset({"bus", "romfile", "share-rw", "disable-modern", "mq", "vectors"})
 SLOT_KEYS = frozenset({"addr", "lun"})
 DEVICE_DEL_SCHEMA: Mapping[str, Any] = {
     "type": "object", "required": ["id"], "additionalProperties": False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from stratovmm import __version__
 from stratovmm.boot.loader import check_boot_files
 from stratovmm.config.core_options import CORE_OPTIONS
 from stratovmm.config.help import render_help
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         parsed = parse_command_line(args, registry.devices)
         if parsed.help:
             sys.stdout.write(render_help(registry.devices))
+            return 0
+        if parsed.version:
+            print(f"StratoVMM {__version__}")
             return 0
         config = load_config(args, registry.devices, parsed)
         check_boot_files(config.boot.kernel, config.boot.initrd)

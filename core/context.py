@@ -63,6 +63,11 @@ class VmApi:
         """Number of vCPUs."""
         return self._machine.config.machine.vcpus
 
+    def vcpu_thread_ids(self) -> list[int | None]:
+        """The host thread id (``gettid``) of each vCPU's thread, by vCPU index (None
+        before the threads start)."""
+        return [vcpu.native_id for vcpu in self._machine.vcpus]
+
     # -- event loops ---------------------------------------------------------------
 
     @property
@@ -147,13 +152,15 @@ class VmApi:
 
     # -- lifecycle (QMP stop / cont / quit) ------------------------------------------
 
-    def pause(self) -> None:
-        """Park every vCPU and emit ``STOP`` (nothing happens unless the VM is running)."""
-        self._machine.pause()
+    def pause(self) -> bool:
+        """Park every vCPU and emit ``STOP``; False, doing nothing, unless the VM is
+        running."""
+        return self._machine.pause()
 
-    def resume(self) -> None:
-        """Run the vCPUs again, or for the first time after ``-freeze``; emits ``RESUME``."""
-        self._machine.resume()
+    def resume(self) -> bool:
+        """Run the vCPUs again, or for the first time after ``-S``/``-freeze``; emits
+        ``RESUME``; False, doing nothing, unless the VM is paused."""
+        return self._machine.resume()
 
     def request_shutdown(self, reason: str, detail: str = "") -> None:
         """End the VM (``SHUTDOWN`` with ``reason``, exit status 0) once the main loop has

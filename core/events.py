@@ -27,14 +27,12 @@ class Event:
     timestamp: float = field(default_factory=time.time)
 
     def to_qmp(self) -> dict[str, Any]:
-        """The QMP wire form."""
+        """The QMP wire form.  ``data`` is always there, ``{}`` when the event carries
+        nothing (``STOP``, ``RESUME``), as StratoVirt v0.3 serialises every event."""
         seconds = int(self.timestamp)
         micro = int((self.timestamp - seconds) * 1_000_000)
-        out: dict[str, Any] = {"event": self.name,
-                               "timestamp": {"seconds": seconds, "microseconds": micro}}
-        if self.data:
-            out["data"] = self.data
-        return out
+        return {"event": self.name, "data": self.data,
+                "timestamp": {"seconds": seconds, "microseconds": micro}}
 
 
 class EventBus:

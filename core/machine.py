@@ -2,9 +2,15 @@
 
 States (QMP ``query-status``)::
 
-    prelaunch ──cont──► running ◄──cont/stop──► paused
-        │                  │                      │
-        └──────────────────┴──────► shutdown ◄────┘
+    prelaunch ──run()──► running ◄──cont/stop──► paused ◄──run() with -S/-freeze
+        │                   │                      │
+        └───────────────────┴──────► shutdown ◄────┘
+
+``prelaunch`` lasts while the VM is built (plugins' ``vmm_vm_created`` sees it).
+A ``-S``/``-freeze`` VM starts ``paused``, as StratoVirt v0.3's ``vm_start(paused)``
+does; its first ``cont`` runs the guest for the first time.  Only ``running →
+paused`` and ``paused → running`` are transitions QMP can ask for (v0.3's
+``pause()``/``resume()`` refuse any other).
 
 ``run()`` serves the main event loop until a vCPU reports a reset/shutdown,
 QMP asks to quit, or a signal arrives; it returns the process exit status.
@@ -69,6 +75,7 @@ class MicroVm:
         self.host = host
         self.registry = registry
         self.state = VmState.PRELAUNCH
+        self.started = False            # the guest has run (vmm_vm_started was called)
         self.exit_status = EXIT_OK
         self.shutdown_reason: str | None = None
         self.devices: dict[str, Any] = {}
@@ -125,12 +132,15 @@ class MicroVm:
             return line
 
     def build_devices(self) -> None:
-        """Create every cold-plugged device through its registered factory."""
+        """Create every cold-plugged device through its registered factory.  With a QMP
+        socket the hot-replace slots are reserved first, so cold drives and NICs fill them
+        from address 0, as in StratoVirt (``stratovmm.virtio.slots``)."""
+        self.virtio.use_drivers(self.registry.devices.hotplug_drivers.values(),
+                                reserve=self.config.runtime.api_channel is not None)
         for device_type in self.registry.devices.device_types.values():
             for item in self.config.devices(device_type.option.json_key):
                 device_type.create(self.api, item)
-        if self.config.runtime.api_channel is not None:
-            self.virtio.reserve_hotplug_slots(self.registry.devices.hotplug_drivers.values())
+        self.virtio.finish()
 
     def load(self) -> None:
         """Load the kernel and create the vCPUs (the command line is final now)."""
@@ -157,9 +167,10 @@ class MicroVm:
             frozen = self.config.runtime.freeze
             for vcpu in self.vcpus:
                 vcpu.start(paused=frozen)
-            if not frozen:
-                self.state = VmState.RUNNING
-                self.host.vm_started(self.api)
+            if frozen:
+                self.state = VmState.PAUSED
+            else:
+                self._started()
             self.main_loop.run()
         finally:
             for sig, handler in previous.items():
@@ -194,29 +205,37 @@ class MicroVm:
         self.main_loop.call_soon(lambda: self.shutdown(
             StopReason.GUEST_PANIC.value, "pvpanic: the guest panicked", EXIT_VM_ERROR))
 
-    def pause(self) -> None:
-        """Park every vCPU (QMP ``stop``)."""
+    def _started(self) -> None:
+        self.state = VmState.RUNNING
+        self.started = True
+        self.host.vm_started(self.api)
+
+    def pause(self) -> bool:
+        """Park every vCPU and emit STOP (QMP ``stop``); False, doing nothing, unless the VM
+        is running (v0.3's ``pause()`` refuses any other state)."""
         if self.state is not VmState.RUNNING:
-            return
+            return False
         for vcpu in self.vcpus:
             vcpu.pause()
         self.state = VmState.PAUSED
         self.events.emit("STOP")
         self.host.vm_paused(self.api)
+        return True
 
-    def resume(self) -> None:
-        """Run parked vCPUs (QMP ``cont``; also the first start after ``-freeze``)."""
-        if self.state not in (VmState.PAUSED, VmState.PRELAUNCH):
-            return
-        first = self.state is VmState.PRELAUNCH
+    def resume(self) -> bool:
+        """Run parked vCPUs and emit RESUME (QMP ``cont``; also the first start after
+        ``-S``/``-freeze``); False, doing nothing, unless the VM is paused."""
+        if self.state is not VmState.PAUSED:
+            return False
         for vcpu in self.vcpus:
             vcpu.resume()
         self.state = VmState.RUNNING
         self.events.emit("RESUME")
-        if first:
-            self.host.vm_started(self.api)
-        else:
+        if self.started:
             self.host.vm_resumed(self.api)
+        else:
+            self._started()
+        return True
 
     def shutdown(self, reason: str, detail: str = "", status: int = EXIT_OK) -> None:
         """End the VM (idempotent; main loop thread): SHUTDOWN event, then leave ``run``."""

@@ -112,7 +112,10 @@ class HotplugDriver:
     args)`` to give that device a backend (args already checked against
     ``schema``); ``device_del`` calls ``unplug(vm, device)`` to take it away.
     Both run on the main loop and tell the guest through a config-change
-    interrupt.
+    interrupt.  ``takes_cold(device)`` says whether a cold-plugged device belongs
+    in this driver's slots: StratoVirt fills its blk and net slots with the
+    ``-drive`` and ``-netdev`` devices in order, and ``device_del`` can remove
+    them; None (the default) keeps every cold device out of the slots.
     """
 
     driver: str
@@ -121,6 +124,7 @@ class HotplugDriver:
     placeholder: Callable[[VmApi, int], Any]
     plug: Callable[[VmApi, Any, dict[str, Any]], None]
     unplug: Callable[[VmApi, Any], None]
+    takes_cold: Callable[[Any], bool] | None = None
 
 
 @dataclass(frozen=True)

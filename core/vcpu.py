@@ -68,6 +68,7 @@ class Vcpu:
         self._parked = False
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._thread_id: int | None = None
         self.unhandled_pio = 0
         self.unhandled_mmio = 0
 
@@ -142,8 +143,13 @@ class Vcpu:
 
     @property
     def native_id(self) -> int | None:
-        """The thread's kernel tid."""
-        return self._thread.native_id if self._thread else None
+        """The vCPU thread's kernel tid (``gettid()``), as it recorded it when it started
+        (QMP ``query-cpus`` ``thread_id``, StratoVirt's ``CPU::tid``).  In the instant
+        between ``start()`` and that first line, ``threading`` already knows the same tid;
+        None before ``start()``."""
+        if self._thread_id is None and self._thread is not None:
+            return self._thread.native_id
+        return self._thread_id
 
     def _kick(self) -> None:
         self.fd.set_immediate_exit(True)
@@ -157,6 +163,7 @@ class Vcpu:
     # -- the run loop ---------------------------------------------------------
 
     def _main(self) -> None:
+        self._thread_id = threading.get_native_id()
         set_native_name(f"vcpu{self.index}")
         signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_IN_VCPU)
         try:

@@ -59,11 +59,13 @@ def build_loop_guest(directory: Path) -> Path:
 class VmProcess:
     """``stratovmm`` running a guest with a QMP socket; stdout collected as it comes."""
 
-    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None,
+                 prefix: Sequence[str] = ()) -> None:
+        """``prefix`` runs the VMM through another command (``ip netns exec NS``)."""
         self.sockdir = tempfile.mkdtemp(prefix="qmpvm-")
         self.socket_path = os.path.join(self.sockdir, "qmp.sock")
         self.proc = subprocess.Popen(
-            [*stratovmm_command(), *args, "-api-channel", f"unix:{self.socket_path}"],
+            [*prefix, *stratovmm_command(), *args, "-api-channel", f"unix:{self.socket_path}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={**os.environ, **(env or {})})
         self._stdout = bytearray()

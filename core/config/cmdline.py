@@ -17,6 +17,7 @@ from stratovmm.errors import ConfigError
 from stratovmm.registry import OptionSpec
 
 HELP_FLAGS = ("-h", "--help", "-help")
+VERSION_FLAGS = ("-V", "-version", "--version")      # StratoVirt's arg_parser: -V, --version
 
 
 @dataclass
@@ -27,6 +28,7 @@ class ParsedCommandLine:
     runtime: dict[str, Any] = field(default_factory=dict)
     provenance: dict[tuple[str, str], str] = field(default_factory=dict)
     help: bool = False
+    version: bool = False
 
     def where(self, path: Sequence[str | int]) -> str:
         """The option that set the value at JSON ``path`` (for error messages)."""
@@ -45,6 +47,13 @@ def _is_option(token: str) -> bool:
     return token.startswith("-") and len(token) > 1
 
 
+def _value_optional(spec: OptionSpec) -> bool:
+    """A ``key=value`` option whose keys are all optional and which has no implied
+    leading value may stand alone (StratoVirt's ``-balloon``, ``can_no_value``)."""
+    return (spec.style == "keyvalue" and spec.driver is None and spec.implied is None
+            and bool(spec.sub) and not any(sub.required for sub in spec.sub))
+
+
 class CommandLineParser:
     """Parse argv against the registered options (core and plugins)."""
 
@@ -61,8 +70,9 @@ class CommandLineParser:
         i = 0
         while i < len(argv):
             token = argv[i]
-            if token in HELP_FLAGS:
-                out.help = True
+            if token in HELP_FLAGS or token in VERSION_FLAGS:
+                out.help = out.help or token in HELP_FLAGS
+                out.version = out.version or token in VERSION_FLAGS
                 i += 1
                 continue
             if not _is_option(token):
@@ -91,6 +101,8 @@ class CommandLineParser:
             if not words:
                 raise ConfigError(f"{token}: needs a value")
             return " ".join(words), i
+        if (i >= len(argv) or _is_option(argv[i])) and _value_optional(spec):
+            return "", i        # -balloon alone: every sub-option at its default (as v0.3)
         if i >= len(argv):
             raise ConfigError(f"{token}: needs a value")
         return argv[i], i + 1

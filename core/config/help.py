@@ -27,6 +27,7 @@ def render_help(devices: DeviceRegistry) -> str:
              "usage: stratovmm -kernel PATH [-append ARGS...] [OPTIONS]", "", "Core options:"]
     lines += [_line(o) for o in groups.pop("core", [])]
     lines.append("  -h, --help                      show this help and exit")
+    lines.append("  -V, -version, --version         print the name and version and exit")
     for plugin in sorted(groups):
         lines += ["", f"From plugin {plugin}:"]
         lines += [_line(o) for o in groups[plugin]]

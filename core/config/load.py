@@ -9,6 +9,7 @@ from typing import Any
 from stratovmm.config import schema as schema_mod
 from stratovmm.config.cmdline import CommandLineParser, ParsedCommandLine
 from stratovmm.config.model import VmConfig, build_vm_config, runtime_options
+from stratovmm.config.spellings import canonical_document
 from stratovmm.errors import ConfigError
 from stratovmm.registry import DeviceRegistry, OptionSpec
 
@@ -141,7 +142,8 @@ def load_config(argv: list[str], devices: DeviceRegistry,
     owners = file_options(devices)
     file_doc: dict[str, Any] = {}
     if runtime.config_file is not None:
-        loaded = read_config_file(runtime.config_file)
+        loaded = canonical_document(read_config_file(runtime.config_file),
+                                    f"config file {runtime.config_file}")
         where = schema_mod.file_path_name(runtime.config_file)
         schema_mod.check(loaded, schema, where)
         file_doc = loaded

@@ -66,13 +66,28 @@ class VmConfig:
         return list(value) if isinstance(value, list) else [value]
 
 
+# QEMU's socket flags that StratoVirt v0.3 lets follow the path (``unix:PATH,server,nowait``,
+# ``parse_path`` in machine_manager/src/cmdline.rs): the QMP socket is always a listening
+# server that does not wait for a client, so they change nothing.
+API_CHANNEL_FLAGS = frozenset({"server", "nowait", "server=on", "wait=off"})
+
+
+def api_channel_path(channel: Any) -> str:
+    """The socket path of ``-api-channel unix:PATH[,server][,nowait]``."""
+    if not isinstance(channel, str) or not channel.startswith("unix:") or len(channel) < 6:
+        raise ConfigError(f"-api-channel: {channel!r} is not unix:PATH")
+    path, *flags = channel[len("unix:"):].split(",")
+    unknown = [flag for flag in flags if flag not in API_CHANNEL_FLAGS]
+    if unknown or not path:
+        raise ConfigError(f"-api-channel: {channel!r} is not unix:PATH[,server][,nowait]")
+    return path
+
+
 def runtime_options(runtime: dict[str, Any]) -> RuntimeOptions:
     """Typed runtime options from the command line's runtime switches."""
     channel = runtime.get("api-channel")
     if channel is not None:
-        if not isinstance(channel, str) or not channel.startswith("unix:") or len(channel) < 6:
-            raise ConfigError(f"-api-channel: {channel!r} is not unix:PATH")
-        channel = channel[len("unix:"):]
+        channel = api_channel_path(channel)
     log = runtime.get("D")
     return RuntimeOptions(
         name=runtime.get("name"),

@@ -11,11 +11,11 @@ registered by their owners the same way.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from stratovmm import __version__
+from stratovmm.qmp.cpus import register_cpu_commands
 from stratovmm.qmp.dispatch import current_session
 from stratovmm.qmp.errors import GenericError
 from stratovmm.qmp.stats import register_stats_commands
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from stratovmm.registry import QmpRegistry
 
 PACKAGE = f"StratoVMM-{__version__}"
+# The QEMU version every StratoVirt binary claims in its greeting (v0.3 sends 4.0.1, 2.x
+# 5.0.1): QMP clients read "qemu" to decide what the server speaks, and Kata's govmm
+# refuses a major below 5.  StratoVMM's own version is in "package".
+QEMU_VERSION: Mapping[str, int] = {"micro": 1, "minor": 0, "major": 5}
 
 NO_ARGUMENTS: Mapping[str, Any] = {"type": "object", "additionalProperties": False}
 _FDNAME = {"type": "object", "properties": {"fdname": {"type": "string", "minLength": 1}},
@@ -34,7 +38,7 @@ _VERSION_TRIPLE = {"type": "object", "properties": {k: {"type": "integer"} for k
                                                    ("major", "minor", "micro")}}
 
 CORE_EVENTS: dict[str, Mapping[str, Any]] = {
-    "STOP": NO_ARGUMENTS,
+    "STOP": NO_ARGUMENTS,       # data {} (StratoVirt v0.3 sends it)
     "RESUME": NO_ARGUMENTS,
     "SHUTDOWN": {"type": "object", "properties": {"guest": {"type": "boolean"},
                                                   "reason": {"type": "string"}},
@@ -45,12 +49,9 @@ CORE_EVENTS: dict[str, Mapping[str, Any]] = {
 }
 
 
-def version_triple(version: str = __version__) -> dict[str, int]:
-    """``"1.2.3"`` → ``{"major": 1, "minor": 2, "micro": 3}`` (missing parts are 0)."""
-    parts = [int(m.group()) for m in (re.match(r"\d+", p) for p in version.split("."))
-             if m is not None]
-    parts += [0] * (3 - len(parts))
-    return {"major": parts[0], "minor": parts[1], "micro": parts[2]}
+def version_info() -> dict[str, Any]:
+    """QEMU's ``VersionInfo``, as the greeting and ``query-version`` both give it."""
+    return {"qemu": dict(QEMU_VERSION), "package": PACKAGE}
 
 
 # -- lifecycle ---------------------------------------------------------------------------
@@ -64,15 +65,18 @@ def qmp_capabilities(_vm: VmApi, args: dict[str, Any]) -> None:
 
 
 def stop(vm: VmApi, _args: dict[str, Any]) -> None:
-    """Pause: vCPUs are kicked out of KVM_RUN and parked; STOP is emitted."""
-    vm.pause()
+    """Pause: vCPUs are kicked out of KVM_RUN and parked; STOP is emitted.  Only a running
+    VM can be stopped: StratoVirt v0.3 answers any other state with GenericError and no
+    event."""
+    if vm.state != "running" or not vm.pause():
+        raise GenericError(f"stop: the VM is {vm.state}, not running")
 
 
 def cont(vm: VmApi, _args: dict[str, Any]) -> None:
-    """Resume after ``stop``, or start a ``-freeze`` VM; RESUME is emitted."""
-    if vm.state == "shutdown":
-        raise GenericError("the VM is shutting down")
-    vm.resume()
+    """Resume after ``stop``, or start a ``-S``/``-freeze`` VM; RESUME is emitted.  Only a
+    paused VM can be continued (v0.3: GenericError, no event, otherwise)."""
+    if vm.state != "paused" or not vm.resume():
+        raise GenericError(f"cont: the VM is {vm.state}, not paused")
 
 
 def quit_vm(vm: VmApi, _args: dict[str, Any]) -> None:
@@ -81,7 +85,9 @@ def quit_vm(vm: VmApi, _args: dict[str, Any]) -> None:
 
 
 def query_status(vm: VmApi, _args: dict[str, Any]) -> dict[str, Any]:
-    """``running``, ``paused``, ``prelaunch`` or ``shutdown``."""
+    """``running``, ``paused`` (also a ``-S`` VM not yet continued, as in v0.3) or
+    ``shutdown``; ``running`` is true only while running (v0.3 also says true while
+    paused, which QEMU's clients would read as running)."""
     state = vm.state
     return {"running": state == "running", "singlestep": False, "status": state}
 
@@ -92,8 +98,9 @@ def query_name(vm: VmApi, _args: dict[str, Any]) -> dict[str, Any]:
 
 
 def query_version(_vm: VmApi, _args: dict[str, Any]) -> dict[str, Any]:
-    """StratoVMM's version in QEMU's ``VersionInfo`` shape, which clients parse."""
-    return {"qemu": version_triple(), "package": PACKAGE}
+    """The greeting's version: the QEMU version clients compare, StratoVMM's in
+    ``package``."""
+    return version_info()
 
 
 # -- named fds ---------------------------------------------------------------------------
@@ -154,14 +161,15 @@ def register_core_commands(registry: QmpRegistry) -> None:
     """Register the core's commands and events (before any plugin's)."""
     status = {"type": "object", "properties": {
         "running": {"type": "boolean"}, "singlestep": {"type": "boolean"},
-        "status": {"enum": ["prelaunch", "running", "paused", "shutdown"]}}}
+        "status": {"enum": ["running", "paused", "shutdown"]}}}
     commands = (
         QmpCommand("qmp_capabilities", qmp_capabilities,
                    {"type": "object", "additionalProperties": False,
                     "properties": {"enable": {"type": "array", "items": {"type": "string"}}}},
                    help="capabilities negotiation (accepted, optional)"),
-        QmpCommand("stop", stop, help="pause the vCPUs"),
-        QmpCommand("cont", cont, help="resume the vCPUs (or start a -freeze VM)"),
+        QmpCommand("stop", stop, help="pause the vCPUs (GenericError unless running)"),
+        QmpCommand("cont", cont,
+                   help="resume the vCPUs or start a -S VM (GenericError unless paused)"),
         QmpCommand("quit", quit_vm, help="end the VM (SHUTDOWN host-qmp-quit, exit 0)"),
         QmpCommand("query-status", query_status, returns=status, help="the run state"),
         QmpCommand("query-name", query_name,
@@ -170,7 +178,7 @@ def register_core_commands(registry: QmpRegistry) -> None:
         QmpCommand("query-version", query_version,
                    returns={"type": "object", "properties": {"qemu": _VERSION_TRIPLE,
                                                              "package": {"type": "string"}}},
-                   help="StratoVMM's version"),
+                   help="the greeting's version (qemu 5.0.1; package StratoVMM-X.Y.Z)"),
         QmpCommand("getfd", getfd, _FDNAME, help="name a fd passed with SCM_RIGHTS"),
         QmpCommand("closefd", closefd, _FDNAME, help="close a named fd"),
         *introspection_handlers(registry),
@@ -179,4 +187,5 @@ def register_core_commands(registry: QmpRegistry) -> None:
         registry.add_command(command)
     for event, schema in CORE_EVENTS.items():
         registry.add_event(event, schema)
+    register_cpu_commands(registry)
     register_stats_commands(registry)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
+from stratovmm.config.schema import Validator as StrictValidator
 from stratovmm.errors import StratoVmmError
 from stratovmm.qmp.errors import CommandNotFound, GenericError, OperationThrottled, QmpError
 from stratovmm.qmp.flowcontrol import LeakyBucket
@@ -181,7 +182,9 @@ class Dispatcher:
     def _validator(self, command: QmpCommand) -> jsonschema.protocols.Validator:
         validator = self._validators.get(command.name)
         if validator is None:
-            validator = jsonschema.Draft202012Validator(command.schema)
+            # integers are Python ints: JSON Schema lets 1.0 through as an integer, and a
+            # float would reach handlers that index or count with it
+            validator = StrictValidator(command.schema)
             self._validators[command.name] = validator
         return validator
 

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 from stratovmm.errors import ConfigError, HostError
 from stratovmm.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
 from stratovmm.events import Event
-from stratovmm.qmp.commands import PACKAGE, version_triple
+from stratovmm.qmp.commands import version_info
 from stratovmm.qmp.dispatch import MAX_RECEIVED_FDS, Dispatcher, Session, encode_line
 from stratovmm.qmp.flowcontrol import LeakyBucket
 from stratovmm.qmp.framing import Frame, JsonStreamSplitter
@@ -65,11 +65,9 @@ _UNIX_PATH_MAX = 107
 
 
 def greeting() -> bytes:
-    """The line a client reads on connect (StratoVirt's layout, StratoVMM's version)."""
-    triple = version_triple()
-    version = {"StratoVirt": {"micro": triple["micro"], "minor": triple["minor"],
-                              "major": triple["major"]}, "package": PACKAGE}
-    return encode_line({"QMP": {"version": version, "capabilities": []}})
+    """The line a client reads on connect, as every StratoVirt binary sends it: the
+    ``qemu`` version clients check (5.0.1), StratoVMM's own in ``package``."""
+    return encode_line({"QMP": {"version": version_info(), "capabilities": []}})
 
 
 class QmpClient:

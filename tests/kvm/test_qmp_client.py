@@ -88,7 +88,7 @@ def test_qemu_qmp_session(vm: VmProcess, tmp_path: Path) -> None:
     assert seen["getfd"] == {} and seen["closefd"] == {}
     assert seen["blockdev_add"] == {} and seen["device_add"] == {} and seen["device_del"] == {}
     assert seen["deleted_event"]["data"] == {"device": "drive-1",
-                                             "path": "/machine/peripheral/drive-1"}
+                                             "path": "drive-1"}
     assert seen["quit"] == {}
     assert seen["shutdown_event"]["data"] == {"guest": False, "reason": "host-qmp-quit"}
     assert vm.wait() == 0

@@ -39,41 +39,77 @@ def assert_timestamp(event: dict[str, object]) -> None:
 
 
 def test_stop_and_cont_with_events_to_every_client(vm: VmProcess) -> None:
-    """stop pauses (STOP to both clients, status paused), cont resumes (RESUME, running)."""
+    """stop pauses (STOP with data {} to both clients, status paused), cont resumes (RESUME,
+    running); as in StratoVirt v0.3, stop while paused and cont while running are
+    GenericError and send no event."""
     with vm.client() as a, vm.client() as b:
         assert vm.wait_stdout("READY")
-        assert a.command("stop") == {"return": {}, "id": 1}
+        refused = a.command("cont")
+        assert refused["error"] == {"class": "GenericError",
+                                    "desc": "cont: the VM is running, not paused"}
+        assert a.events == []       # an event would have come before the reply
+        assert a.command("stop") == {"return": {}, "id": 2}
         assert a.command("query-status")["return"] == {"running": False, "singlestep": False,
                                                        "status": "paused"}
         for client in (a, b):
             stop = client.wait_event("STOP", 5)
             assert_timestamp(stop)
-            assert "data" not in stop
+            assert stop["data"] == {}
+        assert a.command("stop")["error"]["class"] == "GenericError"
+        assert a.events == []
         assert a.command("cont")["return"] == {}
         for client in (a, b):
-            assert_timestamp(client.wait_event("RESUME", 5))
+            resume = client.wait_event("RESUME", 5)
+            assert_timestamp(resume)
+            assert resume["data"] == {}
         assert a.command("query-status")["return"]["status"] == "running"
+        assert a.command("cont")["error"]["class"] == "GenericError"
+        assert a.events == []
 
 
-def test_freeze_starts_in_prelaunch_until_cont(kernel: Path) -> None:
-    """With -freeze the guest runs no instruction before cont; cont starts it (RESUME);
-    quit then ends it with exit status 0."""
-    vm = VmProcess(loop_guest_args(kernel, "-freeze"))
+@pytest.mark.parametrize("flag", ["-freeze", "-S"])
+def test_frozen_vm_is_paused_until_cont(kernel: Path, flag: str) -> None:
+    """With -freeze (or -S) the guest runs no instruction before cont: query-status says
+    paused (StratoVirt v0.3 starts a frozen VM paused), stop is refused; cont starts it
+    (RESUME); a second -S VM quits while still frozen, with SHUTDOWN and exit status 0."""
+    vm = VmProcess(loop_guest_args(kernel, flag))
     try:
         with vm.client() as client:
             assert client.command("query-status")["return"] == {
-                "running": False, "singlestep": False, "status": "prelaunch"}
+                "running": False, "singlestep": False, "status": "paused"}
             assert not vm.wait_stdout("READY", 1.0)
-            client.command("stop")
-            assert client.command("query-status")["return"]["status"] == "prelaunch"
+            assert client.command("stop")["error"]["desc"] == "stop: the VM is paused, not running"
             assert client.command("cont")["return"] == {}
-            client.wait_event("RESUME", 5)
+            assert client.wait_event("RESUME", 5)["data"] == {}
             assert vm.wait_stdout("READY", 10)
             assert client.command("query-status")["return"]["status"] == "running"
             assert client.command("quit")["return"] == {}
         assert vm.wait() == 0
     finally:
         vm.close()
+    frozen = VmProcess(loop_guest_args(kernel, flag))
+    try:
+        with frozen.client() as client:
+            assert client.command("quit")["return"] == {}
+            assert client.wait_event("SHUTDOWN", 5)["data"] == {"guest": False,
+                                                                "reason": "host-qmp-quit"}
+        assert frozen.wait() == 0
+        assert "READY" not in frozen.stdout
+    finally:
+        frozen.close()
+
+
+def test_quit_while_paused(vm: VmProcess) -> None:
+    """A stopped VM answers query-status paused and quits as a running one does:
+    SHUTDOWN host-qmp-quit and exit status 0 (v0.3's destroy() from any state)."""
+    with vm.client() as client:
+        assert vm.wait_stdout("READY")
+        assert client.command("stop")["return"] == {}
+        assert client.command("query-status")["return"]["status"] == "paused"
+        assert client.command("quit")["return"] == {}
+        assert client.wait_event("SHUTDOWN", 5)["data"] == {"guest": False,
+                                                            "reason": "host-qmp-quit"}
+    assert vm.wait() == 0
 
 
 def test_query_name(vm: VmProcess) -> None:

@@ -121,7 +121,7 @@ def vm_factory() -> Iterator[VmFactory]:
 def start_frozen(vm: VmProcess) -> QmpTestClient:
     """Connect to a ``-freeze`` VM, check nothing ran yet, and start it with ``cont``."""
     client: QmpTestClient = vm.client()
-    assert client.command("query-status")["return"]["status"] == "prelaunch"
+    assert client.command("query-status")["return"]["status"] == "paused"
     assert vm.stdout == ""
     assert client.command("cont") == {"return": {}, "id": 2}
     return client

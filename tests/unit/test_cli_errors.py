@@ -137,8 +137,8 @@ def test_missing_config_file(run_cli: Callable[..., CliResult], kernel: Path,
 
 
 @pytest.mark.parametrize(("text", "needles"), [
-    ('{"machine-config": {"vcpu_count": "2"}}',
-     ["machine-config.vcpu_count", 'expected an integer, got "2"']),
+    ('{"machine-config": {"vcpu_count": "two"}}',
+     ["machine-config.vcpu_count", 'expected an integer, got "two"']),
     ('{"machine-config": {"vcpu_count": true}}',
      ["machine-config.vcpu_count", "expected an integer, got true"]),
     ('{"machine-config": {"vcpu_count": 2.0}}',

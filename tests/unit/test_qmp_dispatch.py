@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from stratovmm import __version__
 from stratovmm.errors import ConfigError, PluginError
-from stratovmm.qmp.commands import register_core_commands, version_triple
+from stratovmm.qmp.commands import register_core_commands
 from stratovmm.qmp.dispatch import MAX_RECEIVED_FDS, Dispatcher, Session
 from stratovmm.qmp.errors import DeviceNotFound, QmpError
 from stratovmm.qmp.flowcontrol import LeakyBucket, rate_from_env
@@ -29,12 +29,24 @@ class FakeVm:
         self.name: str | None = "vm1"
         self.calls: list[str] = []
         self.named_fds: dict[str, int] = {}
+        self.thread_ids: list[int | None] = [4101, None]
 
-    def pause(self) -> None:
+    def pause(self) -> bool:
         self.calls.append("pause")
+        self.state = "paused"
+        return True
 
-    def resume(self) -> None:
+    def resume(self) -> bool:
         self.calls.append("resume")
+        self.state = "running"
+        return True
+
+    @property
+    def vcpu_count(self) -> int:
+        return len(self.thread_ids)
+
+    def vcpu_thread_ids(self) -> list[int | None]:
+        return self.thread_ids
 
     def request_shutdown(self, reason: str, detail: str = "") -> None:
         self.calls.append(f"shutdown:{reason}")
@@ -249,15 +261,48 @@ def test_lifecycle_commands_drive_the_vm(dispatcher: Dispatcher, vm: FakeVm,
     assert vm.calls == ["pause", "resume", "shutdown:host-qmp-quit"]
 
 
-def test_cont_while_shutting_down_is_refused(dispatcher: Dispatcher, vm: FakeVm,
-                                             session: Session) -> None:
-    """cont cannot revive a VM that is shutting down."""
-    vm.state = "shutdown"
-    assert error_of(run(dispatcher, session, {"execute": "cont"}))[0] == "GenericError"
+@pytest.mark.parametrize(("state", "command"), [
+    ("paused", "stop"), ("shutdown", "stop"), ("running", "cont"), ("shutdown", "cont")])
+def test_wrong_state_transition_is_refused(dispatcher: Dispatcher, vm: FakeVm, session: Session,
+                                           state: str, command: str) -> None:
+    """As StratoVirt v0.3's pause()/resume(): stop only from running, cont only from paused;
+    otherwise GenericError naming the state, and the VM is not touched (so no event)."""
+    vm.state = state
+    assert error_of(run(dispatcher, session, {"execute": command})) == (
+        "GenericError", f"{command}: the VM is {state}, not "
+        f"{'running' if command == 'stop' else 'paused'}")
     assert vm.calls == []
 
 
-@pytest.mark.parametrize("state", ["prelaunch", "running", "paused", "shutdown"])
+def test_query_cpus_has_v03_x86_shape_with_thread_ids(dispatcher: Dispatcher,
+                                                       session: Session) -> None:
+    """query-cpus: one x86 CpuInfo per vCPU with its thread id (0 before the thread runs),
+    qom_path and one-socket props; query-hotpluggable-cpus lists each as present."""
+    cpus = run(dispatcher, session, {"execute": "query-cpus"})["return"]
+    assert cpus == [
+        {"arch": "x86", "current": True, "qom_path": "/machine/unattached/device[0]",
+         "halted": False, "props": {"socket-id": 0, "thread-id": 0, "core-id": 0},
+         "CPU": 0, "thread_id": 4101},
+        {"arch": "x86", "current": True, "qom_path": "/machine/unattached/device[1]",
+         "halted": False, "props": {"socket-id": 0, "thread-id": 0, "core-id": 1},
+         "CPU": 1, "thread_id": 0}]
+    hot = run(dispatcher, session, {"execute": "query-hotpluggable-cpus"})["return"]
+    assert hot == [{"type": "host-x86-cpu", "vcpus-count": 1, "qom-path": cpu["qom_path"],
+                    "props": cpu["props"]} for cpu in cpus]
+
+
+def test_integer_arguments_refuse_floats(dispatcher: Dispatcher, session: Session,
+                                         handled: list[dict[str, Any]]) -> None:
+    """1.0 is not an integer argument (JSON Schema alone would let it through to the
+    handler)."""
+    reply = run(dispatcher, session, {"execute": "demo-cmd",
+                                      "arguments": {"id": "a", "count": 1.0}})
+    assert error_of(reply) == ("GenericError",
+                               "Invalid parameter type for 'count', expected: integer")
+    assert handled == []
+
+
+@pytest.mark.parametrize("state", ["running", "paused", "shutdown"])
 def test_query_status(dispatcher: Dispatcher, vm: FakeVm, session: Session, state: str) -> None:
     """query-status reports the state and running only when running."""
     vm.state = state
@@ -273,15 +318,10 @@ def test_query_name(dispatcher: Dispatcher, vm: FakeVm, session: Session) -> Non
 
 
 def test_query_version(dispatcher: Dispatcher, session: Session) -> None:
-    """query-version carries StratoVMM's version and package name."""
+    """query-version gives the greeting's version: qemu 5.0.1, StratoVMM's in package."""
     ret = run(dispatcher, session, {"execute": "query-version"})["return"]
-    assert ret == {"qemu": version_triple(), "package": f"StratoVMM-{__version__}"}
-
-
-def test_version_triple() -> None:
-    """Version strings become major/minor/micro, tolerating suffixes and short forms."""
-    assert version_triple("1.22.3") == {"major": 1, "minor": 22, "micro": 3}
-    assert version_triple("2.0rc1") == {"major": 2, "minor": 0, "micro": 0}
+    assert ret == {"qemu": {"micro": 1, "minor": 0, "major": 5},
+                   "package": f"StratoVMM-{__version__}"}
 
 
 def test_introspection_lists_plugin_commands(dispatcher: Dispatcher, session: Session) -> None:

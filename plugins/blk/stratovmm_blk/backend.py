@@ -10,35 +10,33 @@ aligned bounce buffer (an anonymous mmap, page-aligned by construction).
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
+import logging
 import mmap
 import os
 import stat
 
 from stratovmm.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 SECTOR = 512
 DIRECT_ALIGN = 512       # logical block size O_DIRECT needs for offsets, lengths, addresses
 
 
 class BlockBackend:
-    """An open image file of ``size`` bytes."""
+    """An open image of ``size`` bytes: a regular file or a block device.
 
-    def __init__(self, path: str, read_only: bool = False, direct: bool = False,
+    ``direct`` True opens with ``O_DIRECT``; None is StratoVirt v0.3's default
+    (``direct`` is on unless turned off), falling back to the page cache, with a
+    warning, on a file system that refuses ``O_DIRECT`` (tmpfs: EINVAL), where
+    v0.3 would fail the drive.
+    """
+
+    def __init__(self, path: str, read_only: bool = False, direct: bool | None = False,
                  option: str = "-drive file") -> None:
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise ConfigError(f"{option}: {path}: {exc.strerror}") from exc
-        if stat.S_ISDIR(st.st_mode):
-            raise ConfigError(f"{option}: {path} is a directory, not a disk image")
-        flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
-        if direct:
-            flags |= os.O_DIRECT
-        try:
-            self.fd = os.open(path, flags)
-        except OSError as exc:
-            raise ConfigError(f"{option}: {path}: {exc.strerror}") from exc
+        self.fd = _open_image(path, read_only, direct, option)
         try:
             # as QEMU's image locking: one writer, or any number of readers, per image
             fcntl.flock(self.fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
@@ -48,7 +46,7 @@ class BlockBackend:
                               " (a writable image can be opened once)") from None
         self.path = path
         self.read_only = read_only
-        self.direct = direct
+        self.direct = bool(fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_DIRECT)
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
 
     @property
@@ -98,6 +96,46 @@ class BlockBackend:
     def close(self) -> None:
         """Close the image."""
         os.close(self.fd)
+
+
+def _check_kind(mode: int, path: str, option: str) -> None:
+    """Only a regular file or a block device can be a disk: a FIFO, socket or character
+    device would block or fail on the first request (v0.3's ``blockdev_add`` checks the
+    same)."""
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{option}: {path} is a directory, not a disk image")
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        raise ConfigError(f"{option}: {path} is not a regular file or a block device")
+
+
+def _open_image(path: str, read_only: bool, direct: bool | None, option: str) -> int:
+    """Open ``path`` for the backend; every failure is a ``ConfigError`` naming it.
+
+    The kind is checked before ``open`` (opening a device can act on it) and again on
+    the fd (the path may have changed in between).  ``O_NONBLOCK`` keeps ``open`` itself
+    from waiting, as it would for a FIFO without a writer on the main loop; it is
+    cleared once the fd is known to be a file or a block device.
+    """
+    try:
+        _check_kind(os.stat(path).st_mode, path, option)
+        flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(path, (flags | os.O_DIRECT) if direct is not False else flags)
+        except OSError as exc:
+            if direct is not None or exc.errno != errno.EINVAL:
+                raise
+            log.warning("%s: %s: the file system refuses O_DIRECT; using the page cache",
+                        option, path)
+            fd = os.open(path, flags)
+    except OSError as exc:
+        raise ConfigError(f"{option}: {path}: {exc.strerror}") from exc
+    try:
+        _check_kind(os.fstat(fd).st_mode, path, option)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except (ConfigError, OSError):
+        os.close(fd)
+        raise
+    return fd
 
 
 def _round_up(n: int) -> int:

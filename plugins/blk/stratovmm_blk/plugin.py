@@ -8,6 +8,7 @@ from typing import Any
 from stratovmm.config.model import RuntimeOptions
 from stratovmm.context import BuildContext, VmApi
 from stratovmm.errors import ConfigError, HotplugError
+from stratovmm.hotplug import BackendTable
 from stratovmm.plugin import hookimpl
 from stratovmm.qmp.errors import GenericError
 from stratovmm.registry import (
@@ -24,7 +25,12 @@ from stratovmm.registry import (
 )
 from stratovmm_blk.backend import BlockBackend
 from stratovmm_blk.device import BlockDevice
-from stratovmm_blk.schema import BLOCKDEV_ADD_SCHEMA, DEVICE_ADD_SCHEMA, DRIVE_SCHEMA
+from stratovmm_blk.schema import (
+    BLOCKDEV_ADD_SCHEMA,
+    BLOCKDEV_DEL_SCHEMA,
+    DEVICE_ADD_SCHEMA,
+    DRIVE_SCHEMA,
+)
 
 STRATOVMM_API = "1.0"
 
@@ -35,7 +41,9 @@ DRIVE_OPTION = OptionSpec(
          SubOption("file", "path_on_host", ValueKind.PATH, required=True),
          SubOption("serial", "serial_num", help="up to 20 bytes, /sys/block/vdX/serial"),
          SubOption("readonly", "read_only", ValueKind.BOOL),
-         SubOption("direct", "direct", ValueKind.BOOL, help="open with O_DIRECT"),
+         SubOption("direct", "direct", ValueKind.BOOL,
+                   help="open with O_DIRECT (default on, as StratoVirt; off where the file"
+                        " system refuses it)"),
          SubOption("iothread", "iothread", help="serve the queue on this -iothread"),
          SubOption("iops", "iops", ValueKind.INT, help="requests per second (token bucket)")),
     metavar="id=ID,file=PATH[,serial=S][,readonly=on|off][,direct=on|off][,iothread=ID][,iops=N]",
@@ -43,39 +51,60 @@ DRIVE_OPTION = OptionSpec(
 
 
 def create_drive(ctx: BuildContext, item: dict[str, Any]) -> None:
-    """Open the image and attach a virtio-blk device for one ``drive`` item."""
+    """Open the image and attach a virtio-blk device for one ``drive`` item.  ``direct``
+    absent is v0.3's default: on, where the file system allows it."""
     backend = BlockBackend(item["path_on_host"], item.get("read_only", False),
-                           item.get("direct", False))
+                           item.get("direct"))
     iothread = item.get("iothread")
     device = BlockDevice(item["drive_id"], backend, item.get("serial_num", ""),
                          ctx.loop_for(iothread), item.get("iops"))
     ctx.add_virtio_device(device, iothread)
     ctx.add_device(item["drive_id"], device)
+    _nodes(ctx).attach_cold(item["drive_id"], device)
 
 
-# -- hot-replace (QMP blockdev-add + device_add virtio-blk-mmio) ---------------------------
+# -- hot-replace (QMP blockdev-add / blockdev-del + device_add virtio-blk-mmio) ------------
 
 HOTPLUG_SLOTS = 4     # as StratoVirt reserves for blk
 
 
-def _nodes(vm: VmApi) -> dict[str, BlockBackend]:
-    """Block nodes made by blockdev-add, waiting for device_add."""
-    nodes: dict[str, BlockBackend] = vm.state_for("blk").setdefault("nodes", {})
+# Each node holds an open fd: 64 matches the cap on getfd's named fds; a VM has at most 16
+# virtio-mmio windows, so every slot can be attached with room to stage replacements, and
+# 64 + 64 named fds + the VMM's own stay far below the usual 1024-fd soft limit.
+MAX_NODES = 64
+
+
+def _nodes(vm: VmApi) -> BackendTable[BlockBackend]:
+    """This VM's block nodes (``blockdev-add``'s and the cold drives')."""
+    state = vm.state_for("blk")
+    nodes: BackendTable[BlockBackend] | None = state.get("nodes")
+    if nodes is None:
+        nodes = state["nodes"] = BackendTable("block node", "blockdev-add", "blockdev-del",
+                                              MAX_NODES)
     return nodes
 
 
 def blockdev_add(vm: VmApi, args: dict[str, Any]) -> None:
-    """Open an image as block node ``node-name`` for a later ``device_add``."""
+    """Open an image (a regular file or a block device) as node ``node-name`` for a later
+    ``device_add``.  ``cache.direct`` defaults to on, as in v0.3; ``cache.no-flush``,
+    ``read-zeros``, ``discard``, ``backing``, ``id``, ``options`` and ``file.aio`` are
+    accepted and change nothing (flushes always reach the disk)."""
     name = args["node-name"]
     nodes = _nodes(vm)
-    if name in nodes:
-        raise GenericError(f"blockdev-add: node {name!r} already exists")
+    nodes.check_new(name)
     try:
-        nodes[name] = BlockBackend(args["file"]["filename"], args.get("read-only", False),
-                                   args.get("cache", {}).get("direct", False),
-                                   option="blockdev-add file.filename")
+        backend = BlockBackend(args["file"]["filename"], args.get("read-only", False),
+                               args.get("cache", {}).get("direct"),
+                               option="blockdev-add file.filename")
     except ConfigError as exc:
         raise GenericError(str(exc)) from None
+    nodes.add(name, backend)
+
+
+def blockdev_del(vm: VmApi, args: dict[str, Any]) -> None:
+    """Close an unattached node; a node ``device_del`` already released is gone, so that
+    succeeds too; a node a device uses is refused."""
+    _nodes(vm).delete(args["node-name"])
 
 
 def placeholder(vm: VmApi, addr: int) -> BlockDevice:
@@ -83,17 +112,23 @@ def placeholder(vm: VmApi, addr: int) -> BlockDevice:
     return BlockDevice(f"virtio-blk-slot{addr}", None, "", vm.main_loop)
 
 
+def takes_cold(device: Any) -> bool:
+    """Every ``-drive`` goes into a blk slot (StratoVirt's ``add_block_device``)."""
+    return isinstance(device, BlockDevice)
+
+
 def plug(vm: VmApi, device: Any, args: dict[str, Any]) -> None:
     """Give the slot's device the node named by ``drive`` (default: the device ``id``)."""
     node = args.get("drive", args["id"])
-    backend = _nodes(vm).pop(node, None)
+    backend = _nodes(vm).attach(node, device)
     if backend is None:
         raise HotplugError(f"no block node {node!r} (blockdev-add it first)", not_found=True)
     device.replace_backend(backend, args.get("serial", ""))
 
 
 def unplug(vm: VmApi, device: Any) -> None:
-    """Take the image away; the guest sees capacity 0 again."""
+    """Take the image away and close it (its node is gone); the guest sees capacity 0."""
+    _nodes(vm).detach(device)
     old = device.replace_backend(None)
     if old is not None:
         old.close()
@@ -104,14 +139,24 @@ def vmm_register_devices(registry: DeviceRegistry) -> None:
     """``-drive`` and the ``virtio-blk-mmio`` hot-replace driver."""
     registry.add_device_type(DeviceType("drive", DRIVE_OPTION, DRIVE_SCHEMA, create_drive))
     registry.add_hotplug_driver(HotplugDriver("virtio-blk-mmio", HOTPLUG_SLOTS,
-                                              DEVICE_ADD_SCHEMA, placeholder, plug, unplug))
+                                              DEVICE_ADD_SCHEMA, placeholder, plug, unplug,
+                                              takes_cold))
 
 
 @hookimpl
 def vmm_register_qmp_commands(registry: QmpRegistry) -> None:
-    """``blockdev-add``."""
+    """``blockdev-add`` and ``blockdev-del``."""
     registry.add_command(QmpCommand("blockdev-add", blockdev_add, BLOCKDEV_ADD_SCHEMA,
-                                    help="open an image as a block node for device_add"))
+                                    help="open an image or block device as a node for"
+                                         f" device_add (at most {MAX_NODES} nodes)"))
+    registry.add_command(QmpCommand("blockdev-del", blockdev_del, BLOCKDEV_DEL_SCHEMA,
+                                    help="close a block node no device uses"))
+
+
+@hookimpl
+def vmm_vm_shutdown(vm: VmApi, reason: str) -> None:
+    """Close the images blockdev-add opened that no device_add claimed."""
+    _nodes(vm).close()
 
 
 #: blockdev-add opens an existing image read-only or read-write: never creating,

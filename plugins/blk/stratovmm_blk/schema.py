@@ -23,6 +23,9 @@ DRIVE_SCHEMA: dict[str, Any] = {
     },
 }
 
+# StratoVirt v0.3's blockdev-add arguments (qmp_schema.rs), plus file.aio and
+# file.discard, which Kata's govmm sends.  v0.3 reads only node-name, file, cache.direct
+# and read-only; the rest are accepted and change nothing here either.
 BLOCKDEV_ADD_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -31,17 +34,30 @@ BLOCKDEV_ADD_SCHEMA: dict[str, Any] = {
         "node-name": ITEM_ID_SCHEMA,
         "file": {
             "type": "object", "additionalProperties": False, "required": ["driver", "filename"],
-            "properties": {"driver": {"enum": ["file"]},
+            "properties": {"driver": {"enum": ["file", "host_device"]},
                            "filename": {"type": "string", "minLength": 1},
-                           "aio": {"type": "string"}},
+                           "aio": {"type": "string"},
+                           "discard": {"type": "string"}},
         },
         "cache": {"type": "object", "additionalProperties": False,
-                  "properties": {"direct": {"type": "boolean"},
+                  "properties": {"direct": {"type": "boolean",
+                                            "description": "O_DIRECT; default true (v0.3)"},
                                  "no-flush": {"type": "boolean"}}},
         "read-only": {"type": "boolean"},
-        "driver": {"enum": ["raw"]},
-        "iops": {"type": "integer", "minimum": 1},
+        "read-zeros": {"type": "boolean"},
+        "driver": {"enum": ["raw"], "description": "the image format: only raw"},
+        "backing": {"type": ["string", "null"]},
+        "discard": {"type": "string"},
+        "id": {"type": "string"},
+        "options": {"type": "string"},
     },
+}
+
+BLOCKDEV_DEL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["node-name"],
+    "properties": {"node-name": {"type": "string", "minLength": 1}},
 }
 
 DEVICE_ADD_SCHEMA: dict[str, Any] = {
@@ -51,9 +67,8 @@ DEVICE_ADD_SCHEMA: dict[str, Any] = {
     "properties": {
         "driver": {"const": "virtio-blk-mmio"},
         "id": ITEM_ID_SCHEMA,
-        "addr": {"type": ["string", "integer"]},
-        "bus": {"type": "string"},
-        "drive": {"type": "string", "minLength": 1},
+        "drive": {"type": "string", "minLength": 1,
+                  "description": "the blockdev-add node (default: the id, as v0.3)"},
         "serial": {"type": "string", "maxLength": SERIAL_MAX},
     },
 }

@@ -187,7 +187,6 @@ class NetDevice(VirtioDevice):
         super().__init__(device_id)
         self.tap = tap
         self.mac = mac
-        self.netdev_id: str | None = None      # the -netdev / netdev_add id it serves
         self._loop = loop
         # Offered features are fixed for the device's life: the driver reads them once.
         self._features = offered_features(tap.offloads if tap is not None

@@ -10,6 +10,7 @@ from typing import Any
 from stratovmm.config.model import RuntimeOptions
 from stratovmm.context import BuildContext, VmApi
 from stratovmm.errors import ConfigError, HotplugError
+from stratovmm.hotplug import BackendTable
 from stratovmm.plugin import hookimpl
 from stratovmm.qmp.errors import GenericError
 from stratovmm.registry import (
@@ -21,10 +22,16 @@ from stratovmm.registry import (
     QmpRegistry,
     SeccompRules,
     SubOption,
+    ValueKind,
 )
 from stratovmm_net import tap as tap_mod
 from stratovmm_net.device import NetDevice, generated_mac, parse_mac
-from stratovmm_net.schema import DEVICE_ADD_SCHEMA, NET_SCHEMA, NETDEV_ADD_SCHEMA
+from stratovmm_net.schema import (
+    DEVICE_ADD_SCHEMA,
+    NET_SCHEMA,
+    NETDEV_ADD_SCHEMA,
+    NETDEV_DEL_SCHEMA,
+)
 from stratovmm_net.tap import Tap
 from stratovmm_net.vhost import RUNTIME_IOCTLS, VhostNetDevice, check_vhost, open_vhost_net
 
@@ -43,8 +50,11 @@ NETDEV_OPTION = OptionSpec(
          SubOption("mac", "mac", help="guest MAC; default: a locally administered one"),
          SubOption("iothread", "iothread", help="serve the queues on this -iothread"),
          SubOption("vhost", "vhost_type", values=_VHOST_VALUES,
-                   help="hand the rings to /dev/vhost-net")),
-    metavar="id=ID,netdev=TAP[,mac=MAC][,iothread=ID][,vhost=on|off]",
+                   help="hand the rings to /dev/vhost-net"),
+         SubOption("fds", "tap_fd", ValueKind.INT,
+                   help="an open tap fd inherited from the parent, used instead of opening"
+                        " netdev= by name (as StratoVirt's fds=)")),
+    metavar="id=ID,netdev=TAP[,mac=MAC][,iothread=ID][,vhost=on|off][,fds=FD]",
 )
 
 HOTPLUG_SLOTS = 2     # as StratoVirt reserves for net
@@ -74,28 +84,37 @@ def create_net(ctx: BuildContext, item: dict[str, Any]) -> None:
     loop = ctx.loop_for(iothread)
     vhost = open_vhost_net(f"{option} vhost") if item.get("vhost_type") else None
     try:
-        tap = Tap.open(item["host_dev_name"], f"{option} netdev")
+        tap = (Tap.from_fd(item["tap_fd"], f"{option} fds") if "tap_fd" in item
+               else Tap.open(item["host_dev_name"], f"{option} netdev"))
     except ConfigError:
         if vhost is not None:
             vhost.close()
         raise
     device = (NetDevice(iface, tap, mac, loop) if vhost is None
               else VhostNetDevice(iface, tap, mac, loop, vhost))
-    device.netdev_id = iface
     try:
         ctx.add_virtio_device(device, iothread)
         ctx.add_device(iface, device)
     except ConfigError:
         device.close()
         raise
+    _netdevs(ctx).attach_cold(iface, device)
 
 
 # -- QMP netdev_add and hot-replace (device_add virtio-net-mmio) ---------------------------------
 
 
-def _netdevs(vm: VmApi) -> dict[str, Tap]:
-    """Taps opened by netdev_add, waiting for device_add."""
-    netdevs: dict[str, Tap] = vm.state_for("net").setdefault("netdevs", {})
+# Each netdev holds a tap fd; 64, as for blk's nodes and getfd's named fds.
+MAX_NETDEVS = 64
+
+
+def _netdevs(vm: VmApi) -> BackendTable[Tap]:
+    """This VM's netdevs: taps netdev_add opened, and the cold NICs' (by their id)."""
+    state = vm.state_for("net")
+    netdevs: BackendTable[Tap] | None = state.get("netdevs")
+    if netdevs is None:
+        netdevs = state["netdevs"] = BackendTable("netdev", "netdev_add", "netdev_del",
+                                                  MAX_NETDEVS)
     return netdevs
 
 
@@ -117,40 +136,64 @@ def _open_by_name(vm: VmApi, ifname: str) -> Tap:
     return Tap.open(ifname, option, tun_fd=pool.pop())
 
 
-def _netdev_in_use(vm: VmApi, netdev_id: str) -> bool:
-    return any(isinstance(dev, NetDevice) and dev.netdev_id == netdev_id
-               for _id, dev in vm.devices())
+def _fd_name(fds: str) -> str:
+    """The getfd name in ``fds``: with several (QEMU's ``a:b`` for multiqueue) the last, as
+    v0.3 takes it."""
+    return fds.split(":")[-1]
+
+
+def _wants_vhost(args: dict[str, Any]) -> bool:
+    vhost = args.get("vhost", False)
+    if isinstance(vhost, str):
+        vhost = vhost.lower() in ("on", "true", "yes")
+    return bool(vhost) or "vhostfds" in args
+
+
+def _open_netdev(vm: VmApi, args: dict[str, Any]) -> Tap:
+    if _wants_vhost(args):
+        check_vhost("netdev_add vhost")
+        raise ConfigError("netdev_add vhost: vhost-net serves only -netdev NICs; hot-plugged"
+                          " NICs use the userspace backend (vhost off)")
+    if "ifname" in args:
+        return _open_by_name(vm, args["ifname"])
+    name = _fd_name(args["fds"])
+    fd = vm.take_fd(name)
+    if fd is None:
+        raise ConfigError(f"netdev_add fds: no fd named {name!r} (pass it with getfd first;"
+                          " a bare fd number is not taken)")
+    try:
+        return Tap.from_fd(fd, "netdev_add fds")
+    except ConfigError:
+        os.close(fd)
+        raise
 
 
 def netdev_add(vm: VmApi, args: dict[str, Any]) -> None:
-    """Open a tap (by ``ifname``, or the fd passed with ``getfd`` and named by ``fds``)."""
+    """Open a tap (by ``ifname``, or the fd passed with ``getfd`` and named by ``fds``).
+    v0.3's other arguments (``queues``, ``script``, ``downscript``, ``dnssearch``) are
+    accepted and change nothing: one queue pair, no scripts run."""
     netdev_id = args["id"]
     netdevs = _netdevs(vm)
-    if netdev_id in netdevs or _netdev_in_use(vm, netdev_id):
-        raise GenericError(f"netdev_add: netdev {netdev_id!r} already exists")
+    netdevs.check_new(netdev_id)
     if ("ifname" in args) == ("fds" in args):
         raise GenericError("netdev_add: give exactly one of ifname (a tap name) and fds"
                            " (a fd name from getfd)")
     try:
-        if args.get("vhost"):
-            check_vhost("netdev_add vhost")
-            raise ConfigError("netdev_add vhost: vhost-net serves only -netdev NICs; hot-plugged"
-                              " NICs use the userspace backend (vhost: false)")
-        if "ifname" in args:
-            tap = _open_by_name(vm, args["ifname"])
-        else:
-            fd = vm.take_fd(args["fds"])
-            if fd is None:
-                raise ConfigError(f"netdev_add fds: no fd named {args['fds']!r} (pass it with"
-                                  " getfd first)")
-            try:
-                tap = Tap.from_fd(fd, "netdev_add fds")
-            except ConfigError:
-                os.close(fd)
-                raise
+        tap = _open_netdev(vm, args)
     except ConfigError as exc:
         raise GenericError(str(exc)) from None
-    netdevs[netdev_id] = tap
+    netdevs.add(netdev_id, tap)
+
+
+def netdev_del(vm: VmApi, args: dict[str, Any]) -> None:
+    """Close a netdev no NIC uses (a tap ``device_del`` released is already closed)."""
+    _netdevs(vm).delete(args["id"])
+
+
+def takes_cold(device: Any) -> bool:
+    """A ``-netdev`` NIC goes into a net slot unless vhost serves it (StratoVirt gives a
+    vhost NIC a window of its own)."""
+    return type(device) is NetDevice
 
 
 def placeholder(vm: VmApi, addr: int) -> NetDevice:
@@ -161,20 +204,19 @@ def placeholder(vm: VmApi, addr: int) -> NetDevice:
 
 
 def plug(vm: VmApi, device: Any, args: dict[str, Any]) -> None:
-    """Give the slot the netdev named by ``netdev`` (default: the device ``id``)."""
+    """Give the slot the netdev named by ``netdev`` (default: the device ``id``, as v0.3)."""
     netdev_id = args.get("netdev", args["id"])
     mac = parse_mac(args["mac"], "device_add mac") if "mac" in args else None
-    tap = _netdevs(vm).pop(netdev_id, None)
+    tap = _netdevs(vm).attach(netdev_id, device)
     if tap is None:
         raise HotplugError(f"no netdev {netdev_id!r} (netdev_add it first)", not_found=True)
-    device.netdev_id = netdev_id
     device.attach_tap(tap, mac)
 
 
 def unplug(vm: VmApi, device: Any) -> None:
-    """Take the tap away (closed); the guest sees the link go down."""
+    """Take the tap away (closed, its netdev gone); the guest sees the link go down."""
+    _netdevs(vm).detach(device)
     old = device.detach_tap()
-    device.netdev_id = None
     if old is not None:
         old.close()
 
@@ -187,14 +229,18 @@ def vmm_register_devices(registry: DeviceRegistry) -> None:
     """``-netdev`` and the ``virtio-net-mmio`` hot-replace driver."""
     registry.add_device_type(DeviceType("netdev", NETDEV_OPTION, NET_SCHEMA, create_net))
     registry.add_hotplug_driver(HotplugDriver("virtio-net-mmio", HOTPLUG_SLOTS,
-                                              DEVICE_ADD_SCHEMA, placeholder, plug, unplug))
+                                              DEVICE_ADD_SCHEMA, placeholder, plug, unplug,
+                                              takes_cold))
 
 
 @hookimpl
 def vmm_register_qmp_commands(registry: QmpRegistry) -> None:
-    """``netdev_add``."""
+    """``netdev_add`` and ``netdev_del``."""
     registry.add_command(QmpCommand("netdev_add", netdev_add, NETDEV_ADD_SCHEMA,
-                                    help="open a tap (ifname, or fds from getfd) for device_add"))
+                                    help="open a tap (ifname, or fds from getfd) for device_add"
+                                         f" (at most {MAX_NETDEVS} netdevs)"))
+    registry.add_command(QmpCommand("netdev_del", netdev_del, NETDEV_DEL_SCHEMA,
+                                    help="close a netdev no NIC uses"))
 
 
 @hookimpl
@@ -234,9 +280,7 @@ def vmm_seccomp_rules(rules: SeccompRules) -> None:
 @hookimpl
 def vmm_vm_shutdown(vm: VmApi, reason: str) -> None:
     """Close taps that netdev_add opened and no device_add claimed, and spare tun fds."""
-    for tap in _netdevs(vm).values():
-        tap.close()
-    _netdevs(vm).clear()
+    _netdevs(vm).close()
     pool = _tun_pool(vm)
     while pool:
         os.close(pool.pop())

@@ -23,9 +23,13 @@ NET_SCHEMA: dict[str, Any] = {
         "iothread": {"type": "string", "minLength": 1},
         # StratoVirt: "vhost-kernel"; null (the command line's vhost=off) = no vhost
         "vhost_type": {"enum": ["vhost-kernel", None]},
+        # an open tap fd inherited from the parent (StratoVirt's tap_fd / -netdev fds=)
+        "tap_fd": {"type": "integer", "minimum": 3},
     },
 }
 
+# StratoVirt v0.3's netdev_add arguments (qmp_schema.rs: every value a string); only id,
+# ifname and fds mean something there and here.
 NETDEV_ADD_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -35,9 +39,22 @@ NETDEV_ADD_SCHEMA: dict[str, Any] = {
         "type": {"enum": ["tap"]},
         "ifname": IFNAME_SCHEMA,
         "fds": {"type": "string", "minLength": 1,
-                "description": "name of a tap fd passed before with getfd"},
-        "vhost": {"type": "boolean"},
+                "description": "name of a tap fd passed before with getfd (of a:b:c, the last)"},
+        "vhost": {"type": ["boolean", "string"],
+                  "description": "refused: vhost-net serves only -netdev NICs"},
+        "vhostfds": {"type": "string", "description": "refused, as vhost"},
+        "queues": {"type": ["string", "integer"], "description": "ignored: one queue pair"},
+        "script": {"type": "string"},
+        "downscript": {"type": "string"},
+        "dnssearch": {"type": "string"},
     },
+}
+
+NETDEV_DEL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["id"],
+    "properties": {"id": {"type": "string", "minLength": 1}},
 }
 
 DEVICE_ADD_SCHEMA: dict[str, Any] = {
@@ -47,9 +64,8 @@ DEVICE_ADD_SCHEMA: dict[str, Any] = {
     "properties": {
         "driver": {"const": "virtio-net-mmio"},
         "id": ITEM_ID_SCHEMA,
-        "netdev": {"type": "string", "minLength": 1},
-        "addr": {"type": ["string", "integer"]},
-        "bus": {"type": "string"},
+        "netdev": {"type": "string", "minLength": 1,
+                   "description": "the netdev_add id (default: the id, as v0.3)"},
         "mac": {"type": "string", "minLength": 1,
                 "description": "guest MAC (checked by the plugin, with a readable message)"},
     },

@@ -241,7 +241,7 @@ def test_qmp_netdev_add_and_hot_replace(guests: dict[str, Path], taps: list[str]
                                                         {"id": "hp0", "ifname": taps[1]}))
         assert qmp.command("device_add", {"driver": "virtio-net-mmio", "id": "nic1",
                                           "netdev": "fd0", "addr": "0x1"})["return"] == {}
-        assert "not a reserved slot" in error_of(qmp.command(
+        assert "is not a slot of this VM" in error_of(qmp.command(
             "device_add", {"driver": "virtio-net-mmio", "id": "nic2", "netdev": "fd0",
                            "addr": "0x2"}))
         with pytest.raises(OSError):           # the VMM holds taps[0] now
@@ -249,7 +249,7 @@ def test_qmp_netdev_add_and_hot_replace(guests: dict[str, Path], taps: list[str]
 
         assert qmp.command("device_del", {"id": "nic0"})["return"] == {}
         event = qmp.wait_event("DEVICE_DELETED", 5)
-        assert event["data"] == {"device": "nic0", "path": "/machine/peripheral/nic0"}
+        assert event["data"] == {"device": "nic0", "path": "nic0"}
         os.close(open_tap_fd(taps[0]))         # released: attachable again
         assert qmp.command("netdev_add", {"id": "hp0", "ifname": taps[0]})["return"] == {}
         assert qmp.command("device_add", {"driver": "virtio-net-mmio", "id": "nic0",
@@ -284,3 +284,84 @@ def test_netdev_add_by_name_uses_fds_opened_before_seccomp(guests: dict[str, Pat
         assert qmp.command("quit")["return"] == {}
         assert proc.wait(10) == 0
     os.close(tap_fd)
+
+
+def test_cold_nic_fills_slot_0_and_netdevs_follow_v03(guests: dict[str, Path],
+                                                      taps: list[str], tmp_path: Path) -> None:
+    """As StratoVirt v0.3: the cold NIC is net slot 0 (device_add there is refused) and
+    device_del removes it (DEVICE_DELETED path = id, tap released, netdev_del of it then
+    succeeds once); netdev_add takes v0.3's arguments (type, queues, scripts, the last of
+    several fds names) and refuses vhost; netdev_del closes an unattached netdev and
+    refuses an attached one."""
+    with loop_vm(guests["loop"], tmp_path, "-netdev", f"id=cold,netdev={taps[0]}") as (
+            proc, sock), QmpTestClient(sock) as qmp:
+        assert "occupied by 'cold'" in error_of(qmp.command(
+            "device_add", {"driver": "virtio-net-mmio", "id": "x", "addr": "0x0"}))
+        assert "netdev 'cold' is in use by a device" in error_of(
+            qmp.command("netdev_del", {"id": "cold"}))
+        assert qmp.command("device_del", {"id": "cold"})["return"] == {}
+        assert qmp.wait_event("DEVICE_DELETED", 5)["data"] == {"device": "cold",
+                                                               "path": "cold"}
+        os.close(open_tap_fd(taps[0]))         # released
+        assert qmp.command("netdev_del", {"id": "cold"})["return"] == {}
+        assert "no netdev 'cold'" in error_of(qmp.command("netdev_del", {"id": "cold"}))
+
+        assert qmp.command("netdev_add", {
+            "id": "n1", "ifname": taps[1], "type": "tap", "queues": "1", "script": "no",
+            "downscript": "no", "dnssearch": "example"})["return"] == {}
+        assert qmp.command("netdev_del", {"id": "n1"})["return"] == {}
+        os.close(open_tap_fd(taps[1]))         # closed by netdev_del
+        refusal = ("needs /dev/vhost-net" if not os.path.exists("/dev/vhost-net")
+                   else "vhost-net serves only -netdev NICs")
+        for vhost in ({"vhost": "on"}, {"vhost": True}, {"vhostfds": "v"}):
+            assert refusal in error_of(qmp.command(
+                "netdev_add", {"id": "v", "ifname": taps[1], **vhost}))
+
+        tap_fd = open_tap_fd(taps[1])
+        read_end, write_end = os.pipe()
+        assert qmp.command("getfd", {"fdname": "a"}, fds=[read_end])["return"] == {}
+        assert qmp.command("getfd", {"fdname": "b"}, fds=[tap_fd])["return"] == {}
+        assert qmp.command("netdev_add", {"id": "n2", "fds": "a:b"})["return"] == {}
+        assert qmp.command("closefd", {"fdname": "a"})["return"] == {}    # not taken
+        assert "not found" in error_of(qmp.command("closefd", {"fdname": "b"}))
+        assert qmp.command("device_add", {"driver": "virtio-net-mmio", "id": "nic",
+                                          "netdev": "n2", "addr": "0"})["return"] == {}
+        assert "in use by a device" in error_of(qmp.command("netdev_del", {"id": "n2"}))
+        assert qmp.command("quit")["return"] == {}
+        assert proc.wait(10) == 0
+    for fd in (read_end, write_end, tap_fd):
+        os.close(fd)
+
+
+def test_cold_nic_on_an_inherited_tap_fd(guests: dict[str, Path], taps: list[str],
+                                         tmp_path: Path) -> None:
+    """-netdev ...,fds=N (StratoVirt v0.3) and JSON "tap_fd": the NIC uses the tap fd the
+    parent passed down instead of opening netdev= by name; a fd that is no tap is refused
+    naming the option."""
+    tap_fd = open_tap_fd(taps[0])
+    config = tmp_path / "vm.json"
+    try:
+        argv = [*stratovmm_command(), "-kernel", str(guests["reset"]), "-serial", "stdio",
+                "-netdev", f"id=n0,netdev={taps[0]},fds={tap_fd}"]
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=60, pass_fds=(tap_fd,))
+        assert proc.returncode == 0, proc.stderr
+        config.write_text(json.dumps({"net": [{"iface_id": "n1", "host_dev_name": taps[0],
+                                               "tap_fd": tap_fd}]}))
+        proc = subprocess.run([*argv[:5], "-config", str(config)], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=60, pass_fds=(tap_fd,))
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        os.close(tap_fd)
+    proc = run_vmm(guests["reset"], "-netdev", f"id=n0,netdev={taps[0]},fds=0")
+    assert proc.returncode == 2 and "-netdev fds: 0 is below the minimum 3" in proc.stderr
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.run([*argv[:5], "-netdev", f"id=n0,netdev={taps[0]},fds={read_end}"],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=60, pass_fds=(read_end,))
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert proc.returncode == 2
+    assert "-netdev id=n0 fds: fd is not an attached tun/tap fd" in proc.stderr, proc.stderr

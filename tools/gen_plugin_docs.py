@@ -44,7 +44,7 @@ REGISTRY: Spec = [
     ("stratovmm.plugin", ["check_api_version"]),
 ]
 
-VMAPI: Spec = [("stratovmm.context", [("VmApi", None)])]
+VMAPI: Spec = [("stratovmm.machine.vmapi", [("VmApi", None)])]
 
 DEVICES: Spec = [
     ("stratovmm.virtio.device", [("VirtioDevice", [
@@ -52,16 +52,17 @@ DEVICES: Spec = [
         "on_activate", "on_reset", "close", "handle_queue", "drain", "signal_used",
         "guest_fault", "stats"])]),
     ("stratovmm.virtio.chain", [("DescriptorChain", None), "Descriptor"]),
-    ("stratovmm.bus", [("BusDevice", ["read", "write"])]),
-    ("stratovmm.regdevice", [("RegisterDevice", ["read_register", "write_register", "close",
-                                                 "guest_fault", "stats"])]),
-    ("stratovmm.eventloop", [("EventLoop", ["register", "modify", "unregister", "call_soon",
-                                            "call_later", "in_loop_thread"])]),
-    ("stratovmm.irq", [("IrqLine", None)]),
-    ("stratovmm.vhost", [("VhostBackend", ["open", "request", "set_features", "set_mem_table",
-                                           "set_vring", "vring_base", "close"]),
-                         ("VhostRings", ["offered", "start", "kick", "stop", "close"]),
-                         "vhost_iow"]),
+    ("stratovmm.machine.bus", [("BusDevice", ["read", "write"])]),
+    ("stratovmm.devices.regdevice", [("RegisterDevice", [
+        "read_register", "write_register", "close", "guest_fault", "stats"])]),
+    ("stratovmm.host.eventloop", [("EventLoop", [
+        "register", "modify", "unregister", "call_soon", "call_later", "in_loop_thread"])]),
+    ("stratovmm.machine.irq", [("IrqLine", None)]),
+    ("stratovmm.devices.vhost", [("VhostBackend", ["open", "request", "set_features",
+                                                   "set_mem_table", "set_vring", "vring_base",
+                                                   "close"]),
+                                 ("VhostRings", ["offered", "start", "kick", "stop", "close"]),
+                                 "vhost_iow"]),
 ]
 
 ERRORS: Spec = [

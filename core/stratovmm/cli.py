@@ -10,10 +10,10 @@ from stratovmm.boot.loader import check_boot_files
 from stratovmm.config.core_options import CORE_OPTIONS
 from stratovmm.config.help import render_help
 from stratovmm.config.load import load_config, parse_command_line
-from stratovmm.daemon import check_options
 from stratovmm.errors import ConfigError, HostError, PluginError, StratoVmmError
-from stratovmm.hotplug import register_hotplug_commands
-from stratovmm.logsetup import setup_logging
+from stratovmm.host.daemon import check_options
+from stratovmm.host.logsetup import setup_logging
+from stratovmm.machine.hotplug import register_hotplug_commands
 from stratovmm.plugin import PluginHost
 from stratovmm.qmp.commands import register_core_commands
 from stratovmm.registry import Registry
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         check_options(config.runtime)
         setup_logging(config.runtime.log_path)
         host.check_config(config.document, config.runtime)
-        from stratovmm.runner import run_vm
+        from stratovmm.machine.runner import run_vm
 
         return run_vm(config, host, registry)
     except (ConfigError, PluginError) as exc:

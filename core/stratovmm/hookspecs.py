@@ -29,7 +29,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from stratovmm.config.model import RuntimeOptions
-    from stratovmm.context import VmApi
+    from stratovmm.machine.vmapi import VmApi
     from stratovmm.registry import DeviceRegistry, QmpRegistry, SeccompRules
 
 hookspec = pluggy.HookspecMarker("stratovmm")

@@ -23,7 +23,7 @@ from stratovmm.registry import Registry, SeccompRules
 
 if TYPE_CHECKING:
     from stratovmm.config.model import RuntimeOptions
-    from stratovmm.context import VmApi
+    from stratovmm.machine.vmapi import VmApi
 
 log = logging.getLogger(__name__)
 

@@ -217,7 +217,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stratovmm.context import BuildContext, VmApi
+from stratovmm.machine.vmapi import BuildContext, VmApi
 from stratovmm.plugin import hookimpl
 from stratovmm.registry import (
     DeviceRegistry,

@@ -20,7 +20,7 @@ import jsonschema
 from stratovmm.errors import PluginError
 
 if TYPE_CHECKING:
-    from stratovmm.context import BuildContext, VmApi
+    from stratovmm.machine.vmapi import BuildContext, VmApi
 
 
 class ValueKind(enum.StrEnum):
@@ -266,7 +266,7 @@ class SeccompRules:
 
     Rules combine: a call is allowed when any rule for it holds, and a rule
     only ever allows more.  The core allows a few calls only under conditions
-    (threads-only ``clone``, read-only ``openat``...: ``stratovmm.sandbox``); a
+    (threads-only ``clone``, read-only ``openat``...: ``stratovmm.host.sandbox``); a
     plugin cannot lift those: its ``allow(name)`` of such a call means the
     core's rule (it already covers what a device's own thread, signal or
     read-only open needs), and a plugin that needs more adds a narrow rule with

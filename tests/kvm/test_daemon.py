@@ -21,7 +21,7 @@ from procvm import (
     vmm_command,
 )
 
-from stratovmm.daemon import process_alive
+from stratovmm.host.daemon import process_alive
 
 pytestmark = pytest.mark.usefixtures("kvm_available")
 

@@ -31,7 +31,7 @@ def test_info_level_log_file_gets_the_shutdown_line(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = log.read_text().splitlines()
     assert all(LINE.match(line) for line in lines), lines
-    assert any("stratovmm.machine: VM shutting down: guest-reset" in line for line in lines)
+    assert any("stratovmm.machine.microvm: VM shutting down: guest-reset" in line for line in lines)
     assert proc.stderr == ""
 
 
@@ -39,7 +39,7 @@ def test_stratovirt_variable_sets_the_level(tmp_path: Path) -> None:
     """STRATOVIRT_LOG_LEVEL=debug alone is honoured like STRATOVMM_LOG_LEVEL."""
     log = tmp_path / "vmm.log"
     assert run(["-D", str(log)], STRATOVIRT_LOG_LEVEL="debug").returncode == 0
-    assert " INFO [MainThread] stratovmm.machine: VM shutting down" in log.read_text()
+    assert " INFO [MainThread] stratovmm.machine.microvm: VM shutting down" in log.read_text()
 
 
 def test_default_level_logs_nothing_for_a_clean_run(tmp_path: Path) -> None:
@@ -53,7 +53,7 @@ def test_log_without_path_goes_to_stderr() -> None:
     """-D without a path logs to stderr."""
     proc = run(["-D"], STRATOVMM_LOG_LEVEL="info")
     assert proc.returncode == 0
-    assert "stratovmm.machine: VM shutting down: guest-reset" in proc.stderr
+    assert "stratovmm.machine.microvm: VM shutting down: guest-reset" in proc.stderr
 
 
 def test_bad_level_is_a_clear_error_before_any_vm_starts(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from qmp_vm import VmProcess
 
-from stratovmm.legacy.pvpanic import PVPANIC_PORT, SUPPORTED_EVENTS
+from stratovmm.machine.pvpanic import PVPANIC_PORT, SUPPORTED_EVENTS
 from stratovmm.testing.qmp import QmpTestClient
 from stratovmm.testing.tinyguest import TinyGuestUnavailable, build_pvh_guest
 

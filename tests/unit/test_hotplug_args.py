@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stratovmm.hotplug import BackendTable, device_add_schema, driver_arguments, slot_of
+from stratovmm.machine.hotplug import BackendTable, device_add_schema, driver_arguments, slot_of
 from stratovmm.qmp.errors import GenericError
 from stratovmm.registry import HotplugDriver
 

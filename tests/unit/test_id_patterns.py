@@ -20,7 +20,7 @@ from stratovmm.cli import core_registry
 from stratovmm.config.core_options import ITEM_ID_SCHEMA, whole_string
 from stratovmm.config.schema import assemble
 from stratovmm.errors import ConfigError
-from stratovmm.hotplug import register_hotplug_commands
+from stratovmm.machine.hotplug import register_hotplug_commands
 from stratovmm.plugin import PluginHost
 from stratovmm.qmp.dispatch import Dispatcher, Session
 from stratovmm.qmp.framing import Message

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stratovmm.errors import ConfigError
-from stratovmm.logsetup import TRACE, log_fds, log_level, setup_logging
+from stratovmm.host.logsetup import TRACE, log_fds, log_level, setup_logging
 
 LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) (\w+) \[([^\]]+)\] ([\w.]+): (.*)$")
 
@@ -72,8 +72,8 @@ def test_line_has_time_level_thread_and_module(tmp_path: Path,
     monkeypatch.setenv("STRATOVMM_LOG_LEVEL", "trace")
     path = tmp_path / "vmm.log"
     setup_logging(str(path))
-    logging.getLogger("stratovmm.machine").info("VM shutting down: %s", "guest-reset")
-    worker = threading.Thread(target=lambda: logging.getLogger("stratovmm.vcpu").log(
+    logging.getLogger("stratovmm.machine.microvm").info("VM shutting down: %s", "guest-reset")
+    worker = threading.Thread(target=lambda: logging.getLogger("stratovmm.machine.vcpu").log(
         TRACE, "exit"), name="vcpu0")
     worker.start()
     worker.join()
@@ -82,8 +82,9 @@ def test_line_has_time_level_thread_and_module(tmp_path: Path,
     parsed = [LINE.match(line) for line in lines]
     assert all(parsed), lines
     fields = [m.groups()[1:] for m in parsed if m]
-    assert fields == [("INFO", "MainThread", "stratovmm.machine", "VM shutting down: guest-reset"),
-                      ("TRACE", "vcpu0", "stratovmm.vcpu", "exit"),
+    assert fields == [("INFO", "MainThread", "stratovmm.machine.microvm",
+                       "VM shutting down: guest-reset"),
+                      ("TRACE", "vcpu0", "stratovmm.machine.vcpu", "exit"),
                       ("WARN", "MainThread", "stratovmm.qmp", "throttled")]
 
 

@@ -1,4 +1,4 @@
-"""The hook surface stays honest: every hook in ``core/hookspecs.py`` is documented in the
+"""The hook surface stays honest: every hook in ``core/stratovmm/hookspecs.py`` is documented in the
 one layout (DESIGN.md §2), listed in the lifecycle the module docstring draws, in that
 order, and called by a test that runs the real ``stratovmm``."""
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from stratovmm.config.model import RuntimeOptions
-from stratovmm.daemon import PidFile, check_options, process_alive
 from stratovmm.errors import ConfigError
+from stratovmm.host.daemon import PidFile, check_options, process_alive
 
 
 @pytest.fixture

@@ -18,11 +18,11 @@ from qemu.qmp.models import Greeting
 
 from stratovmm import __version__
 from stratovmm.errors import ConfigError, HostError
-from stratovmm.eventloop import EventLoop
-from stratovmm.events import Event
+from stratovmm.host.eventloop import EventLoop
 from stratovmm.qmp import server as server_module
 from stratovmm.qmp.commands import register_core_commands
 from stratovmm.qmp.dispatch import Dispatcher
+from stratovmm.qmp.events import Event
 from stratovmm.qmp.flowcontrol import LeakyBucket
 from stratovmm.qmp.server import QmpServer
 from stratovmm.registry import QmpCommand, QmpRegistry

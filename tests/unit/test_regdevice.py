@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
-from stratovmm.bus import Bus
-from stratovmm.counters import COMMON_COUNTERS
+from stratovmm.devices.counters import COMMON_COUNTERS
+from stratovmm.devices.regdevice import RegisterDevice
 from stratovmm.errors import GuestError
-from stratovmm.regdevice import RegisterDevice
+from stratovmm.machine.bus import Bus
 
 
 class Counter(RegisterDevice):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from stratovmm import sandbox
 from stratovmm.errors import PluginError
+from stratovmm.host import sandbox
 from stratovmm.registry import SeccompRules
 
 pyseccomp = pytest.importorskip("pyseccomp")
@@ -26,8 +26,8 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ERROR \[(?:\S+ )?
 
 PRELUDE = """
 import ctypes, os, signal, socket, sys, threading, time
-from stratovmm import sandbox
-from stratovmm.logsetup import setup_logging
+from stratovmm.host import sandbox
+from stratovmm.host.logsetup import setup_logging
 setup_logging(None)
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -113,8 +113,8 @@ def test_unknown_syscall_name_is_an_error_naming_the_plugin() -> None:
 def test_reporter_names_table_maps_numbers_to_names() -> None:
     """The SIGSYS reporter's table has each call's name at its number."""
     if not sandbox.reporter_available():
-        pytest.skip("stratovmm._sandbox is not built")
-    from stratovmm._sandbox import lib
+        pytest.skip("stratovmm.host._sandbox is not built")
+    from stratovmm.host._sandbox import lib
 
     table = sandbox.syscall_names()
     width = lib.SVMM_NAME_WIDTH
@@ -193,7 +193,7 @@ def test_forbidden_call_kills_with_a_log_line_naming_it(tmp_path: Path, body: st
                                                         name: str) -> None:
     """A call outside the list (or outside its allowed arguments) is logged and kills."""
     if not sandbox.reporter_available():
-        pytest.skip("stratovmm._sandbox is not built")
+        pytest.skip("stratovmm.host._sandbox is not built")
     proc = run_filtered(body + "\nprint('SURVIVED', flush=True)\n", tmp_path)
     killed_by_sigsys(proc, name)
     assert "SURVIVED" not in proc.stdout
@@ -203,7 +203,7 @@ def test_forbidden_call_kills_with_a_log_line_naming_it(tmp_path: Path, body: st
 def test_ioctl_outside_the_list_kills_and_names_the_request(tmp_path: Path) -> None:
     """ioctl is allowed only for listed requests: FIONREAD kills, and the log gives the request."""
     if not sandbox.reporter_available():
-        pytest.skip("stratovmm._sandbox is not built")
+        pytest.skip("stratovmm.host._sandbox is not built")
     proc = run_filtered("fcntl.ioctl(r, termios.FIONREAD, b'0000')\n", tmp_path,
                         setup="import fcntl, os, termios\nr, w = os.pipe()\n")
     killed_by_sigsys(proc, "ioctl")
@@ -300,7 +300,7 @@ def test_plugin_allowing_a_conditioned_call_by_name_does_not_lift_the_condition(
     """A plugin's bare ``allow("openat", "clone", ...)`` means the core's rule: writing opens,
     forks, replacing the SIGSYS reporter and signalling other processes still kill."""
     if not sandbox.reporter_available():
-        pytest.skip("stratovmm._sandbox is not built")
+        pytest.skip("stratovmm.host._sandbox is not built")
     proc = run_filtered(body + "\nprint('SURVIVED', flush=True)\n", tmp_path,
                         rules=LIFTER_RULES)
     killed_by_sigsys(proc, name)
@@ -313,7 +313,7 @@ def test_blk_with_qmp_opens_existing_images_read_write_but_never_creates_or_trun
     """blk's rule for blockdev-add: O_RDWR (and O_DIRECT...) on an existing file passes; the
     same open with O_CREAT, O_TRUNC or O_WRONLY kills, and the file is left as it was."""
     if not sandbox.reporter_available():
-        pytest.skip("stratovmm._sandbox is not built")
+        pytest.skip("stratovmm.host._sandbox is not built")
     pytest.importorskip("stratovmm_blk")
     (tmp_path / "disk.img").write_bytes(b"data")
     rules = PLUGIN_RULES.format(names=("blk",), qmp=True)
@@ -334,7 +334,7 @@ def test_blk_without_qmp_adds_no_open(tmp_path: Path) -> None:
     """With drives but no -api-channel nothing opens images later: blk's rules leave openat at
     the core's read-only rule."""
     if not sandbox.reporter_available():
-        pytest.skip("stratovmm._sandbox is not built")
+        pytest.skip("stratovmm.host._sandbox is not built")
     pytest.importorskip("stratovmm_blk")
     (tmp_path / "disk.img").write_bytes(b"data")
     proc = run_filtered("os.open('disk.img', os.O_RDWR)\nprint('SURVIVED')\n", tmp_path,
@@ -346,7 +346,7 @@ def test_vsock_makes_unix_stream_sockets_only(tmp_path: Path) -> None:
     """vsock's rule: socket(AF_UNIX, SOCK_STREAM|flags) passes; AF_INET, AF_NETLINK, a unix
     datagram socket and AF_UNIX with high bits set in the family kill."""
     if not sandbox.reporter_available():
-        pytest.skip("stratovmm._sandbox is not built")
+        pytest.skip("stratovmm.host._sandbox is not built")
     pytest.importorskip("stratovmm_vsock")
     rules = PLUGIN_RULES.format(names=("vsock",), qmp=False)
     ok = run_filtered("socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK"

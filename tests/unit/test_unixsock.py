@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stratovmm.unixsock import private_listener
+from stratovmm.host.unixsock import private_listener
 
 
 def test_socket_file_is_0600_under_umask_0(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""The core's vhost-kernel protocol (``stratovmm.vhost``), shared by the net and vsock plugins:
-request numbers as <linux/vhost.h> defines them, and the exact ioctl sequence of opening a
+"""The core's vhost-kernel protocol (``stratovmm.devices.vhost``), shared by the net and vsock
+plugins: request numbers as <linux/vhost.h> defines them, and the exact ioctl sequence of opening a
 vhost device, handing a device's rings over at DRIVER_OK and taking them back on reset.
 
 This host has no /dev/vhost-* device, so the sequence is recorded, not sent: the "device"
@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from stratovmm import vhost
+from stratovmm.devices import vhost
+from stratovmm.devices.vhost import VhostBackend, VhostRings
 from stratovmm.errors import ConfigError
-from stratovmm.eventloop import EventLoop
+from stratovmm.host.eventloop import EventLoop
 from stratovmm.testing.harness import DeviceHarness
-from stratovmm.vhost import VhostBackend, VhostRings
 from stratovmm.virtio import constants as c
 from stratovmm.virtio.device import VirtioDevice
 

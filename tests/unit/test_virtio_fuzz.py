@@ -16,7 +16,7 @@ from collections.abc import Callable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stratovmm.eventloop import EventLoop
+from stratovmm.host.eventloop import EventLoop
 from stratovmm.memory import GuestMemory
 from stratovmm.virtio.device import VirtioDevice
 from stratovmm.virtio.queue import QueueConfig, SplitQueue

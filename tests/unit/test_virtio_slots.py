@@ -13,13 +13,13 @@ import pytest
 
 from stratovmm.boot import layout
 from stratovmm.boot.cmdline import Cmdline
-from stratovmm.bus import Bus
 from stratovmm.errors import ConfigError, HotplugError
-from stratovmm.eventloop import EventLoop
+from stratovmm.host.eventloop import EventLoop
+from stratovmm.machine.bus import Bus
+from stratovmm.machine.slots import VirtioSlots
 from stratovmm.registry import HotplugDriver
 from stratovmm.testing.memory import BytearrayGuestMemory
 from stratovmm.virtio.device import VirtioDevice
-from stratovmm.virtio.slots import VirtioSlots
 
 
 class Disk(VirtioDevice):

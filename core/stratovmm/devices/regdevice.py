@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 
-from stratovmm.counters import DeviceCounters
+from stratovmm.devices.counters import DeviceCounters
 from stratovmm.errors import GuestError
 
 

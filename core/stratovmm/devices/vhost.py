@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from stratovmm.errors import ConfigError
-from stratovmm.eventloop import EPOLLIN, EventLoop
+from stratovmm.host.eventloop import EPOLLIN, EventLoop
 from stratovmm.memory import Region
 from stratovmm.virtio.device import VirtioDevice
 

@@ -1,4 +1,4 @@
-"""cffi (API mode) builder for the seccomp SIGSYS reporter, ``stratovmm._sandbox``.
+"""cffi (API mode) builder for the seccomp SIGSYS reporter, ``stratovmm.host._sandbox``.
 
 The filter's default action is ``SECCOMP_RET_TRAP``: the kernel does not run
 the forbidden system call and sends the thread ``SIGSYS`` with the call's
@@ -148,7 +148,7 @@ static void svmm_on_sigsys(int sig, siginfo_t *info, void *ucontext)
     n = svmm_put_comm(line, n, cap);
     n = svmm_put(line, n, cap, "tid ");
     n = svmm_put_uint(line, n, cap, (unsigned long)syscall(SYS_gettid), 0, 10);
-    n = svmm_put(line, n, cap, "] stratovmm.sandbox: seccomp: forbidden system call ");
+    n = svmm_put(line, n, cap, "] stratovmm.host.sandbox: seccomp: forbidden system call ");
     if (nr >= 0 && nr < SVMM_NAME_COUNT && svmm_names[nr][0])
         n = svmm_put(line, n, cap, svmm_names[nr]);
     else
@@ -203,7 +203,7 @@ int svmm_install_sigsys(const int *fds, int nfds, const char *names, long utc_of
 }
 """
 
-ffibuilder.set_source("stratovmm._sandbox", _SOURCE, py_limited_api=True)
+ffibuilder.set_source("stratovmm.host._sandbox", _SOURCE, py_limited_api=True)
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

@@ -169,7 +169,7 @@ class IoThread(EventLoop):
         self._thread.start()
 
     def _main(self) -> None:
-        from stratovmm.threadname import set_native_name
+        from stratovmm.host.threadname import set_native_name
 
         set_native_name(f"io-{self.name}")
         self.run()

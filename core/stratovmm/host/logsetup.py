@@ -4,7 +4,7 @@ Levels trace, debug, info, warn, error (default error); ``STRATOVIRT_LOG_LEVEL``
 is read when ``STRATOVMM_LOG_LEVEL`` is not set.  One line per event with the
 time, the thread and the module::
 
-    2026-11-26 07:20:18.366 INFO [MainThread] stratovmm.machine: VM shutting down: ...
+    2026-11-26 07:20:18.366 INFO [MainThread] stratovmm.machine.microvm: VM shutting down: ...
 
 "One line" is kept even for tracebacks and for messages that quote guest or
 client data: every control character inside an event is written as a visible

@@ -17,7 +17,7 @@ lift a core condition.
 
 A forbidden call is never run.  The filter's default action is
 ``SECCOMP_RET_TRAP``; the ``SIGSYS`` handler, a few lines of C in
-``stratovmm._sandbox`` (see ``_sandbox_build.py``), writes one log line naming
+``stratovmm.host._sandbox`` (see ``_sandbox_build.py``), writes one log line naming
 the call to stderr and the ``-D`` log file and then ends the process with
 ``SIGSYS``.  Without that extension the default action is
 ``SECCOMP_RET_KILL_PROCESS`` with ``SECCOMP_FILTER_FLAG_LOG``, and the kernel
@@ -51,8 +51,8 @@ from typing import Any
 
 from stratovmm.config.model import VmConfig
 from stratovmm.errors import HostError, PluginError
+from stratovmm.host.logsetup import log_fds
 from stratovmm.kvm._kvm import lib as kvm
-from stratovmm.logsetup import log_fds
 from stratovmm.plugin import PluginHost
 from stratovmm.registry import ArgCondition, Registry, SeccompRules
 
@@ -243,7 +243,7 @@ def syscall_names() -> bytes:
     """The table the SIGSYS reporter prints names from: one NUL-padded slot per number."""
     import pyseccomp
 
-    from stratovmm._sandbox import lib as sb
+    from stratovmm.host._sandbox import lib as sb
 
     table = bytearray(sb.SVMM_NAME_COUNT * sb.SVMM_NAME_WIDTH)
     for number in range(sb.SVMM_NAME_COUNT):
@@ -258,8 +258,8 @@ def syscall_names() -> bytes:
 
 
 def _install_reporter() -> None:
-    from stratovmm._sandbox import ffi
-    from stratovmm._sandbox import lib as sb
+    from stratovmm.host._sandbox import ffi
+    from stratovmm.host._sandbox import lib as sb
 
     fds = sorted({2, *log_fds()})[: sb.SVMM_MAX_FDS]
     offset = time.localtime().tm_gmtoff
@@ -268,9 +268,9 @@ def _install_reporter() -> None:
 
 
 def reporter_available() -> bool:
-    """True when the C SIGSYS reporter (``stratovmm._sandbox``) is built."""
+    """True when the C SIGSYS reporter (``stratovmm.host._sandbox``) is built."""
     try:
-        import stratovmm._sandbox  # noqa: F401
+        import stratovmm.host._sandbox  # noqa: F401
     except ImportError:
         return False
     return True
@@ -316,7 +316,7 @@ def prepare(config: VmConfig, host: PluginHost, registry: Registry) -> Sandbox |
     rules = collect_rules(host, registry, idle_plugins(registry, config))
     reporter = reporter_available()
     if not reporter:
-        log.warning("stratovmm._sandbox is not built: forbidden system calls will be named"
+        log.warning("stratovmm.host._sandbox is not built: forbidden system calls will be named"
                     " only in the kernel log")
     return Sandbox(rules, build_filter(rules, reporter), reporter)
 

@@ -1,1 +1,10 @@
-"""Legacy devices the core itself needs (the i8042 reset line, the pvpanic port)."""
+"""The machine: ``MicroVm`` and what it owns.
+
+``microvm`` (the machine and its state machine), ``vcpu`` (vCPU threads),
+``vmapi`` (``VmApi``/``BuildContext``: the view of the machine plugins get),
+``bus`` (PIO and MMIO address decoding), ``irq`` (interrupt lines),
+``slots`` (the virtio-mmio windows and their IRQs), ``hotplug`` (QMP
+``device_add``/``device_del`` through those slots), ``runner`` (build from a
+config and run to the end), and the machine's own legacy devices ``i8042``
+(the reset line) and ``pvpanic``.
+"""

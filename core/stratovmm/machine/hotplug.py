@@ -25,7 +25,7 @@ from stratovmm.qmp.errors import DeviceNotFound, GenericError
 from stratovmm.registry import QmpCommand
 
 if TYPE_CHECKING:
-    from stratovmm.context import VmApi
+    from stratovmm.machine.vmapi import VmApi
     from stratovmm.registry import HotplugDriver, QmpRegistry
 
 log = logging.getLogger(__name__)

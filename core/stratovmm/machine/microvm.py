@@ -27,21 +27,21 @@ from typing import Any
 from stratovmm.boot import cpu, layout
 from stratovmm.boot.cmdline import Cmdline
 from stratovmm.boot.loader import load_kernel
-from stratovmm.bus import Bus
 from stratovmm.config.model import VmConfig
-from stratovmm.context import VmApi
 from stratovmm.errors import ConfigError, HostError
-from stratovmm.eventloop import EventLoop, IoThread
-from stratovmm.events import EventBus
-from stratovmm.irq import IrqLine
+from stratovmm.host.eventloop import EventLoop, IoThread
 from stratovmm.kvm import Kvm
 from stratovmm.kvm._kvm import lib
-from stratovmm.legacy.i8042 import I8042, PORT_BASE, PORT_LENGTH
-from stratovmm.legacy.pvpanic import PVPANIC_LENGTH, PVPANIC_PORT, PvPanic
+from stratovmm.machine.bus import Bus
+from stratovmm.machine.i8042 import I8042, PORT_BASE, PORT_LENGTH
+from stratovmm.machine.irq import IrqLine
+from stratovmm.machine.pvpanic import PVPANIC_LENGTH, PVPANIC_PORT, PvPanic
+from stratovmm.machine.vcpu import StopReason, Vcpu, install_kick_handler
+from stratovmm.machine.vmapi import VmApi
 from stratovmm.memory import HostGuestMemory, MemoryOptions
 from stratovmm.plugin import PluginHost
+from stratovmm.qmp.events import EventBus
 from stratovmm.registry import Registry
-from stratovmm.vcpu import StopReason, Vcpu, install_kick_handler
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class MicroVm:
         self.pio.insert(I8042(self._guest_reset), PORT_BASE, PORT_LENGTH, "i8042")
         self.pio.insert(PvPanic(self._guest_panic), PVPANIC_PORT, PVPANIC_LENGTH, "pvpanic")
         self.api = VmApi(self)
-        from stratovmm.virtio.slots import VirtioSlots
+        from stratovmm.machine.slots import VirtioSlots
 
         self.virtio = VirtioSlots(self)
 
@@ -134,7 +134,7 @@ class MicroVm:
     def build_devices(self) -> None:
         """Create every cold-plugged device through its registered factory.  With a QMP
         socket the hot-replace slots are reserved first, so cold drives and NICs fill them
-        from address 0, as in StratoVirt (``stratovmm.virtio.slots``)."""
+        from address 0, as in StratoVirt (``stratovmm.machine.slots``)."""
         self.virtio.use_drivers(self.registry.devices.hotplug_drivers.values(),
                                 reserve=self.config.runtime.api_channel is not None)
         for device_type in self.registry.devices.device_types.values():

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 
-from stratovmm import daemon, sandbox
 from stratovmm.config.model import VmConfig
-from stratovmm.machine import MicroVm
+from stratovmm.host import daemon, sandbox
+from stratovmm.machine.microvm import MicroVm
 from stratovmm.plugin import PluginHost
 from stratovmm.registry import Registry
 

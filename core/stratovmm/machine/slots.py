@@ -33,16 +33,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from stratovmm.boot import layout
 from stratovmm.errors import ConfigError, HotplugError
-from stratovmm.eventloop import EventLoop
+from stratovmm.host.eventloop import EventLoop
 from stratovmm.registry import HotplugDriver
 from stratovmm.virtio.device import VirtioDevice
 from stratovmm.virtio.mmio import VirtioMmioTransport
 
 if TYPE_CHECKING:
     from stratovmm.boot.cmdline import Cmdline
-    from stratovmm.bus import Bus
-    from stratovmm.irq import IrqLine
     from stratovmm.kvm.fds import VmFd
+    from stratovmm.machine.bus import Bus
+    from stratovmm.machine.irq import IrqLine
     from stratovmm.memory import GuestMemoryProtocol
 
 log = logging.getLogger(__name__)

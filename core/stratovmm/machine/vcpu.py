@@ -22,11 +22,11 @@ from typing import Protocol
 
 from stratovmm.boot import cpu
 from stratovmm.boot.loader import BootEntry
-from stratovmm.bus import Bus
 from stratovmm.errors import KvmError
+from stratovmm.host.threadname import set_native_name
 from stratovmm.kvm import exits
 from stratovmm.kvm.fds import CpuidEntry, VcpuFd
-from stratovmm.threadname import set_native_name
+from stratovmm.machine.bus import Bus
 
 log = logging.getLogger(__name__)
 

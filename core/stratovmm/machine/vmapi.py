@@ -14,14 +14,14 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from stratovmm.bus import BusDevice
 from stratovmm.errors import ConfigError, HostError
-from stratovmm.eventloop import EventLoop
-from stratovmm.irq import IrqLine
+from stratovmm.host.eventloop import EventLoop
+from stratovmm.machine.bus import BusDevice
+from stratovmm.machine.irq import IrqLine
 
 if TYPE_CHECKING:
     from stratovmm.boot.cmdline import Cmdline
-    from stratovmm.machine import MicroVm
+    from stratovmm.machine.microvm import MicroVm
     from stratovmm.memory import GuestMemory
     from stratovmm.registry import HotplugDriver
 

@@ -22,7 +22,7 @@ from stratovmm.qmp.stats import register_stats_commands
 from stratovmm.registry import QmpCommand
 
 if TYPE_CHECKING:
-    from stratovmm.context import VmApi
+    from stratovmm.machine.vmapi import VmApi
     from stratovmm.registry import QmpRegistry
 
 PACKAGE = f"StratoVMM-{__version__}"

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from stratovmm.registry import QmpCommand
 
 if TYPE_CHECKING:
-    from stratovmm.context import VmApi
+    from stratovmm.machine.vmapi import VmApi
     from stratovmm.registry import QmpRegistry
 
 CPU_TYPE = "host-x86-cpu"

@@ -32,7 +32,7 @@ from stratovmm.qmp.flowcontrol import LeakyBucket
 from stratovmm.qmp.framing import BadInput, Frame
 
 if TYPE_CHECKING:
-    from stratovmm.context import VmApi
+    from stratovmm.machine.vmapi import VmApi
     from stratovmm.registry import QmpCommand, QmpRegistry
 
 log = logging.getLogger(__name__)

@@ -40,16 +40,16 @@ import time
 from typing import TYPE_CHECKING
 
 from stratovmm.errors import ConfigError, HostError
-from stratovmm.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
-from stratovmm.events import Event
+from stratovmm.host.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
+from stratovmm.host.unixsock import private_listener
 from stratovmm.qmp.commands import version_info
 from stratovmm.qmp.dispatch import MAX_RECEIVED_FDS, Dispatcher, Session, encode_line
+from stratovmm.qmp.events import Event
 from stratovmm.qmp.flowcontrol import LeakyBucket
 from stratovmm.qmp.framing import Frame, JsonStreamSplitter
-from stratovmm.unixsock import private_listener
 
 if TYPE_CHECKING:
-    from stratovmm.machine import MicroVm
+    from stratovmm.machine.microvm import MicroVm
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from stratovmm.eventloop import EventLoop
+from stratovmm.host.eventloop import EventLoop
 from stratovmm.testing.memory import BytearrayGuestMemory
 from stratovmm.testing.virtqueue import MockSplitQueue
 from stratovmm.virtio import constants as c

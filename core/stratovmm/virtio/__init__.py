@@ -3,6 +3,6 @@
 Modules: ``constants`` (spec numbers), ``chain`` (descriptor walk with every
 check of virtio 1.2 §2.7), ``queue`` (the split ring, pure, over a
 ``GuestMemoryProtocol``), ``device`` (``VirtioDevice`` base for plugins),
-``mmio`` (the virtio-mmio v2 transport, §4.2.2), ``slots`` (windows, IRQs,
-cmdline announcement, hot-replace slots).
+``mmio`` (the virtio-mmio v2 transport, §4.2.2).  The machine places
+transports in its windows (``stratovmm.machine.slots``).
 """

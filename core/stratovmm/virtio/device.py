@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from stratovmm.counters import DeviceCounters
+from stratovmm.devices.counters import DeviceCounters
 from stratovmm.errors import GuestError
 from stratovmm.memory import GuestMemoryProtocol
 from stratovmm.virtio.chain import DescriptorChain

@@ -19,9 +19,9 @@ import struct
 import threading
 from collections.abc import Callable
 
-from stratovmm.eventloop import EPOLLIN, EventLoop
-from stratovmm.irq import IrqLine
+from stratovmm.host.eventloop import EPOLLIN, EventLoop
 from stratovmm.kvm.fds import VmFd
+from stratovmm.machine.irq import IrqLine
 from stratovmm.memory import GuestMemoryProtocol
 from stratovmm.virtio import constants as c
 from stratovmm.virtio.device import VirtioDevice

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from stratovmm.context import BuildContext, VmApi
 from stratovmm.errors import ConfigError
+from stratovmm.machine.vmapi import BuildContext, VmApi
 from stratovmm.plugin import hookimpl
 from stratovmm.qmp.errors import DeviceNotFound
 from stratovmm.registry import (

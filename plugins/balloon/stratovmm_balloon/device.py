@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 
 from stratovmm.errors import GuestMemoryError
-from stratovmm.eventloop import EventLoop
+from stratovmm.host.eventloop import EventLoop
 from stratovmm.memory import GuestMemory, Region
 from stratovmm.virtio.chain import DescriptorChain
 from stratovmm.virtio.constants import ID_BALLOON

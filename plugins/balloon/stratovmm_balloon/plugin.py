@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stratovmm.context import BuildContext, VmApi
+from stratovmm.machine.vmapi import BuildContext, VmApi
 from stratovmm.plugin import hookimpl
 from stratovmm.qmp.errors import DeviceNotActive
 from stratovmm.registry import (

@@ -17,7 +17,7 @@ from stratovmm_balloon.device import (
     page_runs,
 )
 
-from stratovmm.eventloop import EventLoop
+from stratovmm.host.eventloop import EventLoop
 from stratovmm.memory import Region
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer

@@ -15,7 +15,7 @@ from stratovmm_balloon.device import PAGE_SIZE, BalloonDevice
 from stratovmm import cli
 from stratovmm.config.load import load_config
 from stratovmm.errors import ConfigError
-from stratovmm.eventloop import EventLoop
+from stratovmm.host.eventloop import EventLoop
 from stratovmm.plugin import PluginHost
 from stratovmm.qmp.dispatch import Dispatcher, Session
 from stratovmm.registry import Registry

@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import struct
 
-from stratovmm.eventloop import EventLoop, Timer
+from stratovmm.devices.ratelimit import TokenBucket
+from stratovmm.host.eventloop import EventLoop, Timer
 from stratovmm.memory import GuestMemoryProtocol
-from stratovmm.ratelimit import TokenBucket
 from stratovmm.virtio.chain import DescriptorChain
 from stratovmm.virtio.constants import ID_BLOCK
 from stratovmm.virtio.device import VirtioDevice

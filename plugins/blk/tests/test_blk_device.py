@@ -22,7 +22,7 @@ from stratovmm_blk.device import (
 )
 
 from stratovmm.errors import ConfigError
-from stratovmm.eventloop import EventLoop
+from stratovmm.host.eventloop import EventLoop
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
 

@@ -38,8 +38,8 @@ import stat
 from collections.abc import Callable, Sequence
 
 from stratovmm.errors import ConfigError
-from stratovmm.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Timer
-from stratovmm.unixsock import private_listener
+from stratovmm.host.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Timer
+from stratovmm.host.unixsock import private_listener
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import termios
 from typing import Any
 
 from stratovmm.config.model import RuntimeOptions
-from stratovmm.context import BuildContext
 from stratovmm.errors import ConfigError
+from stratovmm.machine.vmapi import BuildContext
 from stratovmm.plugin import hookimpl
 from stratovmm.registry import (
     DeviceRegistry,

@@ -23,7 +23,7 @@ from stratovmm_console.device import (
 )
 
 from stratovmm.errors import ConfigError
-from stratovmm.eventloop import EventLoop
+from stratovmm.host.eventloop import EventLoop
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer, MockSplitQueue
 from stratovmm.virtio import constants as c

@@ -33,7 +33,7 @@ import struct
 from dataclasses import dataclass, field
 
 from stratovmm.errors import ConfigError
-from stratovmm.eventloop import EPOLLIN, EventLoop, Timer
+from stratovmm.host.eventloop import EPOLLIN, EventLoop, Timer
 from stratovmm.virtio.chain import DescriptorChain
 from stratovmm.virtio.constants import ID_NET
 from stratovmm.virtio.device import VirtioDevice

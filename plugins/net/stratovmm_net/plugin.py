@@ -8,9 +8,9 @@ import os
 from typing import Any
 
 from stratovmm.config.model import RuntimeOptions
-from stratovmm.context import BuildContext, VmApi
 from stratovmm.errors import ConfigError, HotplugError
-from stratovmm.hotplug import BackendTable
+from stratovmm.machine.hotplug import BackendTable
+from stratovmm.machine.vmapi import BuildContext, VmApi
 from stratovmm.plugin import hookimpl
 from stratovmm.qmp.errors import GenericError
 from stratovmm.registry import (

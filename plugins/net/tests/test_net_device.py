@@ -46,7 +46,7 @@ from stratovmm_net.tap import (
 )
 
 from stratovmm.errors import ConfigError
-from stratovmm.eventloop import EventLoop
+from stratovmm.host.eventloop import EventLoop
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
 from stratovmm.virtio import constants as c

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import os
 
-from stratovmm.eventloop import EventLoop, Timer
-from stratovmm.ratelimit import TokenBucket
+from stratovmm.devices.ratelimit import TokenBucket
+from stratovmm.host.eventloop import EventLoop, Timer
 from stratovmm.virtio.chain import DescriptorChain
 from stratovmm.virtio.constants import ID_RNG
 from stratovmm.virtio.device import VirtioDevice

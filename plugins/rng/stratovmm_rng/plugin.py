@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from stratovmm.context import BuildContext
 from stratovmm.errors import ConfigError
+from stratovmm.machine.vmapi import BuildContext
 from stratovmm.plugin import hookimpl
 from stratovmm.registry import (
     DeviceRegistry,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stratovmm.context import BuildContext
 from stratovmm.errors import ConfigError
+from stratovmm.machine.vmapi import BuildContext
 from stratovmm.plugin import hookimpl
 from stratovmm.registry import DeviceRegistry, DeviceType, OptionSpec, SeccompRules, SubOption
 from stratovmm_serial.device import Uart16550

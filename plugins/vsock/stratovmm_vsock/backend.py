@@ -32,8 +32,8 @@ import stat
 from collections.abc import Callable
 from typing import Protocol
 
-from stratovmm.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Timer
-from stratovmm.unixsock import private_listener
+from stratovmm.host.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Timer
+from stratovmm.host.unixsock import private_listener
 from stratovmm_vsock.connection import Connection, ProtocolViolation, State
 from stratovmm_vsock.packet import (
     HOST_CID,

@@ -28,7 +28,7 @@ import enum
 import socket
 
 from stratovmm.errors import GuestError
-from stratovmm.eventloop import EPOLLIN, EPOLLOUT, Timer
+from stratovmm.host.eventloop import EPOLLIN, EPOLLOUT, Timer
 from stratovmm_vsock.packet import (
     HOST_CID,
     MAX_PAYLOAD,

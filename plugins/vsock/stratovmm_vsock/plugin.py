@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from stratovmm.config.model import RuntimeOptions
-from stratovmm.context import BuildContext
 from stratovmm.errors import ConfigError
+from stratovmm.machine.vmapi import BuildContext
 from stratovmm.plugin import hookimpl
 from stratovmm.registry import (
     ArgCondition,

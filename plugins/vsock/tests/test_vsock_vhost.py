@@ -27,9 +27,9 @@ from stratovmm_vsock.vhost import (
     open_vhost_vsock,
 )
 
-from stratovmm import vhost
+from stratovmm.devices import vhost
 from stratovmm.errors import ConfigError
-from stratovmm.eventloop import EventLoop
+from stratovmm.host.eventloop import EventLoop
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.virtio import constants as c
 

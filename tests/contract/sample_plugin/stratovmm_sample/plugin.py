@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stratovmm.context import BuildContext
+from stratovmm.machine.vmapi import BuildContext
 from stratovmm.plugin import hookimpl
 from stratovmm.registry import DeviceRegistry, DeviceType, OptionSpec, SubOption, ValueKind
 from stratovmm_sample.device import SampleDevice

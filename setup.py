@@ -3,4 +3,5 @@ seccomp SIGSYS reporter is a small C signal handler."""
 
 from setuptools import setup
 
-setup(cffi_modules=["core/kvm/_build.py:ffibuilder", "core/_sandbox_build.py:ffibuilder"])
+setup(cffi_modules=["core/stratovmm/kvm/_build.py:ffibuilder",
+                     "core/stratovmm/host/_sandbox_build.py:ffibuilder"])

@@ -27,7 +27,7 @@ from procvm import (
 pytestmark = pytest.mark.usefixtures("kvm_available")
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ERROR \[(?:\S+ )?tid \d+\]"
-                      r" stratovmm\.sandbox: seccomp: forbidden system call (\S+) \(\d+\)"
+                      r" stratovmm\.host\.sandbox: seccomp: forbidden system call (\S+) \(\d+\)"
                       r".*; killing the process$", re.M)
 
 # trigger -> the system call the filter stops

@@ -22,7 +22,8 @@ from stratovmm.registry import SeccompRules
 pyseccomp = pytest.importorskip("pyseccomp")
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ERROR \[(?:\S+ )?tid \d+\]"
-                      r" stratovmm\.sandbox: seccomp: forbidden system call (\S+) \((\d+)\)", re.M)
+                      r" stratovmm\.host\.sandbox: seccomp: forbidden system call (\S+) \((\d+)\)",
+                      re.M)
 
 PRELUDE = """
 import ctypes, os, signal, socket, sys, threading, time

@@ -26,7 +26,7 @@ fi
 
 if [ ! -x "$VENV/bin/stratovmm-guest" ]; then
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet . plugins/*/
+    "$VENV/bin/pip" install --quiet . plugins/*/ ./guest
 fi
 
 if [ -z "${STRATOVMM_GUEST_DIR:-}" ]; then

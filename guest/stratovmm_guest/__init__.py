@@ -2,13 +2,8 @@
 
 Users without a prebuilt guest (``$STRATOVMM_GUEST_DIR``) get one here:
 ``kernel`` builds linux-source-6.1 with the config shipped in
-``stratovmm/guest``, ``images`` the busybox initramfs and ext4 disks,
+``stratovmm_guest/data``, ``images`` the busybox initramfs and ext4 disks,
 ``cpio`` writes the initramfs deterministically, ``deps`` knows the Debian
-packages, ``cli`` ties the stages together with caching.
+packages, ``cli`` ties the stages together with caching.  It is a
+distribution of its own (``stratovmm-guest``): the VMM never imports it.
 """
-
-from __future__ import annotations
-
-from stratovmm.guestbuild.cli import main
-
-__all__ = ["main"]

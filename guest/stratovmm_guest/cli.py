@@ -22,11 +22,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from stratovmm.guestbuild import deps
-from stratovmm.guestbuild.common import BuildError, log
-from stratovmm.guestbuild.images import build_disks, build_initramfs
-from stratovmm.guestbuild.kernel import KernelOptions, build_kernel
 from stratovmm.testing.guest import HOST_APPEND, HOST_CPU, boot_args, stratovmm_command
+from stratovmm_guest import deps
+from stratovmm_guest.common import BuildError, log
+from stratovmm_guest.images import build_disks, build_initramfs
+from stratovmm_guest.kernel import KernelOptions, build_kernel
 
 STAGES = ("deps", "kernel", "initramfs", "disks")
 # What ``path`` and ``demo`` need; the disks are optional extras.

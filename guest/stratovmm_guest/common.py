@@ -60,17 +60,17 @@ def run(argv: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None,
 
 
 def shipped(name: str) -> bytes:
-    """A build input shipped in the package (``stratovmm/guest/NAME``).
+    """A build input shipped in the package (``stratovmm_guest/data/NAME``).
 
     Read through importlib.resources so it works from a wheel as well as
     from the editable checkout.
     """
-    return resources.files("stratovmm").joinpath("guest", name).read_bytes()
+    return resources.files("stratovmm_guest").joinpath("data", name).read_bytes()
 
 
 def shipped_patches() -> list[tuple[str, bytes]]:
     """The kernel patches in apply order (their names start with a sequence number)."""
-    folder = resources.files("stratovmm").joinpath("guest", "patches")
+    folder = resources.files("stratovmm_guest").joinpath("data", "patches")
     found = [(e.name, e.read_bytes()) for e in folder.iterdir() if e.name.endswith(".patch")]
     return sorted(found)
 

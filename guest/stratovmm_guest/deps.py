@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from stratovmm.guestbuild.common import BuildError, log, run
+from stratovmm_guest.common import BuildError, log, run
 
 STAGE_PACKAGES: dict[str, tuple[str, ...]] = {
     "kernel": ("linux-source-6.1", "build-essential", "bc", "bison", "flex", "libelf-dev",

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from stratovmm.guestbuild.common import (
+from stratovmm_guest.common import (
     BuildError,
     Stamp,
     digest,
@@ -26,7 +26,7 @@ from stratovmm.guestbuild.common import (
     tree_digest,
     write_if_changed,
 )
-from stratovmm.guestbuild.cpio import CONSOLE_NODES, gzipped, newc_archive
+from stratovmm_guest.cpio import CONSOLE_NODES, gzipped, newc_archive
 
 BUSYBOX = Path("/bin/busybox")
 FIO = Path("/usr/bin/fio")

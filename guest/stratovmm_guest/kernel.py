@@ -7,7 +7,7 @@ through ACPI, which a microVM without firmware does not have.  The shipped
 ``make allnoconfig KCONFIG_ALLCONFIG=microvm.fragment`` (``--from-fragment``
 redoes that); the fragment's comments say why each boot-time option is there.
 
-The two patches under ``guest/patches`` are the kvm-pvm workarounds (see the
+The two patches under ``data/patches`` are the kvm-pvm workarounds (see the
 guest README): they only act when ``no_int3_selftest`` / ``pvm_quirks`` are on
 the kernel command line, so the patched kernel is also fine on VMX/SVM hosts.
 ``--no-pvm-patches`` builds the plain kernel; switching between the two in the
@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from stratovmm.guestbuild.common import (
+from stratovmm_guest.common import (
     BuildError,
     Stamp,
     digest,

@@ -11,11 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from stratovmm_guest import deps, images, kernel
+from stratovmm_guest.cli import DEMO_CMD, main
+from stratovmm_guest.common import BuildError, Stamp, shipped, shipped_patches
+from stratovmm_guest.cpio import CONSOLE_NODES, DeviceNode, gzipped, newc_archive
 
-from stratovmm.guestbuild import deps, images, kernel
-from stratovmm.guestbuild.cli import DEMO_CMD, main
-from stratovmm.guestbuild.common import BuildError, Stamp, shipped, shipped_patches
-from stratovmm.guestbuild.cpio import CONSOLE_NODES, DeviceNode, gzipped, newc_archive
 from stratovmm.testing.guest import HOST_APPEND, cmd_arg
 
 

@@ -1,6 +1,6 @@
 """The style rules the project holds itself to: ``ruff`` clean everywhere and ``mypy
---strict`` clean for the core and every shipped plugin (the ``dev`` extra installs both;
-CI does).  Skipped when the tools are not installed."""
+--strict`` clean for the core, every shipped plugin and the guest builder (the ``dev`` extra
+installs both; CI does).  Skipped when the tools are not installed."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-LINTED = ("core", "plugins", "tests", "examples", "bench", "tools")
+LINTED = ("core", "plugins", "guest", "tests", "examples", "bench", "tools")
 
 
 def tool(module: str) -> None:
@@ -33,10 +33,11 @@ def test_ruff_is_clean() -> None:
 
 
 def test_mypy_strict_is_clean() -> None:
-    """mypy --strict (pyproject's settings) passes for the core and each plugin package."""
+    """mypy --strict (pyproject's settings) passes for the core, each plugin package and the
+    guest builder."""
     tool("mypy")
     plugins = sorted(str(p.parent) for p in REPO.glob("plugins/*/stratovmm_*/plugin.py"))
     assert len(plugins) == 7
-    for target in (["-p", "stratovmm"], plugins):
+    for target in (["-p", "stratovmm"], [*plugins, "guest/stratovmm_guest"]):
         proc = run("mypy", "--cache-dir", "/dev/null", *target)
         assert proc.returncode == 0, proc.stdout + proc.stderr

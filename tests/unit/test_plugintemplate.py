@@ -1,12 +1,16 @@
-"""``stratovmm-plugin new``: names, refusals, and what the template fills in."""
+"""``stratovmm-plugin new``: names, refusals, the template tree, and what it fills in."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from stratovmm.plugintemplate import FILES, Names, generate, main
+from stratovmm import plugintemplate
+from stratovmm.plugintemplate import Names, generate, main, template_files
+
+PLACEHOLDER = re.compile(r"\$\{?[A-Za-z_]")   # string.Template's $name / ${name}
 
 
 def test_names_are_derived_from_the_plugin_name() -> None:
@@ -37,13 +41,30 @@ def test_existing_directory_is_not_overwritten(tmp_path: Path,
 
 
 def test_every_placeholder_is_filled(tmp_path: Path) -> None:
-    """No ``{{...}}`` survives in any generated file, and every template file is written."""
+    """No ``$placeholder`` survives in any generated file or path, and every template file is
+    written."""
     root = generate("dev", tmp_path)
     written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    assert len(written) == len(FILES)
+    assert len(written) == len(template_files()) >= 10
     for path in root.rglob("*"):
+        assert "$" not in str(path.relative_to(root)), path
         if path.is_file():
-            assert "{{" not in path.read_text(), path
+            assert not PLACEHOLDER.search(path.read_text()), path
+
+
+def test_template_tree_holds_only_template_files() -> None:
+    """Every file of the shipped tree ends in ``.tmpl``, so ruff, mypy, pytest and setuptools
+    never take a template for code of the core (a stray ``.py`` there would be linted,
+    collected and installed as a module)."""
+    tree = Path(plugintemplate.__file__).parent / plugintemplate.TREE
+    files = [p for p in tree.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert files and all(p.name.endswith(".tmpl") for p in files), files
+
+
+def test_unknown_placeholder_is_an_error() -> None:
+    """A misspelt placeholder in a template fails loudly instead of reaching a user's file."""
+    with pytest.raises(KeyError, match="pakage"):
+        Names.of("dev").fill("import ${pakage}")
 
 
 def test_generated_package_declares_the_api_version(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def copy_source(destination: Path) -> Path:
     the build writes nothing into the working tree)."""
     target = destination / "stratovmm"
     target.mkdir()
-    for name in ("pyproject.toml", "setup.py", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy2(REPO / name, target / name)
     shutil.copytree(REPO / "core", target / "core",
                     ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.o", "*.pyc",

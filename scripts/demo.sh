@@ -15,7 +15,7 @@ SUDO=
 VENV=${VENV:-.venv}
 
 need=
-for p in python3-venv python3-dev build-essential; do
+for p in python3-venv python3-dev build-essential linux-libc-dev libseccomp2; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need="$need $p"
 done
 if [ -n "$need" ]; then

@@ -19,14 +19,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from stratovmm.testing.guest import HOST_APPEND, HOST_CPU, boot_args, stratovmm_command
 from stratovmm_guest import deps
 from stratovmm_guest.common import BuildError, log
 from stratovmm_guest.images import build_disks, build_initramfs
-from stratovmm_guest.kernel import KernelOptions, build_kernel
+from stratovmm_guest.kernel import FIRST_BUILD_TIME, KernelOptions, build_kernel
+from stratovmm_guest.progress import duration, stage
 
 STAGES = ("deps", "kernel", "initramfs", "disks")
 # What ``path`` and ``demo`` need; the disks are optional extras.
@@ -91,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = sub.add_parser("build", help="build (or bring up to date) the guest",
                            description="Stages run in the order deps, kernel, initramfs, disks; "
-                                       "finished ones are skipped. Only 'deps' needs root.")
+                                       "finished ones are skipped. Only 'deps' needs root. A "
+                                       f"first build takes {FIRST_BUILD_TIME}, nearly all of "
+                                       "it the kernel; each stage is announced and timed, and "
+                                       "the kernel's make reports its progress.")
     build.add_argument("--out", type=Path, default=default_out(),
                        help="output directory (default: %(default)s)")
     build.add_argument("--stages", type=stage_list, default=list(STAGES),
@@ -136,26 +141,33 @@ def guest_ready(directory: Path) -> bool:
 
 
 def do_build(args: argparse.Namespace) -> None:
-    """Run the selected stages; check packages first so a failure comes early."""
+    """Run the selected stages, each announced and timed; check packages first so a
+    failure comes early."""
+    start = time.monotonic()
     out: Path = args.out.resolve()
     stages: list[str] = args.stages
     build_stages = [s for s in stages if s != "deps"]
     if "deps" in stages:
-        deps.install(build_stages or list(STAGES[1:]))
+        with stage("deps", 1, len(stages)):
+            deps.install(build_stages or list(STAGES[1:]))
     deps.require(build_stages)
     if not build_stages:
         return
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    if "kernel" in stages:
-        opts = KernelOptions(pvm_patches=args.pvm_patches, kconfig=args.kconfig,
-                             from_fragment=args.from_fragment, jobs=args.jobs or default_jobs())
-        build_kernel(out, work, opts, force=args.force)
-    if "initramfs" in stages:
-        build_initramfs(out, work)
-    if "disks" in stages:
-        build_disks(out, work)
-    log(f"done: {out}")
+    run_stage: dict[str, Callable[[], None]] = {
+        "kernel": lambda: build_kernel(out, work, KernelOptions(
+            pvm_patches=args.pvm_patches, kconfig=args.kconfig,
+            from_fragment=args.from_fragment, jobs=args.jobs or default_jobs()),
+            force=args.force),
+        "initramfs": lambda: build_initramfs(out, work),
+        "disks": lambda: build_disks(out, work),
+    }
+    for number, name in enumerate(stages, 1):
+        if name != "deps":
+            with stage(name, number, len(stages)):
+                run_stage[name]()
+    log(f"done in {duration(time.monotonic() - start)}: {out}")
 
 
 def do_path(args: argparse.Namespace) -> None:

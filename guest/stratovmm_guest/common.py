@@ -14,7 +14,7 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -32,31 +32,45 @@ def log(message: str) -> None:
 
 def run(argv: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None,
         stdin: bytes | None = None, env: Mapping[str, str] | None = None,
-        log_to: Path | None = None) -> None:
+        log_to: Path | None = None, on_line: Callable[[str], None] | None = None) -> None:
     """Run a host tool; a failure becomes a BuildError naming the command.
 
     ``log_to`` captures long outputs (the kernel build) in a file and shows
-    only its tail on failure, where the actual compiler error is.  Otherwise
-    the tool's stdout goes to fd 2, like our progress lines.
+    only its tail on failure, where the actual compiler error is; ``on_line``
+    then sees each line as it is written (for progress).  Otherwise the
+    tool's stdout goes to fd 2, like our progress lines.
     """
     words = [os.fspath(a) for a in argv]
     full_env = {**os.environ, **env} if env else None
     try:
         if log_to is None:
-            proc = subprocess.run(words, cwd=cwd, input=stdin, env=full_env,
-                                  stdout=2, check=False)
+            returncode = subprocess.run(words, cwd=cwd, input=stdin, env=full_env,
+                                        stdout=2, check=False).returncode
         else:
-            with log_to.open("wb") as out:
-                proc = subprocess.run(words, cwd=cwd, input=stdin, env=full_env,
-                                      stdout=out, stderr=subprocess.STDOUT, check=False)
+            returncode = _run_logged(words, cwd, full_env, log_to, on_line)
     except FileNotFoundError as exc:
         raise BuildError(f"{words[0]}: not found (install it, or run the 'deps' stage)") from exc
-    if proc.returncode != 0:
+    if returncode != 0:
         detail = ""
         if log_to is not None:
             tail = log_to.read_text(errors="replace").splitlines()[-40:]
             detail = "\n" + "\n".join(tail) + f"\n(full log: {log_to})"
-        raise BuildError(f"{' '.join(words)} failed with exit status {proc.returncode}{detail}")
+        raise BuildError(f"{' '.join(words)} failed with exit status {returncode}{detail}")
+
+
+def _run_logged(words: list[str], cwd: Path | None, env: Mapping[str, str] | None,
+                log_to: Path, on_line: Callable[[str], None] | None) -> int:
+    """Run ``words`` with stdout and stderr going line by line to ``log_to`` and
+    ``on_line``; returns the exit status."""
+    with log_to.open("wb") as out, subprocess.Popen(words, cwd=cwd, env=env,
+                                                    stdout=subprocess.PIPE,
+                                                    stderr=subprocess.STDOUT) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            out.write(raw)
+            if on_line is not None:
+                on_line(raw.decode(errors="replace"))
+        return proc.wait()
 
 
 def shipped(name: str) -> bytes:

@@ -3,7 +3,7 @@
 Only ``apt-get install`` needs root, so it is a stage of its own: a user runs
 ``sudo stratovmm-guest build --stages deps`` once and builds everything else
 unprivileged.  Other stages check their packages first and name the missing
-ones instead of failing halfway through a 20-minute kernel build.
+ones instead of failing halfway through the kernel build.
 """
 
 from __future__ import annotations

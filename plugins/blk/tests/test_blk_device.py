@@ -222,3 +222,21 @@ def test_a_writable_image_can_be_opened_once(tmp_path: Path) -> None:
         BlockBackend(path)
     for reader in readers:
         reader.close()
+
+
+def test_empty_descriptor_outside_ram_completes_and_the_batch_goes_on(tmp_path: Path) -> None:
+    """A request with a zero-length buffer outside guest RAM is refused whole (used with
+    length 0, counted) and the request after it in the same kick is still served."""
+    h = harness(image(tmp_path))
+    q = h.queues[0]
+    hdr = h.alloc(16)
+    h.memory.write(hdr, struct.pack("<IIQ", T_IN, 0, 0))
+    st = h.alloc(1)
+    bad = q.add_chain([Buffer(hdr, 16), Buffer(0xFFFF_FFFF_0000, 0, True), Buffer(st, 1, True)])
+    good_data = h.alloc(512, 512)
+    good = q.add_chain([Buffer(hdr, 16), Buffer(good_data, 512, True), Buffer(st, 1, True)])
+    h.kick(0)
+    used = dict(q.used_elements())
+    assert used == {bad: 0, good: 513}
+    assert h.device.counters["guest_faults"] == 1
+

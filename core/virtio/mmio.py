@@ -257,7 +257,7 @@ class VirtioMmioTransport:
         self._eventfds = eventfds
 
         def on_loop() -> None:
-            self.device.activate(self._memory, queues, self)
+            self.device.activate(self._memory, queues, self, self._loop)
             for index, efd in eventfds:
                 self._loop.register(efd, EPOLLIN, self._kick_handler(index, efd))
 

@@ -8,7 +8,20 @@ device on its loop; interrupts leave through an irqfd (``IrqLine``).
 
 Guest mistakes (bad register access, impossible status transition, feature
 set we never offered, bad queue addresses) are logged once and counted; they
-never raise out of the transport.
+never raise out of the transport.  Neither does a host refusal on the vCPU
+thread (no fd left for an ioeventfd, KVM out of ioeventfd slots): the device
+gets DEVICE_NEEDS_RESET (§2.1.2) and the VM runs on.
+
+Reset ordering (§2.4): the transport's own registers are reset at once, under
+its lock, so Status reads 0 right after the driver wrote it (Linux's
+virtio-mmio driver does not wait for that: it reads Status and ORs in
+ACKNOWLEDGE straight away).  The device model is reset on its own loop, and
+everything the transport hands that loop (activation with the accepted
+features, notifies) goes through the same FIFO, so a reset queued there always
+runs before a renegotiation that followed it; work queued before a reset is
+dropped, and the device stops touching the rings at its next chain
+(``VirtioDevice.quiesce``).  QEMU resets synchronously under its global lock;
+a loop-ordered reset gives the same guarantees without holding vCPUs.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ import struct
 import threading
 from collections.abc import Callable
 
+from stratovmm.errors import HostError
 from stratovmm.eventloop import EPOLLIN, EventLoop
 from stratovmm.irq import IrqLine
 from stratovmm.kvm.fds import VmFd
@@ -63,6 +77,7 @@ class VirtioMmioTransport:
         self._queue_sel = 0
         self._queues = [QueueConfig(size) for size in device.QUEUE_SIZES]
         self._eventfds: list[tuple[int, int]] = []     # (queue index, eventfd)
+        self._epoch = 0                                # resets so far: stale loop work is dropped
         self.faults = 0
         self._logged: set[str] = set()
 
@@ -223,7 +238,6 @@ class VirtioMmioTransport:
             if problem is not None:
                 self._fault("features", problem)
                 return None                   # FEATURES_OK stays clear (§3.1.1 step 6)
-            self.device.acked_features = self._driver_features
         self.status = new | (self.status & c.STATUS_DEVICE_NEEDS_RESET)
         if new & c.STATUS_DRIVER_OK and not old & c.STATUS_DRIVER_OK:
             return self._activate()
@@ -240,28 +254,101 @@ class VirtioMmioTransport:
 
     # -- activation and reset ----------------------------------------------------------------------
 
+    def _on_loop(self, work: Callable[[], None]) -> Callable[[], None]:
+        """``work`` for the device loop, dropped there if the driver reset the device
+        after asking for it (returned to run outside the lock)."""
+        epoch = self._epoch
+
+        def current() -> None:
+            if self._epoch == epoch:
+                work()
+
+        return lambda: self._loop.call_soon(current)
+
     def _activate(self) -> Callable[[], None]:
+        """DRIVER_OK: an ioeventfd per ready queue, then the device starts on its loop with
+        the features accepted at FEATURES_OK."""
         event_idx = bool(self._driver_features & (1 << c.F_EVENT_IDX))
+        features = self._driver_features
         queues: list[SplitQueue | None] = [
             SplitQueue.from_config(self._memory, q, event_idx) if q.ready else None
             for q in self._queues
         ]
-        eventfds = []
-        for index, queue in enumerate(queues):
-            if queue is None:
-                continue
-            efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            if self._vm is not None:
-                self._vm.register_ioeventfd(efd, self.base + c.QUEUE_NOTIFY, 4, datamatch=index)
-            eventfds.append((index, efd))
-        self._eventfds = eventfds
+        try:
+            self._eventfds = self._make_ioeventfds(queues)
+        except (OSError, HostError) as exc:
+            return self._activation_failed(f"cannot make its ioeventfds: {exc}")
+        eventfds = list(self._eventfds)
 
         def on_loop() -> None:
-            self.device.activate(self._memory, queues, self, self._loop)
-            for index, efd in eventfds:
-                self._loop.register(efd, EPOLLIN, self._kick_handler(index, efd))
+            registered: list[int] = []
+            try:
+                for index, efd in eventfds:
+                    self._loop.register(efd, EPOLLIN, self._kick_handler(index, efd))
+                    registered.append(efd)
+            except OSError as exc:
+                for efd in registered:
+                    self._loop.unregister(efd)
+                self._activation_failed(f"cannot watch its ioeventfds: {exc}")()
+                return
+            self.device.acked_features = features
+            try:
+                self.device.activate(self._memory, queues, self, self._loop)
+            except Exception as exc:     # e.g. a vhost backend refusing the rings
+                log.debug("%s: activation failed", self.device.id, exc_info=True)
+                self.device.active = False
+                self._activation_failed(f"cannot start: {exc!r}")()
 
-        return lambda: self._loop.call_soon(on_loop)
+        return self._on_loop(on_loop)
+
+    def _make_ioeventfds(self, queues: list[SplitQueue | None]) -> list[tuple[int, int]]:
+        """One eventfd per ready queue, bound to QueueNotify with its index; on failure
+        nothing is left behind."""
+        made: list[tuple[int, int]] = []
+        try:
+            for index, queue in enumerate(queues):
+                if queue is None:
+                    continue
+                efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                try:
+                    if self._vm is not None:
+                        self._vm.register_ioeventfd(efd, self.base + c.QUEUE_NOTIFY, 4,
+                                                    datamatch=index)
+                except BaseException:
+                    os.close(efd)
+                    raise
+                made.append((index, efd))
+        except BaseException:
+            self._unbind(made)
+            for _index, efd in made:
+                os.close(efd)
+            raise
+        return made
+
+    def _unbind(self, eventfds: list[tuple[int, int]]) -> None:
+        """Take ``eventfds`` off QueueNotify in KVM (the fds stay open); a failure is counted
+        and logged once, never raised to the vCPU."""
+        if self._vm is None:
+            return
+        for index, efd in eventfds:
+            try:
+                self._vm.unregister_ioeventfd(efd, self.base + c.QUEUE_NOTIFY, 4,
+                                              datamatch=index)
+            except (OSError, HostError) as exc:
+                self._host_failure("ioeventfd", f"cannot unbind an ioeventfd: {exc}")
+
+    def _activation_failed(self, why: str) -> Callable[[], None]:
+        """The device cannot start: count it, say so once, and ask the driver for a reset
+        (§2.1.2 DEVICE_NEEDS_RESET) instead of failing the vCPU (the VM runs on)."""
+        self._host_failure("activate", why)
+        return self.needs_reset
+
+    def _host_failure(self, kind: str, message: str) -> None:
+        self.device.counters["errors"] += 1
+        if "host-" + kind not in self._logged:
+            self._logged.add("host-" + kind)
+            log.error("%s: %s; the device needs a reset (logged once; counted in errors)",
+                      self.device.id, message)
 
     def _kick_handler(self, index: int, efd: int) -> Callable[[int], None]:
         def handler(_events: int) -> None:
@@ -279,20 +366,22 @@ class VirtioMmioTransport:
         if value >= len(self._queues) or not self._queues[value].ready:
             self._fault("notify", f"notify for absent queue {value}")
             return None
-        return lambda: self._loop.call_soon(lambda: self.device.process_queue(value))
+        return self._on_loop(lambda: self.device.process_queue(value))
 
     def _reset(self) -> Callable[[], None]:
-        """§2.1.1 / §4.2.2.1: writing 0 to Status resets the device."""
+        """§2.1.1 / §4.2.2.1: writing 0 to Status resets the device.  The transport at once
+        (Status reads 0 from now on), the device model on its loop, after whatever was
+        queued there, which is dropped as stale."""
         self.status = 0
         self.interrupt_status = 0
         self._driver_features = 0
         self._device_features_sel = self._driver_features_sel = self._queue_sel = 0
         for queue in self._queues:
             queue.reset()
+        self._epoch += 1
+        self.device.quiesce()
         eventfds, self._eventfds = self._eventfds, []
-        for index, efd in eventfds:
-            if self._vm is not None:
-                self._vm.unregister_ioeventfd(efd, self.base + c.QUEUE_NOTIFY, 4, datamatch=index)
+        self._unbind(eventfds)          # no kick of the old rings gets through from now on
 
         def on_loop() -> None:
             for _index, efd in eventfds:
@@ -304,13 +393,8 @@ class VirtioMmioTransport:
 
     def close(self) -> None:
         """Release the ioeventfds (the VM is ending)."""
-        for index, efd in self._eventfds:
-            if self._vm is not None:
-                try:
-                    self._vm.unregister_ioeventfd(efd, self.base + c.QUEUE_NOTIFY, 4,
-                                                  datamatch=index)
-                except OSError:
-                    pass
+        self._unbind(self._eventfds)
+        for _index, efd in self._eventfds:
             self._loop.unregister(efd)
             os.close(efd)
         self._eventfds = []

@@ -75,7 +75,7 @@ MAX_PACKET = VNET_HDR_LEN + MAX_FRAME   # the same bound as Firecracker's 65562-
 
 RX_BATCH = 64         # frames per wake-up before other fds of the loop get their turn
 TX_BATCH = 256        # chains per loop turn (the core's drain budget for the tx queue)
-IOV_LIMIT = 1000      # below the kernel's IOV_MAX (1024): room for the overflow buffer
+IOV_MAX = os.sysconf("SC_IOV_MAX")     # iovecs one readv takes (1024); one is the overflow
 
 # TUNSETOFFLOAD bit for each guest receive offload (§5.1.3: GUEST_* = "driver can receive")
 _GUEST_OFFLOADS = ((F_GUEST_TSO4, TUN_F_TSO4), (F_GUEST_TSO6, TUN_F_TSO6),
@@ -466,6 +466,13 @@ class NetDevice(VirtioDevice):
             if buf is False:
                 continue
             assert isinstance(buf, _RxBuffer)
+            if self._held and self._held_views + len(buf.views) >= IOV_MAX:
+                # with the overflow buffer the next readv would exceed IOV_MAX (EINVAL): the
+                # chain goes back to the ring for a later frame.  Alone it always fits: a
+                # chain has at most 2 * QUEUE_SIZE - 1 buffers (an indirect table after
+                # direct descriptors, §2.7.5.3).
+                queue.unpop()
+                break
             self._held.append(buf)
             self._held_capacity += buf.capacity
             self._held_views += len(buf.views)
@@ -477,7 +484,7 @@ class NetDevice(VirtioDevice):
     def _wants_more(self) -> bool:
         if not self._mergeable:
             return not self._held
-        return self._held_capacity <= MAX_PACKET and self._held_views < IOV_LIMIT
+        return self._held_capacity <= MAX_PACKET and self._held_views < IOV_MAX - 1
 
     def _read_frame(self, queue: SplitQueue) -> bool:
         """Read one frame into the held buffers; False when the tap has none."""

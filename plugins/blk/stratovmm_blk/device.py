@@ -7,8 +7,9 @@ bytes, the status the last writable byte, the data what lies between.
 
 Every field the guest controls is checked (§5.2.6.1): data length a multiple
 of 512, the range inside the capacity, writes refused on a read-only drive,
-unknown types answered UNSUPP.  Host I/O errors answer IOERR and are counted;
-they do not stop the device.
+unknown types answered UNSUPP.  Host I/O errors answer IOERR and are counted,
+and logged once per kind (operation and errno): a guest retrying a failing
+sector must not fill the log; they do not stop the device.
 """
 
 from __future__ import annotations
@@ -170,16 +171,23 @@ class BlockDevice(VirtioDevice):
         try:
             self.backend.flush()
         except OSError as exc:
-            self.counters["errors"] += 1
-            log.error("%s: flush failed: %s", self.id, exc)
+            self._host_failure("flush", exc)
             return S_IOERR
         return S_OK
 
     def _host_error(self, memory: GuestMemoryProtocol, chain: DescriptorChain, what: str,
                     exc: OSError) -> int:
-        self.counters["errors"] += 1
-        log.error("%s: host %s failed: %s", self.id, what, exc)
+        self._host_failure(what, exc)
         return self._finish(memory, chain, S_IOERR, 0)
+
+    def _host_failure(self, what: str, exc: OSError) -> None:
+        """Count a failed host operation; log each (operation, errno) once per drive."""
+        self.counters["errors"] += 1
+        kind = f"host-{what}-{exc.errno}"
+        if kind not in self._logged:
+            self._logged.add(kind)
+            log.error("%s: host %s failed: %s (logged once per kind; counted in errors)",
+                      self.id, what, exc)
 
     @staticmethod
     def _finish(memory: GuestMemoryProtocol, chain: DescriptorChain, status: int,

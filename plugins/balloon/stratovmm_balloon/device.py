@@ -68,6 +68,8 @@ class BalloonDevice(VirtioDevice):
         self._loop = loop
         self._on_actual_change = on_actual_change
         self._num_pages = 0          # guarded by self.lock (config reads on vCPU threads)
+        self._target = 0             # the last requested num_pages, guarded by self.lock
+        self._target_queued = False  # _set_target waits on the loop
         self._actual = 0             # guarded by self.lock
         self._ram: GuestMemory | None = None
         self._host_errors_logged = False
@@ -124,18 +126,26 @@ class BalloonDevice(VirtioDevice):
 
     def request_target(self, pages: int) -> None:
         """Ask for a balloon of ``pages`` pages (any thread: the change is made on the
-        device's loop, as the driver's interrupt must follow the new value)."""
+        device's loop, as the driver's interrupt must follow the new value).  Requests
+        that come faster than the loop runs are coalesced: the latest wins, one callback
+        waits on the loop."""
         if not 0 <= pages <= self.ram_pages:
             raise ValueError(f"balloon target {pages} pages is outside 0..{self.ram_pages}")
-        self._loop.call_soon(lambda: self._set_target(pages))
+        with self.lock:
+            self._target = pages
+            if self._target_queued:
+                return
+            self._target_queued = True
+        self._loop.call_soon(self._set_target)
 
-    def _set_target(self, pages: int) -> None:
+    def _set_target(self) -> None:
         """Store num_pages and raise a configuration-change interrupt (§5.5.6: the driver
         is driven by config change notifications and compares num_pages with actual).
         The interrupt is raised even when the value is the same, as QEMU does: it nudges
         a driver that stopped short of the target (e.g. an allocation failed) to retry."""
         with self.lock:
-            self._num_pages = pages
+            self._num_pages = self._target
+            self._target_queued = False
         if self.active and self.interrupt is not None:
             self.interrupt.signal_config()
 

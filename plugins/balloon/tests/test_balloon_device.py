@@ -271,3 +271,16 @@ def test_repeated_kicks_keep_one_pending_retry() -> None:
     rig.device.process_queue = counted  # type: ignore[method-assign]
     rig.loop.run_once(0)
     assert calls == [INFLATEQ]
+
+
+def test_target_requests_are_coalesced_on_the_loop() -> None:
+    """1,000 targets asked before the loop runs queue one callback; the last one wins and
+    the driver gets one config interrupt."""
+    rig = Rig()
+    before = rig.h.interrupts
+    for pages in range(1000):
+        rig.device.request_target(pages)
+    assert len(rig.loop._pending) == 1
+    rig.loop.run_once(0)
+    assert rig.config()[0] == 999
+    assert rig.h.interrupts == before + 1

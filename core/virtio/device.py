@@ -61,6 +61,7 @@ class VirtioDevice(DeviceCounters):
 
     DEVICE_TYPE = 0
     QUEUE_SIZES: tuple[int, ...] = ()
+    DRAIN_BUDGET = DRAIN_BUDGET       # chains per queue per loop turn, unless drain is told
 
     def __init__(self, device_id: str) -> None:
         self.id = device_id
@@ -182,11 +183,11 @@ class VirtioDevice(DeviceCounters):
     def handle_queue(self, index: int) -> None:
         """Serve queue ``index`` (subclasses)."""
 
-    def drain(self, index: int, handler: ChainHandler, budget: int = DRAIN_BUDGET,
+    def drain(self, index: int, handler: ChainHandler, budget: int | None = None,
               gate: Gate | None = None) -> int:
-        """Serve queue ``index``: complete up to ``budget`` chains with ``handler(chain)``
-        bytes written, then interrupt the driver if it asked (§2.7.10); returns chains
-        completed.
+        """Serve queue ``index``: complete up to ``budget`` (default ``DRAIN_BUDGET``) chains
+        with ``handler(chain)`` bytes written, then interrupt the driver if it asked
+        (§2.7.10); returns chains completed.
 
         ``gate`` is asked before each chain: a delay stops the batch and serves the queue
         again after it (``STOP``: not on a timer).  When the budget runs out with chains
@@ -197,6 +198,7 @@ class VirtioDevice(DeviceCounters):
         """
         queue = self.queues[index]
         assert queue is not None
+        budget = self.DRAIN_BUDGET if budget is None else budget
         served = 0
         bad_before, used_before = queue.bad_chains, queue.completed
         while self.active:

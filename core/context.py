@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from stratovmm.bus import BusDevice
 from stratovmm.errors import ConfigError, HostError
 from stratovmm.eventloop import EventLoop
+from stratovmm.events import EventThrottle
 from stratovmm.irq import IrqLine
 
 if TYPE_CHECKING:
@@ -149,6 +150,17 @@ class VmApi:
     def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
         """Send a QMP event to every client."""
         self._machine.events.emit(name, data)
+
+    def throttled_event(self, name: str, interval: float = 1.0) -> EventThrottle:
+        """An emitter for an event the guest can trigger at will: ``.emit(data)`` from any
+        thread sends ``name`` at most once per ``interval`` seconds with the latest data
+        (QEMU throttles such events to one per second per type), logged at debug."""
+        bus = self._machine.events
+
+        def send(event: str, data: dict[str, Any]) -> None:
+            bus.emit(event, data, level=logging.DEBUG)
+
+        return EventThrottle(name, send, self._machine.main_loop, interval)
 
     # -- lifecycle (QMP stop / cont / quit) ------------------------------------------
 

@@ -120,7 +120,19 @@ def test_total_length_must_fit_32_bits() -> None:
         walk(q)
 
 
-def test_zero_length_buffer_anywhere_is_accepted_but_empty(q: MockSplitQueue) -> None:
-    """A zero-length descriptor carries no address to check and no data."""
-    q.write_descriptor(0, 1 << 40, 0, 0)
-    assert walk(q).readable_len == 0
+@pytest.mark.parametrize("addr", [1 << 20 | 0x1000, (1 << 64) - 1, 0xD000_0000])
+def test_empty_buffer_outside_guest_ram_is_refused(q: MockSplitQueue, addr: int) -> None:
+    """§2.7.5: ``addr`` is a guest-physical address, so even a zero-length buffer must name
+    guest RAM; otherwise the device's first access would fail after the chain left the ring."""
+    q.write_descriptor(0, 0x8000, 16, DESC_F_NEXT, 1)
+    q.write_descriptor(1, addr, 0, DESC_F_WRITE)
+    with pytest.raises(ChainError, match="outside guest RAM"):
+        walk(q)
+
+
+def test_empty_buffer_inside_guest_ram_is_accepted(q: MockSplitQueue) -> None:
+    """A zero-length buffer in RAM (or at its very end) is legal and kept in the chain."""
+    q.write_descriptor(0, 0x8000, 0, DESC_F_NEXT, 1)
+    q.write_descriptor(1, 1 << 20, 0, DESC_F_WRITE)
+    chain = walk_chain(q.memory, q.desc_table, q.size, 0)
+    assert [d.length for d in chain.readable + chain.writable] == [0, 0]

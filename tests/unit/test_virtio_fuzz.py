@@ -105,7 +105,7 @@ def run_scenario(factory: Callable[[], VirtioDevice], data: dict) -> None:  # ty
     interrupt = NullInterrupt()
     try:
         device.activate(memory, [SplitQueue.from_config(memory, config, data["event_idx"])],
-                        interrupt)
+                        interrupt, LOOP)
         device.process_queue(0)
         device.process_queue(0)
     finally:

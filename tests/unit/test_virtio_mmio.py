@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
+from stratovmm.host.eventloop import EventLoop
 from stratovmm.testing.harness import DeviceHarness
+from stratovmm.testing.virtqueue import Buffer
 from stratovmm.virtio import constants as c
 from stratovmm.virtio.device import VirtioDevice
 
@@ -186,3 +192,148 @@ def test_notify_for_absent_queue_is_counted(h: DeviceHarness) -> None:
     before = h.transport.faults
     h.transport.write(c.QUEUE_NOTIFY, struct.pack("<I", 7))
     assert h.transport.faults == before + 1
+
+
+# -- reset ordering (§2.4) and host resource failures at DRIVER_OK --------------------------
+
+
+def vcpu_write(h: DeviceHarness, offset: int, value: int) -> None:
+    """A 32-bit driver store as a vCPU makes it: the device loop does not run meanwhile."""
+    h.transport.write(offset, struct.pack("<I", value))
+
+
+def negotiate(h: DeviceHarness, features: int, driver_ok: bool = True) -> None:
+    """§3.1.1 from reset to DRIVER_OK on the rings ``h.start()`` laid out, loop not run."""
+    vcpu_write(h, c.STATUS, 0)
+    vcpu_write(h, c.STATUS, ACK)
+    vcpu_write(h, c.STATUS, ACK | DRV)
+    for sel in (0, 1):
+        vcpu_write(h, c.DRIVER_FEATURES_SEL, sel)
+        vcpu_write(h, c.DRIVER_FEATURES, (features >> (32 * sel)) & 0xFFFFFFFF)
+    vcpu_write(h, c.STATUS, ACK | DRV | FOK)
+    for index, mock in enumerate(h.queues):
+        vcpu_write(h, c.QUEUE_SEL, index)
+        vcpu_write(h, c.QUEUE_NUM, mock.size)
+        for low, addr in ((c.QUEUE_DESC_LOW, mock.desc_table), (c.QUEUE_DRIVER_LOW,
+                          mock.avail_ring), (c.QUEUE_DEVICE_LOW, mock.used_ring)):
+            vcpu_write(h, low, addr & 0xFFFFFFFF)
+            vcpu_write(h, low + 4, addr >> 32)
+        vcpu_write(h, c.QUEUE_READY, 1)
+    if driver_ok:
+        vcpu_write(h, c.STATUS, ACK | DRV | FOK | DOK)
+
+
+def test_reset_then_renegotiation_before_the_loop_ran_keeps_the_new_features() -> None:
+    """Status=0 and a whole new negotiation on the vCPU before the device loop ran: the
+    queued reset happens first and does not wipe the features the new driver accepted."""
+    loop = EventLoop("mmio")
+    h = DeviceHarness(EchoDevice(), loop=loop)
+    h.start(features=1 << c.F_VERSION_1)
+    wanted = (1 << c.F_VERSION_1) | (1 << 3)
+    negotiate(h, wanted)
+    loop.run_once(0)
+    device = h.transport.device
+    assert device.acked_features == wanted and device.active
+    head = h.queues[0].add_chain([Buffer(h.alloc(8), 8)])
+    h.kick(0)
+    assert h.queues[0].used_elements() == [(head, 8)]
+
+
+def test_reset_before_the_loop_activated_never_touches_the_old_rings() -> None:
+    """DRIVER_OK then Status=0 before the device loop ran: the stale activation is dropped,
+    so a chain the old driver had posted is never served (§2.4.1: after the reset the device
+    must not interact with the queues)."""
+    loop = EventLoop("mmio")
+    h = DeviceHarness(EchoDevice(), loop=loop)
+    h.start()
+    negotiate(h, 1 << c.F_VERSION_1, driver_ok=False)
+    h.queues[0].add_chain([Buffer(h.alloc(8), 8)])
+    vcpu_write(h, c.STATUS, ACK | DRV | FOK | DOK)
+    vcpu_write(h, c.STATUS, 0)
+    loop.run_once(0)
+    assert h.queues[0].used_idx() == 0
+    assert not h.transport.device.active
+
+
+def test_no_ring_access_after_the_reset_was_written() -> None:
+    """A device half way through a long ring stops serving it once the driver wrote
+    Status=0, even though the reset itself runs later on the device loop."""
+    loop = EventLoop("mmio")
+    h = DeviceHarness(EchoDevice(), queue_size=16, loop=loop)
+    h.start()
+    buf = h.alloc(8)
+    for _ in range(16):
+        h.queues[0].add_chain([Buffer(buf, 8)])
+    vcpu_write(h, c.QUEUE_NOTIFY, 0)
+    vcpu_write(h, c.STATUS, 0)
+    for _ in range(4):
+        loop.run_once(0)
+    assert h.queues[0].used_idx() == 0
+
+
+@contextmanager
+def no_free_fds() -> Iterator[None]:
+    """The process at its RLIMIT_NOFILE: every new fd fails with EMFILE until the end."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(name) for name in os.listdir("/proc/self/fd"))
+    fillers: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+    try:
+        while True:
+            try:
+                fillers.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                break
+        yield
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_driver_ok_without_file_descriptors_is_a_device_error() -> None:
+    """Out of fds (e.g. a QMP client opened many images), DRIVER_OK cannot make its
+    ioeventfds: the device gets DEVICE_NEEDS_RESET, the failure is counted, nothing
+    raises to the vCPU; after fds are back a reset and a new negotiation work."""
+    h = DeviceHarness(EchoDevice())
+    h.start()
+    negotiate(h, 1 << c.F_VERSION_1, driver_ok=False)
+    h.run()
+    with no_free_fds():
+        vcpu_write(h, c.STATUS, ACK | DRV | FOK | DOK)
+        h.run()
+    status = h.read_reg(c.STATUS)
+    assert status & c.STATUS_DEVICE_NEEDS_RESET, hex(status)
+    assert h.read_reg(c.INTERRUPT_STATUS) & c.INT_CONFIG
+    device = h.transport.device
+    assert not device.active and device.counters["errors"] == 1
+    assert h.start() == ACK | DRV | FOK | DOK
+    head = h.queues[0].add_chain([Buffer(h.alloc(8), 8)])
+    h.kick(0)
+    assert h.queues[0].used_elements() == [(head, 8)]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_register_storm_leaves_bounded_work_on_the_loop() -> None:
+    """A driver cycling reset → DRIVER_OK 500 times and kicking, all before the device loop
+    runs (it may be busy), leaves a few callbacks queued, not thousands, and no eventfd
+    of the abandoned activations open; the last negotiation then works."""
+    loop = EventLoop("mmio")
+    h = DeviceHarness(EchoDevice(), loop=loop)
+    h.start()
+    loop.run_once(0)
+    fds = open_fds()
+    for _ in range(500):
+        negotiate(h, 1 << c.F_VERSION_1)
+        vcpu_write(h, c.QUEUE_NOTIFY, 0)
+        vcpu_write(h, c.QUEUE_NOTIFY, 1)
+    assert len(loop._pending) <= 3, len(loop._pending)
+    assert open_fds() <= fds + 2, "eventfds of abandoned activations are still open"
+    loop.run_once(0)
+    head = h.queues[0].add_chain([Buffer(h.alloc(8), 8)])
+    h.kick(0)
+    assert h.queues[0].used_elements() == [(head, 8)]
+    assert h.transport.device.resets >= 1

@@ -145,3 +145,24 @@ def test_chain_spanning_descriptors_with_next_uses_the_table() -> None:
     q.publish(2)
     chain = q.device_queue().pop()
     assert chain is not None and [d.addr for d in chain.readable] == [0x8000, 0x9000]
+
+
+def test_unpop_gives_the_chain_back_for_the_next_pop() -> None:
+    """unpop after a pop (past a bad chain, across the 16-bit wrap): the same chain comes
+    out again, walked afresh; the bad one is not completed twice."""
+    q = make()
+    q.avail_idx = 0xFFFF
+    q.memory.write_u16(q.avail_ring + 2, 0xFFFF)
+    dq = q.device_queue()
+    dq.last_avail = dq.next_used = 0xFFFF
+    q._used_seen = 0xFFFF
+    q.write_descriptor(2, 1 << 30, 8, 0)                 # outside RAM: a bad chain
+    q.publish(2)
+    good = q.add_chain([Buffer(0x8000, 8, True)])
+    chain = dq.pop()
+    assert chain is not None and chain.head == good and dq.last_avail == 1
+    dq.unpop()
+    assert dq.last_avail == 0
+    again = dq.pop()
+    assert again == chain and dq.pop() is None
+    assert q.used_elements() == [(2, 0)] and dq.bad_chains == 1

@@ -13,7 +13,9 @@ QEMU's ``-device pvpanic`` (docs/specs/pvpanic.txt) is one I/O port, 0x505:
 
 StratoVMM ends the VM on ``PANICKED`` with ``SHUTDOWN`` reason ``guest-panic``
 and exit status 1, QEMU's ``-action panic=exit-failure``; ``CRASH_LOADED``
-is logged and the guest runs on (QEMU's ``GUEST_CRASHLOADED``, action run).
+is logged once and counted (``crash_loaded``), and the guest runs on (QEMU's
+``GUEST_CRASHLOADED``, action run): a guest writing it in a loop must not fill
+the log.
 The Linux driver (``CONFIG_PVPANIC_MMIO``) finds the port through ACPI
 (``QEMU0001``) or a device tree, so a guest kernel without either never
 touches it.
@@ -39,6 +41,7 @@ class PvPanic:
     def __init__(self, on_panicked: Callable[[], None]) -> None:
         self._on_panicked = on_panicked
         self._logged_unknown = False
+        self.crash_loaded = 0
 
     def read(self, offset: int, size: int) -> bytes:
         """The supported events in the first byte (a wider read sees zeros above it)."""
@@ -53,4 +56,7 @@ class PvPanic:
         if event & PVPANIC_PANICKED:
             self._on_panicked()
         elif event & PVPANIC_CRASH_LOADED:
-            log.warning("pvpanic: the guest loaded a crash kernel after a panic; it runs on")
+            self.crash_loaded += 1
+            if self.crash_loaded == 1:
+                log.warning("pvpanic: the guest loaded a crash kernel after a panic; it runs on"
+                            " (logged once; counted after)")

@@ -18,6 +18,7 @@ from stratovmm.errors import ConfigError, HostError
 from stratovmm.host.eventloop import EventLoop
 from stratovmm.machine.bus import BusDevice
 from stratovmm.machine.irq import IrqLine
+from stratovmm.qmp.events import EventThrottle
 
 if TYPE_CHECKING:
     from stratovmm.boot.cmdline import Cmdline
@@ -149,6 +150,17 @@ class VmApi:
     def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
         """Send a QMP event to every client."""
         self._machine.events.emit(name, data)
+
+    def throttled_event(self, name: str, interval: float = 1.0) -> EventThrottle:
+        """An emitter for an event the guest can trigger at will: ``.emit(data)`` from any
+        thread sends ``name`` at most once per ``interval`` seconds with the latest data
+        (QEMU throttles such events to one per second per type), logged at debug."""
+        bus = self._machine.events
+
+        def send(event: str, data: dict[str, Any]) -> None:
+            bus.emit(event, data, level=logging.DEBUG)
+
+        return EventThrottle(name, send, self._machine.main_loop, interval)
 
     # -- lifecycle (QMP stop / cont / quit) ------------------------------------------
 

@@ -4,6 +4,11 @@ The machine and plugins ``emit``; the QMP server subscribes and forwards every
 event to each connected client.  Emission is thread-safe; subscribers are
 called on the emitting thread and must not block (the QMP server hands the
 event to its loop).
+
+An event the guest can trigger at will (the balloon's ``actual``) goes through
+an ``EventThrottle``: at most one per second with the latest data, as QEMU's
+``monitor_qapi_event_throttle`` does, so a guest cannot flood the log, the
+main loop or a QMP client that reads slowly.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +58,61 @@ class EventBus:
             if callback in self._subscribers:
                 self._subscribers.remove(callback)
 
-    def emit(self, name: str, data: dict[str, Any] | None = None) -> Event:
-        """Send an event to every subscriber."""
+    def emit(self, name: str, data: dict[str, Any] | None = None,
+             level: int = logging.INFO) -> Event:
+        """Send an event to every subscriber (logged at ``level``)."""
         event = Event(name, data or {})
         with self._lock:
             subscribers = list(self._subscribers)
-        log.info("event %s %s", name, event.data)
+        log.log(level, "event %s %s", name, event.data)
         for callback in subscribers:
             try:
                 callback(event)
             except Exception:
                 log.exception("event subscriber failed for %s", name)
         return event
+
+
+class ThrottleLoop(Protocol):
+    """What a throttle needs of the loop it runs on (``EventLoop`` has it)."""
+
+    def call_soon(self, callback: Callable[[], None]) -> None: ...
+    def call_later(self, delay: float, callback: Callable[[], None]) -> object: ...
+
+
+class EventThrottle:
+    """Event ``name``, sent through ``emit(name, data)`` at most once per ``interval``
+    seconds, with the latest data (QEMU's ``monitor_qapi_event_throttle``, one second per
+    event type): the first event after a quiet interval leaves on the loop's next turn;
+    later ones only replace what is held, which leaves when the interval ends and starts
+    the next one.  ``emit`` is safe from any thread (a vCPU) and queues at most one loop
+    callback however often it is called; sending happens on ``loop``."""
+
+    def __init__(self, name: str, emit: Callable[[str, dict[str, Any]], object],
+                 loop: ThrottleLoop, interval: float = 1.0) -> None:
+        self.name = name
+        self._send = emit
+        self._loop = loop
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._held: dict[str, Any] | None = None
+        self._busy = False          # a loop callback or the interval's timer will look
+
+    def emit(self, data: dict[str, Any]) -> None:
+        """Send ``data`` now, or with the interval's end if an event left recently."""
+        with self._lock:
+            self._held = dict(data)
+            if self._busy:
+                return
+            self._busy = True
+        self._loop.call_soon(self._release)
+
+    def _release(self) -> None:
+        """On the loop: send what is held and open an interval; when one ends with
+        nothing held, the throttle is idle again."""
+        with self._lock:
+            data, self._held = self._held, None
+            self._busy = data is not None
+        if data is not None:
+            self._loop.call_later(self._interval, self._release)
+            self._send(self.name, data)

@@ -93,7 +93,9 @@ def walk_chain(memory: GuestMemoryProtocol, desc_table: int, queue_size: int,
     - every index < the table's size (§2.7.5);
     - at most ``queue_size`` descriptors, so a ``next`` loop ends (§2.7.5.2: "The driver
       MUST NOT create a descriptor chain longer than the Queue Size");
-    - every buffer inside guest RAM, checked overflow-safe by ``GuestMemory``;
+    - every buffer inside guest RAM, checked overflow-safe by ``GuestMemory``, empty ones
+      included (as rust-vmm's ``Reader``/``Writer`` refuse a descriptor whose address is in
+      no memory region, whatever its length);
     - no readable descriptor after a writable one (§2.7.4.2);
     - total length < 2^32 (the used ring's ``len`` is 32 bits);
     - an indirect descriptor has no NEXT, is not itself inside an indirect table, and
@@ -130,7 +132,9 @@ def walk_chain(memory: GuestMemoryProtocol, desc_table: int, queue_size: int,
             in_indirect = True
             steps = 0
             continue
-        if length and not memory.contains(addr, length):
+        if not memory.contains(addr, length):
+            # even an empty buffer: ``addr`` is a guest-physical address (§2.7.5), and a
+            # device must be able to take a view of every buffer of a chain it accepted
             raise ChainError(f"buffer {addr:#x}+{length:#x} outside guest RAM (§2.7.5)")
         total += length
         if total >= MAX_CHAIN_BYTES:

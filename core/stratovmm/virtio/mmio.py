@@ -8,7 +8,23 @@ device on its loop; interrupts leave through an irqfd (``IrqLine``).
 
 Guest mistakes (bad register access, impossible status transition, feature
 set we never offered, bad queue addresses) are logged once and counted; they
-never raise out of the transport.
+never raise out of the transport.  Neither does a host refusal on the vCPU
+thread (no fd left for an ioeventfd, KVM out of ioeventfd slots): the device
+gets DEVICE_NEEDS_RESET (§2.1.2) and the VM runs on.
+
+Reset ordering (§2.4): the transport's own registers are reset at once, under
+its lock, so Status reads 0 right after the driver wrote it (Linux's
+virtio-mmio driver does not wait for that: it reads Status and ORs in
+ACKNOWLEDGE straight away).  The device model is reset on its own loop, and
+everything the transport hands that loop (activation with the accepted
+features, notifies) goes through the same FIFO, so a reset queued there always
+runs before a renegotiation that followed it; work queued before a reset is
+dropped, the device stops touching the rings at its next chain
+(``VirtioDevice.quiesce``), and activation runs under the transport's lock so
+no reset slips in between.  QEMU resets synchronously under its global lock;
+a loop-ordered reset gives the same guarantees without holding vCPUs.  At most
+one callback of each kind (reset, activation, notifies) waits on the loop, so
+a guest writing registers in a tight loop cannot grow the loop's queue.
 """
 
 from __future__ import annotations
@@ -18,7 +34,9 @@ import os
 import struct
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from stratovmm.errors import HostError
 from stratovmm.host.eventloop import EPOLLIN, EventLoop
 from stratovmm.kvm.fds import VmFd
 from stratovmm.machine.irq import IrqLine
@@ -53,7 +71,8 @@ class VirtioMmioTransport:
         self._memory = memory
         self._trigger = irq.trigger if isinstance(irq, IrqLine) else irq
         self._loop = loop
-        self._lock = threading.Lock()
+        # reentrant: the device is activated under it, and may interrupt from inside
+        self._lock = threading.RLock()
         self.status = 0
         self.interrupt_status = 0
         self.config_generation = 0
@@ -63,6 +82,17 @@ class VirtioMmioTransport:
         self._queue_sel = 0
         self._queues = [QueueConfig(size) for size in device.QUEUE_SIZES]
         self._eventfds: list[tuple[int, int]] = []     # (queue index, eventfd)
+        self._epoch = 0                                # resets so far: stale loop work is dropped
+        # work for the device loop, one callback of each kind queued at most (a guest
+        # writing registers in a loop cannot grow the loop's queue): eventfds the loop
+        # watches and must close, the activation waiting for the loop, notified queues
+        self._on_loop_fds: set[int] = set()
+        self._graveyard: list[int] = []
+        self._reset_queued = False
+        self._activation: _Activation | None = None
+        self._activation_queued = False
+        self._kicks: set[int] = set()
+        self._kicks_queued = False
         self.faults = 0
         self._logged: set[str] = set()
 
@@ -223,7 +253,6 @@ class VirtioMmioTransport:
             if problem is not None:
                 self._fault("features", problem)
                 return None                   # FEATURES_OK stays clear (§3.1.1 step 6)
-            self.device.acked_features = self._driver_features
         self.status = new | (self.status & c.STATUS_DEVICE_NEEDS_RESET)
         if new & c.STATUS_DRIVER_OK and not old & c.STATUS_DRIVER_OK:
             return self._activate()
@@ -240,28 +269,100 @@ class VirtioMmioTransport:
 
     # -- activation and reset ----------------------------------------------------------------------
 
-    def _activate(self) -> Callable[[], None]:
+    def _activate(self) -> Callable[[], None] | None:
+        """DRIVER_OK: an ioeventfd per ready queue, then the device starts on its loop with
+        the features accepted at FEATURES_OK."""
         event_idx = bool(self._driver_features & (1 << c.F_EVENT_IDX))
         queues: list[SplitQueue | None] = [
             SplitQueue.from_config(self._memory, q, event_idx) if q.ready else None
             for q in self._queues
         ]
-        eventfds = []
-        for index, queue in enumerate(queues):
-            if queue is None:
-                continue
-            efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            if self._vm is not None:
-                self._vm.register_ioeventfd(efd, self.base + c.QUEUE_NOTIFY, 4, datamatch=index)
-            eventfds.append((index, efd))
-        self._eventfds = eventfds
+        try:
+            self._eventfds = self._make_ioeventfds(queues)
+        except (OSError, HostError) as exc:
+            return self._activation_failed(f"cannot make its ioeventfds: {exc}")
+        self._activation = _Activation(self._epoch, queues, self._driver_features,
+                                       list(self._eventfds))
+        if self._activation_queued:
+            return None
+        self._activation_queued = True
+        return lambda: self._loop.call_soon(self._activate_on_loop)
 
-        def on_loop() -> None:
-            self.device.activate(self._memory, queues, self)
-            for index, efd in eventfds:
-                self._loop.register(efd, EPOLLIN, self._kick_handler(index, efd))
+    def _activate_on_loop(self) -> None:
+        """Start the device, unless the driver reset it since DRIVER_OK.  Under the lock,
+        so a reset cannot slip in between the check and the device's first ring access."""
+        with self._lock:
+            self._activation_queued = False
+            act, self._activation = self._activation, None
+            if act is None or act.epoch != self._epoch:
+                return
+            try:
+                for index, efd in act.eventfds:
+                    self._loop.register(efd, EPOLLIN, self._kick_handler(index, efd))
+                    self._on_loop_fds.add(efd)
+            except OSError as exc:
+                for _index, efd in act.eventfds:
+                    if efd in self._on_loop_fds:
+                        self._on_loop_fds.discard(efd)
+                        self._loop.unregister(efd)
+                self._activation_failed(f"cannot watch its ioeventfds: {exc}")()
+                return
+            self.device.acked_features = act.features
+            try:
+                self.device.activate(self._memory, act.queues, self, self._loop)
+            except Exception as exc:     # e.g. a vhost backend refusing the rings
+                log.debug("%s: activation failed", self.device.id, exc_info=True)
+                self.device.active = False
+                self._activation_failed(f"cannot start: {exc!r}")()
 
-        return lambda: self._loop.call_soon(on_loop)
+    def _make_ioeventfds(self, queues: list[SplitQueue | None]) -> list[tuple[int, int]]:
+        """One eventfd per ready queue, bound to QueueNotify with its index; on failure
+        nothing is left behind."""
+        made: list[tuple[int, int]] = []
+        try:
+            for index, queue in enumerate(queues):
+                if queue is None:
+                    continue
+                efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                try:
+                    if self._vm is not None:
+                        self._vm.register_ioeventfd(efd, self.base + c.QUEUE_NOTIFY, 4,
+                                                    datamatch=index)
+                except BaseException:
+                    os.close(efd)
+                    raise
+                made.append((index, efd))
+        except BaseException:
+            self._unbind(made)
+            for _index, efd in made:
+                os.close(efd)
+            raise
+        return made
+
+    def _unbind(self, eventfds: list[tuple[int, int]]) -> None:
+        """Take ``eventfds`` off QueueNotify in KVM (the fds stay open); a failure is counted
+        and logged once, never raised to the vCPU."""
+        if self._vm is None:
+            return
+        for index, efd in eventfds:
+            try:
+                self._vm.unregister_ioeventfd(efd, self.base + c.QUEUE_NOTIFY, 4,
+                                              datamatch=index)
+            except (OSError, HostError) as exc:
+                self._host_failure("ioeventfd", f"cannot unbind an ioeventfd: {exc}")
+
+    def _activation_failed(self, why: str) -> Callable[[], None]:
+        """The device cannot start: count it, say so once, and ask the driver for a reset
+        (§2.1.2 DEVICE_NEEDS_RESET) instead of failing the vCPU (the VM runs on)."""
+        self._host_failure("activate", why)
+        return self.needs_reset
+
+    def _host_failure(self, kind: str, message: str) -> None:
+        self.device.counters["errors"] += 1
+        if "host-" + kind not in self._logged:
+            self._logged.add("host-" + kind)
+            log.error("%s: %s; the device needs a reset (logged once; counted in errors)",
+                      self.device.id, message)
 
     def _kick_handler(self, index: int, efd: int) -> Callable[[int], None]:
         def handler(_events: int) -> None:
@@ -273,47 +374,70 @@ class VirtioMmioTransport:
         return handler
 
     def _notify_without_ioeventfd(self, value: int) -> Callable[[], None] | None:
-        """A QueueNotify that KVM did not catch: before DRIVER_OK, or a bad queue index."""
+        """A QueueNotify that KVM did not catch: before DRIVER_OK, a bad queue index, or no
+        ioeventfds (tests)."""
         if not self.status & c.STATUS_DRIVER_OK:
             return None
         if value >= len(self._queues) or not self._queues[value].ready:
             self._fault("notify", f"notify for absent queue {value}")
             return None
-        return lambda: self._loop.call_soon(lambda: self.device.process_queue(value))
+        self._kicks.add(value)
+        if self._kicks_queued:
+            return None
+        self._kicks_queued = True
+        return lambda: self._loop.call_soon(self._kick_on_loop)
 
-    def _reset(self) -> Callable[[], None]:
-        """§2.1.1 / §4.2.2.1: writing 0 to Status resets the device."""
+    def _kick_on_loop(self) -> None:
+        with self._lock:
+            kicks, self._kicks = sorted(self._kicks), set()
+            self._kicks_queued = False
+        for index in kicks:
+            self.device.process_queue(index)
+
+    def _reset(self) -> Callable[[], None] | None:
+        """§2.1.1 / §4.2.2.1: writing 0 to Status resets the device.  The transport at once
+        (Status reads 0 from now on, no kick of the old rings gets through), the device
+        model on its loop, after whatever was queued there, which is dropped as stale."""
         self.status = 0
         self.interrupt_status = 0
         self._driver_features = 0
         self._device_features_sel = self._driver_features_sel = self._queue_sel = 0
         for queue in self._queues:
             queue.reset()
+        self._epoch += 1
+        self.device.quiesce()
+        self._activation = None
+        self._kicks.clear()
         eventfds, self._eventfds = self._eventfds, []
-        for index, efd in eventfds:
-            if self._vm is not None:
-                self._vm.unregister_ioeventfd(efd, self.base + c.QUEUE_NOTIFY, 4, datamatch=index)
+        self._unbind(eventfds)
+        for _index, efd in eventfds:
+            if efd in self._on_loop_fds:
+                self._graveyard.append(efd)      # the loop watches it: closed there
+            else:
+                os.close(efd)                    # its activation never ran
+        if self._reset_queued:
+            return None
+        self._reset_queued = True
+        return lambda: self._loop.call_soon(self._reset_on_loop)
 
-        def on_loop() -> None:
-            for _index, efd in eventfds:
-                self._loop.unregister(efd)
-                os.close(efd)
-            self.device.reset()
-
-        return lambda: self._loop.call_soon(on_loop)
+    def _reset_on_loop(self) -> None:
+        with self._lock:
+            self._reset_queued = False
+            graveyard, self._graveyard = self._graveyard, []
+            self._on_loop_fds.difference_update(graveyard)
+        for efd in graveyard:
+            self._loop.unregister(efd)
+            os.close(efd)
+        self.device.reset()
 
     def close(self) -> None:
         """Release the ioeventfds (the VM is ending)."""
-        for index, efd in self._eventfds:
-            if self._vm is not None:
-                try:
-                    self._vm.unregister_ioeventfd(efd, self.base + c.QUEUE_NOTIFY, 4,
-                                                  datamatch=index)
-                except OSError:
-                    pass
+        self._unbind(self._eventfds)
+        for efd in [efd for _index, efd in self._eventfds] + self._graveyard:
             self._loop.unregister(efd)
             os.close(efd)
-        self._eventfds = []
+        self._eventfds, self._graveyard = [], []
+        self._on_loop_fds.clear()
 
     def _fault(self, kind: str, message: str) -> None:
         self.faults += 1
@@ -331,3 +455,13 @@ _QUEUE_REGISTERS: dict[int, tuple[str, bool]] = {
     c.QUEUE_DRIVER_LOW: ("avail_ring", False), c.QUEUE_DRIVER_HIGH: ("avail_ring", True),
     c.QUEUE_DEVICE_LOW: ("used_ring", False), c.QUEUE_DEVICE_HIGH: ("used_ring", True),
 }
+
+
+@dataclass(frozen=True)
+class _Activation:
+    """A DRIVER_OK waiting for the device loop: valid only in the epoch it was made in."""
+
+    epoch: int
+    queues: list[SplitQueue | None]
+    features: int
+    eventfds: list[tuple[int, int]]

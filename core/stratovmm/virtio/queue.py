@@ -129,6 +129,11 @@ class SplitQueue:
                 log.debug("bad descriptor chain at head %d: %s", head, exc)
                 self.add_used(head, 0)
 
+    def unpop(self) -> None:
+        """Give back the chain ``pop`` just returned: the next ``pop`` walks (and checks) it
+        again.  For a device that cannot take that chain now, as QEMU's virtqueue_unpop."""
+        self.last_avail = (self.last_avail - 1) & 0xFFFF
+
     # -- used ring -------------------------------------------------------------------
 
     def add_used(self, head: int, length: int) -> None:

@@ -16,9 +16,11 @@ file-backed RAM), so the host's resident memory drops.  Deflate needs no host
 work: the guest's next touch of a discarded page faults in a zero page.
 
 Hostile guests (§2.7): a request is capped at ``MAX_PFNS_PER_REQUEST`` page
-numbers, and a queue is served about ``PFN_BUDGET`` numbers per loop turn; the
-rest waits for the next turn (after the loop has polled its other fds), so a
-guest flooding the queues cannot hold up the other devices sharing the loop.
+numbers, and a queue is served about ``PFN_BUDGET`` numbers per loop turn (the
+gate of the core's ``drain``); the rest waits for the next turn (after the loop
+has polled its other fds), with one retry pending however often the guest
+kicks, so a guest flooding the queues cannot hold up the other devices sharing
+the loop.
 """
 
 from __future__ import annotations
@@ -66,9 +68,12 @@ class BalloonDevice(VirtioDevice):
         self._loop = loop
         self._on_actual_change = on_actual_change
         self._num_pages = 0          # guarded by self.lock (config reads on vCPU threads)
+        self._target = 0             # the last requested num_pages, guarded by self.lock
+        self._target_queued = False  # _set_target waits on the loop
         self._actual = 0             # guarded by self.lock
         self._ram: GuestMemory | None = None
         self._host_errors_logged = False
+        self._turn_pfns = 0          # page numbers examined in this loop turn
 
     # -- features and config (§5.5.3, §5.5.4) ------------------------------------------------
 
@@ -121,18 +126,26 @@ class BalloonDevice(VirtioDevice):
 
     def request_target(self, pages: int) -> None:
         """Ask for a balloon of ``pages`` pages (any thread: the change is made on the
-        device's loop, as the driver's interrupt must follow the new value)."""
+        device's loop, as the driver's interrupt must follow the new value).  Requests
+        that come faster than the loop runs are coalesced: the latest wins, one callback
+        waits on the loop."""
         if not 0 <= pages <= self.ram_pages:
             raise ValueError(f"balloon target {pages} pages is outside 0..{self.ram_pages}")
-        self._loop.call_soon(lambda: self._set_target(pages))
+        with self.lock:
+            self._target = pages
+            if self._target_queued:
+                return
+            self._target_queued = True
+        self._loop.call_soon(self._set_target)
 
-    def _set_target(self, pages: int) -> None:
+    def _set_target(self) -> None:
         """Store num_pages and raise a configuration-change interrupt (§5.5.6: the driver
         is driven by config change notifications and compares num_pages with actual).
         The interrupt is raised even when the value is the same, as QEMU does: it nudges
         a driver that stopped short of the target (e.g. an allocation failed) to retry."""
         with self.lock:
-            self._num_pages = pages
+            self._num_pages = self._target
+            self._target_queued = False
         if self.active and self.interrupt is not None:
             self.interrupt.signal_config()
 
@@ -158,35 +171,17 @@ class BalloonDevice(VirtioDevice):
 
     def handle_queue(self, index: int) -> None:
         """Serve inflate or deflate requests, ``PFN_BUDGET`` page numbers per loop turn."""
-        queue = self.queues[index]
-        assert queue is not None
-        handler = self._inflate if index == INFLATEQ else self._deflate
-        budget = PFN_BUDGET
-        served = 0
-        before = queue.bad_chains
-        while True:
-            if budget <= 0:
-                # a timer, not call_soon: the loop drains call_soon callbacks (even those
-                # added meanwhile) before it polls again; a due timer waits for the next poll
-                self._loop.call_later(0.0, lambda: self.process_queue(index))
-                break
-            chain = queue.pop()
-            if chain is None:
-                if not queue.set_notification(True):
-                    break
-                continue
-            budget -= max(1, handler(chain))
-            queue.add_used(chain.head, 0)         # §5.5.6: the device writes nothing back
-            served += 1
-        bad = queue.bad_chains - before
-        if bad:
-            self.guest_fault("chain", f"queue {index}: {queue.errors[-1] if queue.errors else ''}",
-                             count=bad)
-        if (served or bad) and queue.needs_interrupt():
-            self.signal_used()
+        self._turn_pfns = 0
+        self.drain(index, self._inflate if index == INFLATEQ else self._deflate,
+                   gate=self._pfn_gate)
+
+    def _pfn_gate(self) -> float | None:
+        """Go on until this turn's page numbers are spent; then again on the next turn."""
+        return 0.0 if self._turn_pfns >= PFN_BUDGET else None
 
     def _inflate(self, chain: DescriptorChain) -> int:
-        """Give the request's pages back to the host; returns page numbers examined.
+        """Give the request's pages back to the host; used length 0 (§5.5.6: the device
+        writes nothing back).
 
         Done before the request is used: the device may change a page once it has seen
         its number in an inflate request (§5.5.6.2), and the driver must not touch it
@@ -197,14 +192,14 @@ class BalloonDevice(VirtioDevice):
         for start, count in page_runs(sorted(set(pages)), ram.regions if ram else ()):
             self._discard(start, count)
         self.counters["inflated_pages"] += len(pages)
-        return len(numbers)
+        return 0
 
     def _deflate(self, chain: DescriptorChain) -> int:
         """The guest takes pages back: nothing to do on the host (a discarded page reads
-        as zeros and is backed again on first touch); returns page numbers examined."""
+        as zeros and is backed again on first touch); used length 0."""
         numbers = self._page_numbers(chain, "deflate")
         self.counters["deflated_pages"] += len(self._in_ram(numbers, "deflate"))
-        return len(numbers)
+        return 0
 
     def _page_numbers(self, chain: DescriptorChain, what: str) -> Sequence[int]:
         """The le32 page numbers of a request (§5.5.6: an array of 32-bit PFNs in
@@ -224,6 +219,7 @@ class BalloonDevice(VirtioDevice):
                              f" the first {MAX_PFNS_PER_REQUEST} are used")
             self.counters["dropped_pages"] += length // 4 - MAX_PFNS_PER_REQUEST
         data = chain.read_all(memory, min(length - length % 4, 4 * MAX_PFNS_PER_REQUEST))
+        self._turn_pfns += max(1, len(data) // 4)
         numbers = array.array("I", data)
         if sys.byteorder == "big":
             numbers.byteswap()

@@ -50,11 +50,12 @@ BALLOON_OPTION = OptionSpec(
 def create_balloon(ctx: BuildContext, item: dict[str, Any]) -> None:
     """Attach the balloon (id ``balloon``) on the main loop."""
     ram_size = ctx.memory.size
+    # the guest writes actual at will: coalesced to the latest value, one event per second
+    changed = ctx.throttled_event(EVENT)
 
     def actual_changed(pages: int) -> None:
         # write_config runs on a vCPU thread: the event leaves from the main loop
-        size = ram_size - (pages << PAGE_SHIFT)
-        ctx.main_loop.call_soon(lambda: ctx.emit_event(EVENT, {"actual": size}))
+        changed.emit({"actual": ram_size - (pages << PAGE_SHIFT)})
 
     device = BalloonDevice(DEVICE_ID, ram_size, ctx.main_loop,
                            item.get("deflate_on_oom", False), actual_changed)

@@ -247,3 +247,40 @@ def test_page_runs_split_at_region_ends() -> None:
     assert list(page_runs([1, 2, 3, 4, 5, 7], regions)) == [(1, 3), (4, 2), (7, 1)]
     assert list(page_runs([], regions)) == []
     assert list(page_runs([9], [])) == [(9, 1)]
+
+
+def test_repeated_kicks_keep_one_pending_retry() -> None:
+    """Kicks that each use up the per-turn budget while requests remain leave one retry
+    pending, not one per kick: the next loop turn serves the queue once."""
+    rig = Rig(queue_size=128)
+    data = struct.pack(f"<{MAX_PFNS_PER_REQUEST}I", *([HIGH] * MAX_PFNS_PER_REQUEST))
+    addr = rig.h.alloc(len(data))
+    rig.h.memory.write(addr, data)
+    q = rig.h.queues[INFLATEQ]
+    for _ in range(128):
+        q.add_chain([Buffer(addr, len(data))])
+    for _ in range(10):
+        rig.device.process_queue(INFLATEQ)        # ten kicks before the loop runs
+    calls: list[int] = []
+    serve = rig.device.process_queue
+
+    def counted(index: int) -> None:
+        calls.append(index)
+        serve(index)
+
+    rig.device.process_queue = counted  # type: ignore[method-assign]
+    rig.loop.run_once(0)
+    assert calls == [INFLATEQ]
+
+
+def test_target_requests_are_coalesced_on_the_loop() -> None:
+    """1,000 targets asked before the loop runs queue one callback; the last one wins and
+    the driver gets one config interrupt."""
+    rig = Rig()
+    before = rig.h.interrupts
+    for pages in range(1000):
+        rig.device.request_target(pages)
+    assert len(rig.loop._pending) == 1
+    rig.loop.run_once(0)
+    assert rig.config()[0] == 999
+    assert rig.h.interrupts == before + 1

@@ -18,6 +18,7 @@ from stratovmm.errors import ConfigError
 from stratovmm.host.eventloop import EventLoop
 from stratovmm.plugin import PluginHost
 from stratovmm.qmp.dispatch import Dispatcher, Session
+from stratovmm.qmp.events import EventThrottle
 from stratovmm.registry import Registry
 from stratovmm.testing.memory import BytearrayGuestMemory
 from stratovmm.virtio import constants as c
@@ -45,6 +46,7 @@ class FakeVm:
         self.devices: dict[str, Any] = {}
         self.events: list[tuple[str, dict[str, Any] | None]] = []
         self.virtio: list[Any] = []
+        self.event_interval: float | None = None    # a test's stand-in for 1 s
 
     def add_virtio_device(self, device: Any, iothread: str | None = None) -> None:
         self.virtio.append(device)
@@ -59,6 +61,10 @@ class FakeVm:
 
     def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
         self.events.append((name, data))
+
+    def throttled_event(self, name: str, interval: float = 1.0) -> EventThrottle:
+        return EventThrottle(name, self.emit_event, self.main_loop,
+                             self.event_interval or interval)
 
 
 def qmp(vm: FakeVm, name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -195,6 +201,26 @@ def test_actual_write_emits_balloon_changed_on_the_main_loop() -> None:
     assert vm.events == []
     vm.main_loop.run_once(0)
     assert vm.events == [("BALLOON_CHANGED", {"actual": RAM - 256 * PAGE_SIZE})]
+
+
+def test_actual_storm_is_coalesced_and_rate_limited() -> None:
+    """A driver flipping actual 10,000 times (vCPU writes) makes one BALLOON_CHANGED with
+    the latest value on the next main-loop turn, and nothing more within the second (QEMU
+    throttles it the same way); the main loop is not flooded with callbacks."""
+    vm = FakeVm()
+    vm.event_interval = 3600.0      # nothing may leave on the interval's timer meanwhile
+    plugin.create_balloon(cast(Any, vm), {})
+    device = vm.devices["balloon"]
+    for i in range(10_000):
+        device.write_config(4, struct.pack("<I", 1 + i % 2))
+    device.write_config(4, struct.pack("<I", 300))
+    vm.main_loop.run_once(0)
+    assert vm.events == [("BALLOON_CHANGED", {"actual": RAM - 300 * PAGE_SIZE})]
+    for i in range(1000):
+        device.write_config(4, struct.pack("<I", 1 + i % 2))
+    vm.main_loop.run_once(0)
+    vm.main_loop.run_once(0)
+    assert len(vm.events) == 1
 
 
 def test_event_and_commands_are_declared() -> None:

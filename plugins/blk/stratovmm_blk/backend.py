@@ -4,7 +4,10 @@ Reads and writes go straight between the image and guest memory with
 ``os.preadv``/``os.pwritev`` on memoryviews of guest RAM.  With ``direct=on`` the
 file is opened ``O_DIRECT``: guest buffers that meet the alignment are still
 used directly; only a request with an unaligned buffer goes through an
-aligned bounce buffer (an anonymous mmap, page-aligned by construction).
+aligned bounce buffer (an anonymous mmap, page-aligned by construction), in
+``BOUNCE_CHUNK`` pieces: the buffer is made once per drive and its size is a
+constant, whatever the guest asks for (a chain may name the same guest pages
+again and again, up to 4 GiB).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ log = logging.getLogger(__name__)
 
 SECTOR = 512
 DIRECT_ALIGN = 512       # logical block size O_DIRECT needs for offsets, lengths, addresses
+BOUNCE_CHUNK = 1 << 20   # host bytes an unaligned direct request moves at a time
 
 
 class BlockBackend:
@@ -48,6 +52,7 @@ class BlockBackend:
         self.read_only = read_only
         self.direct = bool(fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_DIRECT)
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
+        self._bounce: mmap.mmap | None = None       # made on the first unaligned request
 
     @property
     def sectors(self) -> int:
@@ -72,30 +77,43 @@ class BlockBackend:
         """Make every completed write durable (VIRTIO_BLK_T_FLUSH)."""
         os.fdatasync(self.fd)
 
+    def _bounce_buffer(self) -> mmap.mmap:
+        if self._bounce is None:
+            self._bounce = mmap.mmap(-1, BOUNCE_CHUNK)
+        return self._bounce
+
     def _bounce_read(self, views: list[memoryview], offset: int) -> int:
+        """Read through the bounce buffer a chunk at a time; bytes past EOF read as zeros."""
         length = sum(len(v) for v in views)
-        with _aligned_buffer(length) as buf:
-            done = _loop_io(os.preadv, self.fd, [memoryview(buf)[:_round_up(length)]], offset)
-            pos = 0
-            for view in views:
-                n = len(view)
-                view[:] = buf[pos : pos + n] if pos + n <= done else bytes(n)
+        pos = 0
+        with memoryview(self._bounce_buffer()) as bounce:
+            while pos < length:
+                n = min(BOUNCE_CHUNK, length - pos)
+                got = min(n, _loop_io(os.preadv, self.fd, [bounce[:_round_up(n)]], offset + pos))
+                bounce[got:n] = bytes(n - got)
+                _scatter(views, pos, bounce[:n])
                 pos += n
         return length
 
     def _bounce_write(self, views: list[memoryview], offset: int) -> int:
+        """Write through the bounce buffer a chunk at a time; returns bytes written."""
         length = sum(len(v) for v in views)
-        with _aligned_buffer(length) as buf:
-            pos = 0
-            for view in views:
-                buf[pos : pos + len(view)] = view
-                pos += len(view)
-            done = _loop_io(os.pwritev, self.fd, [memoryview(buf)[:length]], offset)
+        done = 0
+        with memoryview(self._bounce_buffer()) as bounce:
+            while done < length:
+                n = min(BOUNCE_CHUNK, length - done)
+                _gather(views, done, bounce[:n])
+                wrote = _loop_io(os.pwritev, self.fd, [bounce[:n]], offset + done)
+                done += wrote
+                if wrote < n:
+                    break
         return done
 
     def close(self) -> None:
-        """Close the image."""
+        """Close the image and free the bounce buffer."""
         os.close(self.fd)
+        if self._bounce is not None:
+            self._bounce.close()
 
 
 def _check_kind(mode: int, path: str, option: str) -> None:
@@ -142,10 +160,6 @@ def _round_up(n: int) -> int:
     return (n + DIRECT_ALIGN - 1) // DIRECT_ALIGN * DIRECT_ALIGN
 
 
-def _aligned_buffer(length: int) -> mmap.mmap:
-    return mmap.mmap(-1, max(_round_up(length), mmap.PAGESIZE))
-
-
 def host_address(view: memoryview) -> int:
     """Where ``view``'s first byte lives in our address space (guest RAM is writable)."""
     return ctypes.addressof(ctypes.c_char.from_buffer(view))
@@ -187,3 +201,25 @@ def _skip(views: list[memoryview], count: int) -> list[memoryview]:
 def _zero_tail(views: list[memoryview], done: int) -> None:
     for view in _skip(views, done):
         view[:] = bytes(len(view))
+
+
+def _scatter(views: list[memoryview], offset: int, data: memoryview) -> None:
+    """Copy ``data`` to byte ``offset`` of the concatenated ``views``."""
+    done = 0
+    for view in _skip(views, offset):
+        n = min(len(view), len(data) - done)
+        if n <= 0:
+            break
+        view[:n] = data[done : done + n]
+        done += n
+
+
+def _gather(views: list[memoryview], offset: int, out: memoryview) -> None:
+    """Fill ``out`` from byte ``offset`` of the concatenated ``views``."""
+    done = 0
+    for view in _skip(views, offset):
+        n = min(len(view), len(out) - done)
+        if n <= 0:
+            break
+        out[done : done + n] = view[:n]
+        done += n

@@ -7,8 +7,9 @@ bytes, the status the last writable byte, the data what lies between.
 
 Every field the guest controls is checked (§5.2.6.1): data length a multiple
 of 512, the range inside the capacity, writes refused on a read-only drive,
-unknown types answered UNSUPP.  Host I/O errors answer IOERR and are counted;
-they do not stop the device.
+unknown types answered UNSUPP.  Host I/O errors answer IOERR and are counted,
+and logged once per kind (operation and errno): a guest retrying a failing
+sector must not fill the log; they do not stop the device.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import struct
 
 from stratovmm.devices.ratelimit import TokenBucket
-from stratovmm.host.eventloop import EventLoop, Timer
+from stratovmm.host.eventloop import EventLoop
 from stratovmm.memory import GuestMemoryProtocol
 from stratovmm.virtio.chain import DescriptorChain
 from stratovmm.virtio.constants import ID_BLOCK
@@ -49,9 +50,8 @@ class BlockDevice(VirtioDevice):
         super().__init__(device_id)
         self.backend = backend
         self.serial = serial.encode()[:ID_BYTES]
-        self._loop = loop
+        self.loop = loop
         self._bucket = TokenBucket(iops) if iops else None
-        self._timer: Timer | None = None
 
     # -- features and config (§5.2.3, §5.2.4) ----------------------------------------------
 
@@ -86,38 +86,23 @@ class BlockDevice(VirtioDevice):
     # -- requests ------------------------------------------------------------------------------
 
     def handle_queue(self, index: int) -> None:
-        """Serve requests, pausing when the iops bucket is empty."""
+        """Serve requests (a budget per loop turn), pausing when the iops bucket is empty."""
         if self._bucket is None:
             self.drain(index, self._request)
-            return
-        queue = self.queues[index]
-        assert queue is not None
-        served = False
-        while True:
-            if self._bucket.available() <= 0:
-                self._wait_for_tokens(index)
-                break
-            chain = queue.pop()
-            if chain is None:
-                if not queue.set_notification(True):
-                    break
-                continue
-            self._bucket.take(1)
-            queue.add_used(chain.head, self._request(chain))
-            served = True
-        if served and queue.needs_interrupt():
-            self.signal_used()
+        else:
+            self.drain(index, self._metered_request, gate=self._iops_gate)
 
-    def _wait_for_tokens(self, index: int) -> None:
-        if self._loop is None or (self._timer is not None and not self._timer.cancelled):
-            return
+    def _iops_gate(self) -> float | None:
+        """None while the bucket has a token; else how long until it has one."""
         assert self._bucket is not None
+        if self._bucket.available() > 0:
+            return None
+        return max(self._bucket.delay_for(1), 0.001)
 
-        def again() -> None:
-            self._timer = None
-            self.process_queue(index)
-
-        self._timer = self._loop.call_later(max(self._bucket.delay_for(1), 0.001), again)
+    def _metered_request(self, chain: DescriptorChain) -> int:
+        assert self._bucket is not None
+        self._bucket.take(1)
+        return self._request(chain)
 
     def _request(self, chain: DescriptorChain) -> int:
         """Execute one request; returns the bytes written to the guest (data + status)."""
@@ -186,16 +171,23 @@ class BlockDevice(VirtioDevice):
         try:
             self.backend.flush()
         except OSError as exc:
-            self.counters["errors"] += 1
-            log.error("%s: flush failed: %s", self.id, exc)
+            self._host_failure("flush", exc)
             return S_IOERR
         return S_OK
 
     def _host_error(self, memory: GuestMemoryProtocol, chain: DescriptorChain, what: str,
                     exc: OSError) -> int:
-        self.counters["errors"] += 1
-        log.error("%s: host %s failed: %s", self.id, what, exc)
+        self._host_failure(what, exc)
         return self._finish(memory, chain, S_IOERR, 0)
+
+    def _host_failure(self, what: str, exc: OSError) -> None:
+        """Count a failed host operation; log each (operation, errno) once per drive."""
+        self.counters["errors"] += 1
+        kind = f"host-{what}-{exc.errno}"
+        if kind not in self._logged:
+            self._logged.add(kind)
+            log.error("%s: host %s failed: %s (logged once per kind; counted in errors)",
+                      self.id, what, exc)
 
     @staticmethod
     def _finish(memory: GuestMemoryProtocol, chain: DescriptorChain, status: int,
@@ -209,12 +201,6 @@ class BlockDevice(VirtioDevice):
             last = chain.writable[index - 1]
         memory.write(last.addr + last.length - 1, bytes([status]))
         return data_written + 1
-
-    def on_reset(self) -> None:
-        """Forget a pending rate-limit timer."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def close(self) -> None:
         """Close the image."""

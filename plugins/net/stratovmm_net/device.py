@@ -33,7 +33,7 @@ import struct
 from dataclasses import dataclass, field
 
 from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EPOLLIN, EventLoop, Timer
+from stratovmm.host.eventloop import EPOLLIN, EventLoop
 from stratovmm.virtio.chain import DescriptorChain
 from stratovmm.virtio.constants import ID_NET
 from stratovmm.virtio.device import VirtioDevice
@@ -74,8 +74,8 @@ MAX_FRAME = 65550                 # Ethernet frame after the header (64 KiB GSO 
 MAX_PACKET = VNET_HDR_LEN + MAX_FRAME   # the same bound as Firecracker's 65562-byte buffer
 
 RX_BATCH = 64         # frames per wake-up before other fds of the loop get their turn
-TX_BATCH = 256        # chains per wake-up, likewise
-IOV_LIMIT = 1000      # below the kernel's IOV_MAX (1024): room for the overflow buffer
+TX_BATCH = 256        # chains per loop turn (the core's drain budget for the tx queue)
+IOV_MAX = os.sysconf("SC_IOV_MAX")     # iovecs one readv takes (1024); one is the overflow
 
 # TUNSETOFFLOAD bit for each guest receive offload (§5.1.3: GUEST_* = "driver can receive")
 _GUEST_OFFLOADS = ((F_GUEST_TSO4, TUN_F_TSO4), (F_GUEST_TSO6, TUN_F_TSO6),
@@ -198,7 +198,6 @@ class NetDevice(VirtioDevice):
         self._held_views = 0
         self._pending: _Pending | None = None
         self._overflow = memoryview(bytearray(MAX_PACKET + 1))
-        self._tx_timer: Timer | None = None
 
     # -- features and config space (§5.1.3, §5.1.4) -------------------------------------------
 
@@ -236,9 +235,6 @@ class NetDevice(VirtioDevice):
         self._held.clear()
         self._held_capacity = self._held_views = 0
         self._pending = None
-        if self._tx_timer is not None:
-            self._tx_timer.cancel()
-            self._tx_timer = None
 
     def close(self) -> None:
         """Detach from the tap."""
@@ -298,7 +294,7 @@ class NetDevice(VirtioDevice):
         if index == RX:
             self._receive()
         elif index == TX:
-            self._transmit_all()
+            self.drain(TX, self._transmit_chain, budget=TX_BATCH)
 
     def _queue(self, index: int) -> SplitQueue:
         queue = self.queues[index]
@@ -314,36 +310,10 @@ class NetDevice(VirtioDevice):
 
     # -- transmit (§5.1.6.2) -----------------------------------------------------------------------
 
-    def _transmit_all(self) -> None:
-        """Send up to TX_BATCH chains, then yield the loop and come back for the rest."""
-        queue = self._queue(TX)
-        before_bad, before_used = queue.bad_chains, queue.completed
-        served = 0
-        while True:
-            if served >= TX_BATCH:
-                self._schedule_tx()
-                break
-            chain = queue.pop()
-            if chain is None:
-                if not queue.set_notification(True):
-                    break
-                continue
-            self._transmit(chain)
-            queue.add_used(chain.head, 0)
-            served += 1
-        self._count_bad_chains(queue, TX, before_bad)
-        if queue.completed != before_used and queue.needs_interrupt():
-            self.signal_used()
-
-    def _schedule_tx(self) -> None:
-        if self._tx_timer is not None and not self._tx_timer.cancelled:
-            return
-
-        def again() -> None:
-            self._tx_timer = None
-            self.process_queue(TX)
-
-        self._tx_timer = self._loop.call_later(0, again)
+    def _transmit_chain(self, chain: DescriptorChain) -> int:
+        """One frame for the tap; the device writes nothing back (used length 0)."""
+        self._transmit(chain)
+        return 0
 
     def _transmit(self, chain: DescriptorChain) -> None:
         """One frame to the tap, or dropped and counted."""
@@ -495,6 +465,13 @@ class NetDevice(VirtioDevice):
             if buf is False:
                 continue
             assert isinstance(buf, _RxBuffer)
+            if self._held and self._held_views + len(buf.views) >= IOV_MAX:
+                # with the overflow buffer the next readv would exceed IOV_MAX (EINVAL): the
+                # chain goes back to the ring for a later frame.  Alone it always fits: a
+                # chain has at most 2 * QUEUE_SIZE - 1 buffers (an indirect table after
+                # direct descriptors, §2.7.5.3).
+                queue.unpop()
+                break
             self._held.append(buf)
             self._held_capacity += buf.capacity
             self._held_views += len(buf.views)
@@ -506,7 +483,7 @@ class NetDevice(VirtioDevice):
     def _wants_more(self) -> bool:
         if not self._mergeable:
             return not self._held
-        return self._held_capacity <= MAX_PACKET and self._held_views < IOV_LIMIT
+        return self._held_capacity <= MAX_PACKET and self._held_views < IOV_MAX - 1
 
     def _read_frame(self, queue: SplitQueue) -> bool:
         """Read one frame into the held buffers; False when the tap has none."""

@@ -484,3 +484,24 @@ def test_close_closes_the_tap(rig: Rig) -> None:
     rig.device.close()
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+def test_mergeable_rx_never_hands_readv_more_than_iov_max_buffers(rig: Rig) -> None:
+    """Receive chains of 64 tiny buffers each: the device stops taking chains before the
+    held buffers (plus its overflow buffer) pass the kernel's IOV_MAX, so readv works and
+    the tap stays up; a frame arrives whole and the next frames keep coming."""
+    iov_max = os.sysconf("SC_IOV_MAX")
+    q = rig.h.queues[RX]
+    chains = iov_max // 64 + 1
+    for _ in range(chains):
+        table = rig.h.alloc(16 * 64)
+        q.add_indirect_chain(table, [Buffer(rig.h.alloc(16), 16, True) for _ in range(64)])
+    rig.h.kick(RX)
+    frame = ether(bytes(range(40)))
+    rig.host_sends(frame)
+    used = q.used_elements()
+    assert sum(n for _h, n in used) == VNET_HDR_LEN + len(frame), used
+    assert rig.device.counters["errors"] == 0
+    assert struct.unpack("<H", rig.h.read_config(6, 2))[0] == 1, "link went down"
+    rig.host_sends(ether(b"second"))
+    assert q.used_elements(), "the tap stopped delivering"

@@ -2,9 +2,10 @@
 buffers and the device fills them with entropy from the host file.
 
 Data goes straight from the file into guest memory (``os.readv`` on the
-chain's memoryviews).  ``bytes_per_sec`` is a token bucket: when it is empty the
-device stops popping requests and arms a loop timer for when enough tokens
-have accrued, so a greedy guest neither spins the host nor starves others.
+chain's memoryviews).  Requests are served by the core's ``drain`` (a budget of
+requests per loop turn); ``bytes_per_sec`` is a token bucket, its gate: when it
+is empty the device stops popping requests until enough tokens have accrued
+(one loop timer), so a greedy guest neither spins the host nor starves others.
 A regular file is read in a loop (back to its start at EOF).
 """
 
@@ -14,7 +15,7 @@ import logging
 import os
 
 from stratovmm.devices.ratelimit import TokenBucket
-from stratovmm.host.eventloop import EventLoop, Timer
+from stratovmm.host.eventloop import EventLoop
 from stratovmm.virtio.chain import DescriptorChain
 from stratovmm.virtio.constants import ID_RNG
 from stratovmm.virtio.device import VirtioDevice
@@ -36,28 +37,20 @@ class RngDevice(VirtioDevice):
         super().__init__(device_id)
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._regular = os.path.isfile(path)
-        self._loop = loop
+        self.loop = loop
         self._bucket = TokenBucket(bytes_per_sec) if bytes_per_sec else None
-        self._timer: Timer | None = None
 
     def handle_queue(self, index: int) -> None:
-        """Serve requests until the queue is empty or the rate limit says wait."""
-        queue = self.queues[index]
-        assert queue is not None and self.memory is not None
-        served = False
-        while True:
-            if self._bucket is not None and self._bucket.available() <= 0:
-                self._wait_for_tokens(index)
-                break
-            chain = queue.pop()
-            if chain is None:
-                if not queue.set_notification(True):
-                    break
-                continue
-            queue.add_used(chain.head, self._fill(chain))
-            served = True
-        if served and queue.needs_interrupt():
-            self.signal_used()
+        """Serve requests until the queue is empty, this turn's budget is spent or the rate
+        limit says wait."""
+        self.drain(index, self._fill, gate=self._tokens_gate)
+
+    def _tokens_gate(self) -> float | None:
+        """None while the bucket has a token; else how long until it has one."""
+        bucket = self._bucket
+        if bucket is None or bucket.available() > 0:
+            return None
+        return max(bucket.delay_for(1), 0.001)
 
     def _fill(self, chain: DescriptorChain) -> int:
         assert self.memory is not None
@@ -93,24 +86,6 @@ class RngDevice(VirtioDevice):
                 continue
             done += n
         return done
-
-    def _wait_for_tokens(self, index: int) -> None:
-        if self._timer is not None and not self._timer.cancelled:
-            return
-        assert self._bucket is not None
-        delay = max(self._bucket.delay_for(1), 0.001)
-
-        def again() -> None:
-            self._timer = None
-            self.process_queue(index)
-
-        self._timer = self._loop.call_later(delay, again)
-
-    def on_reset(self) -> None:
-        """Forget a pending rate-limit timer."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def close(self) -> None:
         """Close the entropy file."""

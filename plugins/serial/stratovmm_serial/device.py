@@ -2,6 +2,10 @@
 
 Transmit is immediate (THR always empty, LSR THRE|TEMT), so the guest never
 waits on us; received bytes queue in a bounded FIFO that the host side fills.
+In loopback mode (MCR bit 4) what the guest transmits comes back through RBR,
+held in a 16550's 16-byte receive FIFO: a byte that finds it full is lost and
+LSR.OE (overrun) is set until the guest reads LSR, as the chip does, so a
+guest flooding THR in loopback costs the host nothing.
 The interrupt is an edge on the IRQ line each time a newly enabled condition
 becomes pending (data ready, transmitter empty), as Firecracker's serial does;
 IIR reports the highest-priority pending one.
@@ -22,10 +26,11 @@ IIR_NONE, IIR_THRE, IIR_RDA, IIR_FIFO = 0x01, 0x02, 0x04, 0xC0
 # LCR / MCR / LSR / MSR bits
 LCR_DLAB = 0x80
 MCR_LOOP = 0x10
-LSR_DR, LSR_THRE, LSR_TEMT = 0x01, 0x20, 0x40
+LSR_DR, LSR_OE, LSR_THRE, LSR_TEMT = 0x01, 0x02, 0x20, 0x40
 MSR_CTS, MSR_DSR, MSR_RI, MSR_DCD = 0x10, 0x20, 0x40, 0x80
 
-FIFO_CAPACITY = 64
+FIFO_CAPACITY = 64          # host input waiting for the guest
+LOOPBACK_FIFO = 16          # the 16550's receive FIFO, all loopback bytes can occupy
 
 
 class Uart16550:
@@ -45,6 +50,8 @@ class Uart16550:
         self._dll, self._dlm = 0x0C, 0x00   # 9600 baud
         self._fifo = False
         self._thre_pending = False
+        self._overrun = False     # LSR.OE: a loopback byte found the FIFO full
+        self.loopback_overruns = 0
         self.tx_bytes = 0
         self.rx_bytes = 0
 
@@ -104,7 +111,9 @@ class Uart16550:
         if offset == MCR:
             return self._mcr, False
         if offset == LSR:
-            return LSR_THRE | LSR_TEMT | (LSR_DR if self._rx else 0), False
+            overrun, self._overrun = self._overrun, False     # reading LSR clears OE
+            return (LSR_THRE | LSR_TEMT | (LSR_DR if self._rx else 0)
+                    | (LSR_OE if overrun else 0)), False
         if offset == MSR:
             return self._msr(), False
         return self._scr, False
@@ -132,7 +141,11 @@ class Uart16550:
                 self._dll = value
                 return None, False
             if self._mcr & MCR_LOOP:
-                self._rx.append(value)
+                if len(self._rx) < LOOPBACK_FIFO:
+                    self._rx.append(value)
+                else:
+                    self._overrun = True
+                    self.loopback_overruns += 1
                 return None, bool(self._ier & IER_RDA)
             self.tx_bytes += 1
             self._thre_pending = True

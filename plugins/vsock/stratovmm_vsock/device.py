@@ -6,6 +6,8 @@ changes.  Packets for the guest are produced only when an rx buffer is at
 hand: the payload is read from the host socket straight into the guest
 buffer, then the header is written in front of it.  One popped rx buffer that
 found nothing to carry is kept for the next packet rather than returned empty.
+Both queues are served by the core's ``drain``, a budget of packets per loop
+turn, so a guest (or a host peer) that never runs dry cannot hold the loop.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import struct
 
 from stratovmm.virtio.chain import DescriptorChain
 from stratovmm.virtio.constants import ID_VSOCK
-from stratovmm.virtio.device import VirtioDevice
+from stratovmm.virtio.device import STOP, VirtioDevice
 from stratovmm.virtio.queue import SplitQueue
 from stratovmm_vsock.backend import UnixBridge
 from stratovmm_vsock.packet import (
@@ -45,7 +47,6 @@ class VsockDevice(VirtioDevice):
         super().__init__(device_id)
         self.guest_cid = guest_cid
         self.bridge = bridge
-        self._spare: DescriptorChain | None = None
         self._tx_blocked = False
         bridge.attach(self)
 
@@ -69,9 +70,8 @@ class VsockDevice(VirtioDevice):
         if index == TX:
             self._serve_tx()
         self._serve_rx()
-        while self._tx_blocked and not self.bridge.rst_backlog_full():
-            self._serve_tx()
-            self._serve_rx()
+        if self._tx_blocked and not self.bridge.rst_backlog_full():
+            self.serve_later(TX)          # the rx buffers took RSTs: tx may go on
 
     def pump_rx(self) -> None:
         """Deliver what the host side produced (bridge callback, same loop)."""
@@ -81,32 +81,23 @@ class VsockDevice(VirtioDevice):
         return self.queues[index] if index < len(self.queues) else None
 
     def _serve_tx(self) -> None:
-        queue = self._queue(TX)
-        if queue is None:
+        if self._queue(TX) is None:
             return
-        served = 0
-        before = queue.bad_chains
-        while True:
-            if self.bridge.rst_backlog_full():
-                # §5.10.6.1: tx is processed "so long as there are additional resources
-                # available to hold packets outside the rx virtqueue"; resume when rx drains.
-                self._tx_blocked = True
-                break
-            chain = queue.pop()
-            if chain is None:
-                if queue.set_notification(True):
-                    continue
-                self._tx_blocked = False
-                break
-            self._tx_packet(chain)
-            queue.add_used(chain.head, 0)
-            served += 1
-        bad = queue.bad_chains - before
-        if bad:
-            self.guest_fault("chain", f"tx queue: {queue.errors[-1] if queue.errors else ''}",
-                             count=bad)
-        if (served or bad) and queue.needs_interrupt():
-            self.signal_used()
+        self._tx_blocked = False
+        self.drain(TX, self._tx_chain, gate=self._tx_gate)
+
+    def _tx_gate(self) -> float | None:
+        """§5.10.6.1: tx is processed "so long as there are additional resources available
+        to hold packets outside the rx virtqueue"; it resumes once rx takes the RSTs."""
+        if self.bridge.rst_backlog_full():
+            self._tx_blocked = True
+            return STOP
+        return None
+
+    def _tx_chain(self, chain: DescriptorChain) -> int:
+        """One guest packet; the device writes nothing back (used length 0)."""
+        self._tx_packet(chain)
+        return 0
 
     def _tx_packet(self, chain: DescriptorChain) -> None:
         """Check one guest packet (§5.10.6) and hand it to the bridge."""
@@ -137,51 +128,37 @@ class VsockDevice(VirtioDevice):
         self.bridge.on_guest_packet(header, payload)
 
     def _serve_rx(self) -> None:
-        queue = self._queue(RX)
-        if queue is None:
+        if self._queue(RX) is None:
             return
+        self.drain(RX, self._rx_chain, gate=self._rx_gate)
+
+    def _rx_gate(self) -> float | None:
+        """Pop rx buffers only while something may be owed to the guest."""
+        return None if self.bridge.has_rx() else STOP
+
+    def _rx_chain(self, chain: DescriptorChain) -> int | None:
+        """Fill one rx buffer with the next packet; None keeps it when none is ready."""
         assert self.memory is not None
-        served = 0
-        before = queue.bad_chains
-        while self.bridge.has_rx():
-            chain, self._spare = self._spare, None
-            if chain is None:
-                chain = queue.pop()
-                if chain is None:
-                    if queue.set_notification(True):
-                        continue
-                    break
-            if chain.readable or chain.writable_len <= HEADER_SIZE:
-                # §5.10.6.4: "Virtqueue buffers for incoming packets are write-only"; one that
-                # cannot hold a header and a byte of payload would stall the streams.
-                self.guest_fault("rx-buffer", f"rx buffer with {chain.readable_len} readable and"
-                                 f" {chain.writable_len} writable bytes")
-                queue.add_used(chain.head, 0)
-                served += 1
-                continue
-            views = skip_views(chain.write_views(self.memory), HEADER_SIZE)
-            packet = self.bridge.next_rx_packet(views)
-            if packet is None:
-                self._spare = chain
-                break
-            header, length = packet
-            chain.write_all(self.memory, header.pack())
-            queue.add_used(chain.head, HEADER_SIZE + length)
-            self.counters["rx_packets"] += 1
-            self.counters["bytes_read"] += length
-            served += 1
-        bad = queue.bad_chains - before
-        if bad:
-            self.guest_fault("chain", f"rx queue: {queue.errors[-1] if queue.errors else ''}",
-                             count=bad)
-        if (served or bad) and queue.needs_interrupt():
-            self.signal_used()
+        if chain.readable or chain.writable_len <= HEADER_SIZE:
+            # §5.10.6.4: "Virtqueue buffers for incoming packets are write-only"; one that
+            # cannot hold a header and a byte of payload would stall the streams.
+            self.guest_fault("rx-buffer", f"rx buffer with {chain.readable_len} readable and"
+                             f" {chain.writable_len} writable bytes")
+            return 0
+        views = skip_views(chain.write_views(self.memory), HEADER_SIZE)
+        packet = self.bridge.next_rx_packet(views)
+        if packet is None:
+            return None
+        header, length = packet
+        chain.write_all(self.memory, header.pack())
+        self.counters["rx_packets"] += 1
+        self.counters["bytes_read"] += length
+        return HEADER_SIZE + length
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def on_reset(self) -> None:
         """Streams die with the queues; the listening socket stays."""
-        self._spare = None
         self._tx_blocked = False
         self.bridge.reset()
 

@@ -88,7 +88,7 @@ def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
     :param runtime: the options with no file equivalent (``daemonize``, ``name``, ...).
 
     Called once after parsing, before any device is created.  Raise
-    ``stratovmm.errors.ConfigError`` with a message naming the option or key.
+    ``stratovmm.api.ConfigError`` with a message naming the option or key.
     """
 
 

@@ -145,7 +145,7 @@ class QmpCommand:
     """A QMP command: its argument schema (an object schema) and its handler.
 
     ``handler(vm, args)`` returns the ``return`` value (``None`` → ``{}``) or raises
-    ``stratovmm.qmp.errors.QmpError``.
+    a ``stratovmm.api.QmpError`` (``GenericError``, ``DeviceNotFound``, ...).
     """
 
     name: str

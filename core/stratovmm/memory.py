@@ -9,6 +9,7 @@ directly, without a copy.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import struct
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from stratovmm.errors import ConfigError, GuestMemoryError, HostError
-from stratovmm.kvm._kvm import ffi, lib
+from stratovmm.kvm._kvm import lib
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -40,8 +41,14 @@ class Region:
 
 
 class GuestMemoryProtocol(Protocol):
-    """What virtqueue and device code needs from guest memory."""
+    """What virtqueue and device code needs from guest memory: checked access, the RAM
+    regions, and where each region is mapped in this process (vhost hands its kernel
+    worker that table, virtio-balloon gives pages back region by region)."""
 
+    size: int
+    regions: tuple[Region, ...]
+
+    def host_address(self, region: Region) -> int: ...
     def slice(self, gpa: int, length: int) -> memoryview: ...
     def read(self, gpa: int, length: int) -> bytes: ...
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None: ...
@@ -69,6 +76,10 @@ class GuestMemory:
             raise ValueError("regions larger than the host buffer")
         self.regions: tuple[Region, ...] = tuple(placed)
         self.size = offset
+        # the buffer cannot move: ``_view`` holds an export of it (a bytearray cannot be
+        # resized, an mmap not closed, while it lives)
+        self._host_base = (ctypes.addressof(ctypes.c_char.from_buffer(self._view)) if offset
+                           else 0)
         # plain ints for the hot path: every descriptor and ring access checks here
         self._bounds = tuple((r.gpa, r.gpa + r.size, r.offset - r.gpa) for r in placed)
 
@@ -84,6 +95,11 @@ class GuestMemory:
                 if start <= gpa <= end and length <= end - gpa:
                     return gpa + delta
         raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
+
+    def host_address(self, region: Region) -> int:
+        """Our virtual address of ``region``'s first byte (KVM memory slots, vhost's memory
+        table)."""
+        return self._host_base + region.offset
 
     def contains(self, gpa: int, length: int) -> bool:
         """True when [gpa, gpa+length) lies wholly inside one RAM region."""
@@ -159,12 +175,6 @@ class HostGuestMemory(GuestMemory):
             # page-table levels for the host MMU to walk on every guest access
             self._mmap.madvise(mmap.MADV_HUGEPAGE)
         super().__init__(self._mmap, regions)
-        self._cdata = ffi.from_buffer(self._mmap)
-        self.host_base = int(ffi.cast("uintptr_t", self._cdata))
-
-    def host_address(self, region: Region) -> int:
-        """Host virtual address of ``region``'s first byte (for KVM memory slots)."""
-        return self.host_base + region.offset
 
     def discard(self, gpa: int, length: int) -> None:
         """Return whole pages to the host (virtio-balloon inflate).
@@ -180,7 +190,6 @@ class HostGuestMemory(GuestMemory):
     def close(self) -> None:
         """Unmap guest RAM (all views must be gone)."""
         self._view.release()
-        del self._cdata
         self._mmap.close()
 
 

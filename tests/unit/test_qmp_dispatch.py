@@ -88,7 +88,7 @@ def handled() -> list[dict[str, Any]]:
 def dispatcher(vm: FakeVm, handled: list[dict[str, Any]]) -> Dispatcher:
     registry = QmpRegistry()
     register_core_commands(registry)
-    registry.set_plugin("demo")
+    registry = registry.view("demo")
 
     def demo(_vm: Any, args: dict[str, Any]) -> Any:
         handled.append(args)
@@ -395,7 +395,7 @@ def test_plugin_cannot_take_a_core_command_name() -> None:
     """Core commands are registered first, so a plugin registering `quit` fails by name."""
     registry = QmpRegistry()
     register_core_commands(registry)
-    registry.set_plugin("evil")
+    registry = registry.view("evil")
     with pytest.raises(PluginError, match="evil"):
         registry.add_command(QmpCommand("quit", lambda _vm, _args: None))
 

@@ -155,8 +155,7 @@ def core_conditions() -> dict[str, tuple[tuple[ArgCondition, ...], ...]]:
 
 def core_rules(rules: SeccompRules | None = None) -> SeccompRules:
     """``rules`` (or a fresh set) with the core's syscalls and ioctls added as ``core``."""
-    rules = rules if rules is not None else SeccompRules()
-    rules.set_plugin("core")
+    rules = (rules if rules is not None else SeccompRules()).view("core")
     conditions = core_conditions()
     for names in CORE_SYSCALLS.values():
         for name in names:
@@ -180,11 +179,11 @@ def idle_plugins(registry: Registry, config: VmConfig) -> set[str]:
     return with_devices - in_use
 
 
-def collect_rules(host: PluginHost, registry: Registry,
+def collect_rules(host: PluginHost, registry: Registry, config: VmConfig,
                   idle: Collection[str] = ()) -> SeccompRules:
     """The core's rules, then those of every plugin (``vmm_seccomp_rules``) not in ``idle``."""
     core_rules(registry.seccomp)
-    return host.seccomp_rules(registry, skip=idle)
+    return host.seccomp_rules(registry, config.document, config.runtime, skip=idle)
 
 
 def _syscall_number(name: str, owner: str) -> int:
@@ -313,7 +312,7 @@ def prepare(config: VmConfig, host: PluginHost, registry: Registry) -> Sandbox |
     if not config.runtime.seccomp:
         log.warning("seccomp filter disabled (-disable-seccomp)")
         return None
-    rules = collect_rules(host, registry, idle_plugins(registry, config))
+    rules = collect_rules(host, registry, config, idle_plugins(registry, config))
     reporter = reporter_available()
     if not reporter:
         log.warning("stratovmm.host._sandbox is not built: forbidden system calls will be named"

@@ -78,7 +78,7 @@ def slot_of(args: dict[str, Any]) -> int:
     return 0
 
 
-def _driver(vm: VmApi, name: str) -> HotplugDriver:
+def _driver(vm: VmApi, name: str) -> HotplugDriver[Any]:
     drivers = vm.hotplug_drivers()
     if name not in drivers:
         known = ", ".join(sorted(drivers)) or "none"
@@ -86,7 +86,7 @@ def _driver(vm: VmApi, name: str) -> HotplugDriver:
     return drivers[name]
 
 
-def driver_arguments(driver: HotplugDriver, args: dict[str, Any]) -> dict[str, Any]:
+def driver_arguments(driver: HotplugDriver[Any], args: dict[str, Any]) -> dict[str, Any]:
     """The arguments ``driver`` gets: the slot keys and v0.3's meaningless ones are the
     core's, and a key only another driver knows (``netdev`` for a disk) is ignored, as
     v0.3 accepts every key for every driver; what is left must pass the driver's schema."""
@@ -111,10 +111,9 @@ def device_add(vm: VmApi, args: dict[str, Any]) -> None:
     if vm.device(args["id"]) is not None:
         raise GenericError(f"device_add: id {args['id']!r} is already in use")
     try:
-        device = vm.hotplug_plug(driver, slot, args["id"], chosen)
+        vm.hotplug_plug(driver, slot, args["id"], chosen)
     except (HotplugError, ConfigError) as exc:
         raise GenericError(f"device_add: {exc}") from None
-    vm.add_device(args["id"], device)
 
 
 def device_del(vm: VmApi, args: dict[str, Any]) -> None:
@@ -126,12 +125,11 @@ def device_del(vm: VmApi, args: dict[str, Any]) -> None:
         if exc.not_found:
             raise DeviceNotFound(f"device_del: {exc}") from None
         raise GenericError(f"device_del: {exc}") from None
-    vm.remove_device(device_id)
     # v0.3 sends the id as the path too (del_replaceable_device returns it)
     vm.emit_event("DEVICE_DELETED", {"device": device_id, "path": device_id})
 
 
-def device_add_schema(drivers: Iterable[HotplugDriver]) -> dict[str, Any]:
+def device_add_schema(drivers: Iterable[HotplugDriver[Any]]) -> dict[str, Any]:
     """``device_add``'s arguments: every key some driver accepts (each driver's own
     schema is applied once ``driver`` picked it); the driver names as an enum."""
     drivers = list(drivers)
@@ -145,7 +143,7 @@ def device_add_schema(drivers: Iterable[HotplugDriver]) -> dict[str, Any]:
             "properties": properties}
 
 
-def register_hotplug_commands(registry: QmpRegistry, drivers: Iterable[HotplugDriver]) -> None:
+def register_hotplug_commands(registry: QmpRegistry, drivers: Iterable[HotplugDriver[Any]]) -> None:
     """Add ``device_add`` and ``device_del`` once the plugins registered their drivers."""
     registry.add_command(QmpCommand("device_add", device_add, device_add_schema(drivers),
                                     help="hot-replace: fill the virtio-mmio slot addr (or lun+1)"))

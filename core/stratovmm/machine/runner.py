@@ -25,7 +25,7 @@ def run_vm(config: VmConfig, host: PluginHost, registry: Registry) -> int:
     vm = MicroVm(config, host, registry)
     vm.build_devices()
     vm.load()
-    host.vm_created(vm.api)
+    host.vm_created(vm.api, config.document, config.runtime)
     from stratovmm.qmp.server import start_qmp_server  # [qmp] issue 4
     start_qmp_server(vm)
     seccomp = sandbox.prepare(config, host, registry)  # errors reach the terminal

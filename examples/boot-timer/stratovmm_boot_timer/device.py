@@ -129,3 +129,6 @@ class BootTimer:
                    "guest_faults": 0}
             out.update(self.counters)
         return out
+
+    def close(self) -> None:
+        """Nothing to release: the device holds no host resource."""

@@ -31,12 +31,15 @@ import struct
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
-from stratovmm.errors import GuestMemoryError
-from stratovmm.host.eventloop import EventLoop
-from stratovmm.memory import GuestMemory, Region
-from stratovmm.virtio.chain import DescriptorChain
-from stratovmm.virtio.constants import ID_BALLOON
-from stratovmm.virtio.device import VirtioDevice
+from stratovmm.api import (
+    ID_BALLOON,
+    DescriptorChain,
+    EventLoop,
+    GuestMemoryError,
+    GuestMemoryProtocol,
+    Region,
+    VirtioDevice,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class BalloonDevice(VirtioDevice):
         self._target = 0             # the last requested num_pages, guarded by self.lock
         self._target_queued = False  # _set_target waits on the loop
         self._actual = 0             # guarded by self.lock
-        self._ram: GuestMemory | None = None
+        self._ram: GuestMemoryProtocol | None = None
         self._host_errors_logged = False
         self._turn_pfns = 0          # page numbers examined in this loop turn
 
@@ -152,9 +155,9 @@ class BalloonDevice(VirtioDevice):
     # -- lifecycle -----------------------------------------------------------------------------
 
     def on_activate(self) -> None:
-        """Keep the RAM object that can give pages back (``GuestMemory.discard``)."""
-        memory = self.memory
-        self._ram = memory if isinstance(memory, GuestMemory) else None
+        """Keep the RAM object that gives pages back (``GuestMemoryProtocol.discard``), region
+        by region."""
+        self._ram = self.memory
 
     def on_reset(self) -> None:
         """After a reset the guest owns all its RAM again and a new driver starts with an

@@ -17,11 +17,10 @@ from stratovmm_balloon.device import (
     page_runs,
 )
 
-from stratovmm.host.eventloop import EventLoop
-from stratovmm.memory import Region
+from stratovmm.api import EventLoop, Region
+from stratovmm.testing import spec as c
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
-from stratovmm.virtio import constants as c
 
 RAM = 8 << 20                      # 2048 pages; the harness's rings live below 1 MiB
 RAM_PAGES = RAM // PAGE_SIZE

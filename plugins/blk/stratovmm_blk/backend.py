@@ -20,7 +20,7 @@ import mmap
 import os
 import stat
 
-from stratovmm.errors import ConfigError
+from stratovmm.api import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 import struct
 
-from stratovmm.devices.ratelimit import TokenBucket
-from stratovmm.host.eventloop import EventLoop
-from stratovmm.memory import GuestMemoryProtocol
-from stratovmm.virtio.chain import DescriptorChain
-from stratovmm.virtio.constants import ID_BLOCK
-from stratovmm.virtio.device import VirtioDevice
+from stratovmm.api import (
+    ID_BLOCK,
+    DescriptorChain,
+    EventLoop,
+    GuestMemoryProtocol,
+    TokenBucket,
+    VirtioDevice,
+)
 from stratovmm_blk.backend import SECTOR, BlockBackend
 
 log = logging.getLogger(__name__)

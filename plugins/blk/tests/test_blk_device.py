@@ -21,8 +21,7 @@ from stratovmm_blk.device import (
     BlockDevice,
 )
 
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EventLoop
+from stratovmm.api import ConfigError, EventLoop
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
 

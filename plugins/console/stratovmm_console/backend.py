@@ -37,9 +37,16 @@ import socket
 import stat
 from collections.abc import Callable, Sequence
 
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Timer
-from stratovmm.host.unixsock import private_listener
+from stratovmm.api import (
+    EPOLLERR,
+    EPOLLHUP,
+    EPOLLIN,
+    EPOLLOUT,
+    ConfigError,
+    EventLoop,
+    Timer,
+    private_listener,
+)
 
 log = logging.getLogger(__name__)
 

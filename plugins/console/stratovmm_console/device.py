@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import struct
 
-from stratovmm.errors import GuestError
-from stratovmm.virtio.chain import DescriptorChain
-from stratovmm.virtio.constants import ID_CONSOLE
-from stratovmm.virtio.device import VirtioDevice
-from stratovmm.virtio.queue import SplitQueue
+from stratovmm.api import ID_CONSOLE, DescriptorChain, GuestError, SplitQueue, VirtioDevice
 from stratovmm_console.backend import ConsoleSocket
 
 QUEUE_SIZE = 256

@@ -22,11 +22,10 @@ from stratovmm_console.device import (
     ConsoleDevice,
 )
 
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EventLoop
+from stratovmm.api import ConfigError, EventLoop
+from stratovmm.testing import spec as c
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer, MockSplitQueue
-from stratovmm.virtio import constants as c
 
 CAPACITY = 64      # a small output buffer so overflow is cheap to provoke
 

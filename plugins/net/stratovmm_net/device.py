@@ -32,12 +32,15 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EPOLLIN, EventLoop
-from stratovmm.virtio.chain import DescriptorChain
-from stratovmm.virtio.constants import ID_NET
-from stratovmm.virtio.device import VirtioDevice
-from stratovmm.virtio.queue import SplitQueue
+from stratovmm.api import (
+    EPOLLIN,
+    ID_NET,
+    ConfigError,
+    DescriptorChain,
+    EventLoop,
+    SplitQueue,
+    VirtioDevice,
+)
 from stratovmm_net.tap import (
     TUN_F_CSUM,
     TUN_F_TSO4,

@@ -17,11 +17,18 @@ import logging
 import os
 import struct
 
-from stratovmm.devices.vhost import RING_IOCTLS, VhostBackend, VhostRings, vhost_iow
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EventLoop
-from stratovmm.virtio.constants import F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1
-from stratovmm.virtio.device import BASE_FEATURES
+from stratovmm.api import (
+    BASE_FEATURES,
+    F_EVENT_IDX,
+    F_INDIRECT_DESC,
+    F_VERSION_1,
+    RING_IOCTLS,
+    ConfigError,
+    EventLoop,
+    VhostBackend,
+    VhostRings,
+    vhost_iow,
+)
 from stratovmm_net.device import F_MRG_RXBUF, NetDevice
 from stratovmm_net.tap import Tap
 

@@ -45,11 +45,10 @@ from stratovmm_net.tap import (
     Tap,
 )
 
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EventLoop
+from stratovmm.api import ConfigError, EventLoop
+from stratovmm.testing import spec as c
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
-from stratovmm.virtio import constants as c
 
 pytestmark = pytest.mark.unit
 

@@ -15,7 +15,7 @@ from stratovmm_net.device import F_MRG_RXBUF, RX, TX
 from stratovmm_net.tap import Tap
 from stratovmm_net.vhost import VHOST_NET_SET_BACKEND, VhostNetDevice, check_vhost, open_vhost_net
 
-from stratovmm.devices.vhost import (
+from stratovmm.api import (
     VHOST_GET_VRING_BASE,
     VHOST_SET_FEATURES,
     VHOST_SET_MEM_TABLE,
@@ -24,12 +24,12 @@ from stratovmm.devices.vhost import (
     VHOST_SET_VRING_CALL,
     VHOST_SET_VRING_KICK,
     VHOST_SET_VRING_NUM,
+    ConfigError,
+    EventLoop,
     VhostBackend,
 )
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EventLoop
+from stratovmm.testing import spec as c
 from stratovmm.testing.harness import DeviceHarness
-from stratovmm.virtio import constants as c
 
 pytestmark = pytest.mark.unit
 

@@ -14,11 +14,7 @@ from __future__ import annotations
 import logging
 import os
 
-from stratovmm.devices.ratelimit import TokenBucket
-from stratovmm.host.eventloop import EventLoop
-from stratovmm.virtio.chain import DescriptorChain
-from stratovmm.virtio.constants import ID_RNG
-from stratovmm.virtio.device import VirtioDevice
+from stratovmm.api import ID_RNG, DescriptorChain, EventLoop, TokenBucket, VirtioDevice
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from stratovmm_rng.device import MAX_REQUEST, RngDevice
 
-from stratovmm.host.eventloop import EventLoop
+from stratovmm.api import EventLoop
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
 

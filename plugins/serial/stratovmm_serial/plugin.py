@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from stratovmm.errors import ConfigError
-from stratovmm.machine.vmapi import BuildContext
-from stratovmm.plugin import hookimpl
-from stratovmm.registry import DeviceRegistry, DeviceType, OptionSpec, SeccompRules, SubOption
+from stratovmm.api import (
+    BuildContext,
+    ConfigError,
+    DeviceRegistry,
+    DeviceType,
+    OptionSpec,
+    PioWindow,
+    RuntimeOptions,
+    SeccompRules,
+    SubOption,
+    hookimpl,
+)
 from stratovmm_serial.device import Uart16550
 from stratovmm_serial.schema import SERIAL_SCHEMA
 from stratovmm_serial.stdio import StdioBackend
 
-STRATOVMM_API = "1.0"
+STRATOVMM_API = "1.1"
 
 PORT_BASE = 0x3F8   # COM1: what console=ttyS0 probes
 PORT_COUNT = 8
@@ -26,11 +34,21 @@ SERIAL_OPTION = OptionSpec(
 
 
 class SerialDevice:
-    """The UART and its backend, recorded under the id ``serial``."""
+    """The UART on COM1's ports and its backend, recorded under the id ``serial``."""
+
+    id = "serial"
 
     def __init__(self, uart: Uart16550, backend: StdioBackend | None) -> None:
         self.uart = uart
         self.backend = backend
+
+    def read(self, offset: int, size: int) -> bytes:
+        """A guest read of a UART register (vCPU thread)."""
+        return self.uart.read(offset, size)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """A guest write of a UART register (vCPU thread)."""
+        self.uart.write(offset, data)
 
     def stats(self) -> dict[str, int]:
         """Bytes each way, under the names every device uses (QMP ``query-stats``):
@@ -43,8 +61,8 @@ class SerialDevice:
             self.backend.close()
 
 
-def create_serial(ctx: BuildContext, item: dict[str, Any]) -> None:
-    """Build the UART on COM1 and, with ``stdio``, bind it to the terminal."""
+def create_serial(ctx: BuildContext, item: dict[str, Any]) -> PioWindow:
+    """Build the UART for COM1's ports and, with ``stdio``, bind it to the terminal."""
     irq = ctx.irq_line(IRQ)
     backend = StdioBackend(ctx.main_loop) if item["stdio"] else None
     uart = Uart16550(
@@ -52,10 +70,9 @@ def create_serial(ctx: BuildContext, item: dict[str, Any]) -> None:
         irq=irq.trigger,
         on_rx_space=backend.rx_space_available if backend else None,
     )
-    ctx.add_pio_device(uart, PORT_BASE, PORT_COUNT, "serial")
     if backend is not None:
         backend.attach(uart)
-    ctx.add_device("serial", SerialDevice(uart, backend))
+    return PioWindow(SerialDevice(uart, backend), PORT_BASE, PORT_COUNT)
 
 
 @hookimpl
@@ -65,7 +82,7 @@ def vmm_register_devices(registry: DeviceRegistry) -> None:
 
 
 @hookimpl
-def vmm_check_config(config: dict[str, Any], runtime: Any) -> None:
+def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
     """``-daemonize`` closes stdio, so it cannot carry the serial console."""
     if runtime.daemonize and config.get("serial", {}).get("stdio"):
         raise ConfigError("-serial stdio: not allowed with -daemonize (stdio is closed)")

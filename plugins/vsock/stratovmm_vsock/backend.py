@@ -32,8 +32,15 @@ import stat
 from collections.abc import Callable
 from typing import Protocol
 
-from stratovmm.host.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Timer
-from stratovmm.host.unixsock import private_listener
+from stratovmm.api import (
+    EPOLLERR,
+    EPOLLHUP,
+    EPOLLIN,
+    EPOLLOUT,
+    EventLoop,
+    Timer,
+    private_listener,
+)
 from stratovmm_vsock.connection import Connection, ProtocolViolation, State
 from stratovmm_vsock.packet import (
     HOST_CID,

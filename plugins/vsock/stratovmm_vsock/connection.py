@@ -27,8 +27,7 @@ from __future__ import annotations
 import enum
 import socket
 
-from stratovmm.errors import GuestError
-from stratovmm.host.eventloop import EPOLLIN, EPOLLOUT, Timer
+from stratovmm.api import EPOLLIN, EPOLLOUT, GuestError, Timer
 from stratovmm_vsock.packet import (
     HOST_CID,
     MAX_PAYLOAD,

@@ -15,10 +15,7 @@ from __future__ import annotations
 import logging
 import struct
 
-from stratovmm.virtio.chain import DescriptorChain
-from stratovmm.virtio.constants import ID_VSOCK
-from stratovmm.virtio.device import STOP, VirtioDevice
-from stratovmm.virtio.queue import SplitQueue
+from stratovmm.api import ID_VSOCK, STOP, DescriptorChain, SplitQueue, VirtioDevice
 from stratovmm_vsock.backend import UnixBridge
 from stratovmm_vsock.packet import (
     F_STREAM,

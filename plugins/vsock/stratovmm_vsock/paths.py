@@ -24,7 +24,7 @@ import os
 import re
 import stat
 
-from stratovmm.errors import ConfigError
+from stratovmm.api import ConfigError
 
 SUN_PATH_MAX = 107                  # sizeof(sockaddr_un.sun_path) - 1
 PORT_SUFFIX_MAX = len("_4294967295")

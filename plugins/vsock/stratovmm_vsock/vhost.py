@@ -22,11 +22,21 @@ import fcntl
 import logging
 import struct
 
-from stratovmm.devices.vhost import RING_IOCTLS, Ioctl, VhostBackend, VhostRings, vhost_iow
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EventLoop
-from stratovmm.virtio.constants import F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, ID_VSOCK
-from stratovmm.virtio.device import BASE_FEATURES, VirtioDevice
+from stratovmm.api import (
+    BASE_FEATURES,
+    F_EVENT_IDX,
+    F_INDIRECT_DESC,
+    F_VERSION_1,
+    ID_VSOCK,
+    RING_IOCTLS,
+    ConfigError,
+    EventLoop,
+    Ioctl,
+    VhostBackend,
+    VhostRings,
+    VirtioDevice,
+    vhost_iow,
+)
 from stratovmm_vsock.device import EVENT, QUEUE_SIZE
 from stratovmm_vsock.packet import F_STREAM
 

@@ -34,7 +34,7 @@ from stratovmm_vsock.packet import (
     Header,
 )
 
-from stratovmm.host.eventloop import EventLoop
+from stratovmm.api import EventLoop
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
 

@@ -49,9 +49,11 @@ VMAPI: Spec = [("stratovmm.machine.vmapi", [("VmApi", None)])]
 DEVICES: Spec = [
     ("stratovmm.virtio.device", [("VirtioDevice", [
         "device_features", "has_feature", "config_space", "read_config", "write_config",
-        "on_activate", "on_reset", "close", "handle_queue", "drain", "signal_used",
-        "guest_fault", "stats"])]),
-    ("stratovmm.virtio.chain", [("DescriptorChain", None), "Descriptor"]),
+        "on_activate", "on_reset", "close", "handle_queue", "serve", "serve_later",
+        "held_chains", "signal_used", "guest_fault", "stats"]),
+        ("Frames", None), ("HeldChains", ["after", "write_views"])]),
+    ("stratovmm.virtio.chain", [("DescriptorChain", None), "Descriptor", "skip_views",
+                                "trim_views"]),
     ("stratovmm.machine.bus", [("BusDevice", ["read", "write"])]),
     ("stratovmm.devices.regdevice", [("RegisterDevice", [
         "read_register", "write_register", "close", "guest_fault", "stats"])]),

@@ -57,7 +57,7 @@ class ConsoleDevice(VirtioDevice):
         if index == RECEIVEQ:
             self._receive()
         elif index == TRANSMITQ:
-            self.drain(TRANSMITQ, self._transmit)
+            self.serve(TRANSMITQ, self._transmit)
 
     # -- guest → host -----------------------------------------------------------------------
 

@@ -74,7 +74,7 @@ MAX_FRAME = 65550                 # Ethernet frame after the header (64 KiB GSO 
 MAX_PACKET = VNET_HDR_LEN + MAX_FRAME   # the same bound as Firecracker's 65562-byte buffer
 
 RX_BATCH = 64         # frames per wake-up before other fds of the loop get their turn
-TX_BATCH = 256        # chains per loop turn (the core's drain budget for the tx queue)
+TX_BATCH = 256        # chains per loop turn (the core's serve budget for the tx queue)
 IOV_MAX = os.sysconf("SC_IOV_MAX")     # iovecs one readv takes (1024); one is the overflow
 
 # TUNSETOFFLOAD bit for each guest receive offload (§5.1.3: GUEST_* = "driver can receive")
@@ -294,7 +294,7 @@ class NetDevice(VirtioDevice):
         if index == RX:
             self._receive()
         elif index == TX:
-            self.drain(TX, self._transmit_chain, budget=TX_BATCH)
+            self.serve(TX, self._transmit_chain, budget=TX_BATCH)
 
     def _queue(self, index: int) -> SplitQueue:
         queue = self.queues[index]

@@ -29,6 +29,7 @@ import socket
 
 from stratovmm.errors import GuestError
 from stratovmm.host.eventloop import EPOLLIN, EPOLLOUT, Timer
+from stratovmm.virtio.chain import skip_views, trim_views
 from stratovmm_vsock.packet import (
     HOST_CID,
     MAX_PAYLOAD,
@@ -43,8 +44,6 @@ from stratovmm_vsock.packet import (
     TYPE_STREAM,
     U32_MASK,
     Header,
-    skip_views,
-    trim_views,
 )
 
 SEND_FLAGS = socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT

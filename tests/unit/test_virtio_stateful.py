@@ -178,9 +178,6 @@ class ConsoleGuest(VirtioGuest):
             self.client.close()
             self.client = None
 
-    def held(self, queue: int) -> int:
-        return super().held(queue) + int(queue == 0 and self.device._held is not None)  # type: ignore[attr-defined]
-
     def host_bytes(self) -> int:
         return self.device.port.buffered  # type: ignore[attr-defined, no-any-return]
 

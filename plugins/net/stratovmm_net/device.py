@@ -75,7 +75,6 @@ ETH_HLEN = 14
 MAX_FRAME = 65550                 # Ethernet frame after the header (64 KiB GSO + headers),
 MAX_PACKET = VNET_HDR_LEN + MAX_FRAME   # the same bound as Firecracker's 65562-byte buffer
 
-TX_BATCH = 256        # frames sent per loop turn (the core's serve budget for the tx queue)
 
 # TUNSETOFFLOAD bit for each guest receive offload (§5.1.3: GUEST_* = "driver can receive")
 _GUEST_OFFLOADS = ((F_GUEST_TSO4, TUN_F_TSO4), (F_GUEST_TSO6, TUN_F_TSO6),
@@ -291,7 +290,7 @@ class NetDevice(VirtioDevice):
         if index == RX:
             self._receive()
         elif index == TX:
-            self.serve(TX, self._transmit_chain, budget=TX_BATCH)
+            self.serve(TX, self._transmit_chain)
 
     # -- transmit (§5.1.6.2) -----------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ DEVICES: Spec = [
         "held_chains", "signal_used", "guest_fault", "stats"]),
         ("Frames", None), ("HeldChains", ["after", "write_views"])]),
     ("stratovmm.virtio.chain", [("DescriptorChain", None), "Descriptor", "skip_views",
-                                "trim_views"]),
+                                "trim_views", "scatter", "gather"]),
     ("stratovmm.machine.bus", [("BusDevice", ["read", "write"])]),
     ("stratovmm.devices.regdevice", [("RegisterDevice", [
         "read_register", "write_register", "close", "guest_fault", "stats"])]),

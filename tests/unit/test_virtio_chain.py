@@ -6,7 +6,15 @@ import pytest
 
 from stratovmm.testing.memory import BytearrayGuestMemory
 from stratovmm.testing.virtqueue import Buffer, MockSplitQueue
-from stratovmm.virtio.chain import ChainError, DescriptorChain, skip_views, trim_views, walk_chain
+from stratovmm.virtio.chain import (
+    ChainError,
+    DescriptorChain,
+    gather,
+    scatter,
+    skip_views,
+    trim_views,
+    walk_chain,
+)
 from stratovmm.virtio.constants import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE
 
 SIZE = 8
@@ -176,3 +184,16 @@ def test_trim_writable_offers_fewer_bytes_under_the_same_head(q: MockSplitQueue)
     assert [(d.addr, d.length) for d in trimmed.writable] == [(0x9000, 8), (0xA000, 2)]
     assert chain.trim_writable(16) is chain
     assert chain.trim_writable(0).writable == ()
+
+
+def test_scatter_and_gather_copy_across_buffers_from_an_offset() -> None:
+    """scatter copies host bytes into views from a byte offset, gather copies them out;
+    both stop at the end of the views and say how much they copied."""
+    first, second = bytearray(3), bytearray(4)
+    views = [memoryview(first), memoryview(b"")[:0], memoryview(second)]
+    assert scatter(views, b"wxyz", offset=2) == 4
+    assert first == b"\0\0w" and second == b"xyz\0"
+    assert scatter(views, b"long tail", offset=5) == 2 and second == b"xylo"
+    out = bytearray(5)
+    assert gather(views, memoryview(out), offset=1) == 5 and out == b"\0wxyl"
+    assert gather(views, memoryview(bytearray(9)), offset=6) == 1

@@ -7,7 +7,8 @@ bad": the queue completes it with length 0 and the device keeps running.
 
 Devices move data with one ``readv``/``pwritev``/``recvmsg_into`` over memoryviews
 of the guest's buffers; ``skip_views`` and ``trim_views`` cut such a list (past a
-header, up to a length), ``DescriptorChain.write_all`` scatters host bytes into
+header, up to a length), ``scatter`` and ``gather`` copy between it and a host
+buffer (a bounce buffer), ``DescriptorChain.write_all`` scatters host bytes into
 the writable buffers at an offset, and ``DescriptorChain.trim_writable`` offers
 fewer bytes than the driver gave (a rate limit).  Every device uses these; none
 keeps its own slicing loop.
@@ -205,3 +206,29 @@ def walk_chain(memory: GuestMemoryProtocol, desc_table: int, queue_size: int,
         if not flags & DESC_F_NEXT:
             return DescriptorChain(head, tuple(readable), tuple(writable))
         index = next_index
+
+
+def scatter(views: Sequence[memoryview], data: bytes | memoryview, offset: int = 0) -> int:
+    """Copy ``data`` into ``views`` from byte ``offset`` of them (a bounce buffer back into
+    guest buffers); returns the bytes copied."""
+    done = 0
+    for view in skip_views(views, offset):
+        n = min(len(view), len(data) - done)
+        if n <= 0:
+            break
+        view[:n] = data[done : done + n]
+        done += n
+    return done
+
+
+def gather(views: Sequence[memoryview], out: memoryview, offset: int = 0) -> int:
+    """Fill ``out`` from ``views`` starting at byte ``offset`` of them (guest buffers into a
+    bounce buffer); returns the bytes copied."""
+    done = 0
+    for view in skip_views(views, offset):
+        n = min(len(view), len(out) - done)
+        if n <= 0:
+            break
+        out[done : done + n] = view[:n]
+        done += n
+    return done

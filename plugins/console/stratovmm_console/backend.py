@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from stratovmm.errors import ConfigError
 from stratovmm.host.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Timer
 from stratovmm.host.unixsock import private_listener
+from stratovmm.virtio.chain import skip_views
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +148,8 @@ class ConsoleSocket:
         keep = min(total - skip, self._capacity)
         start = total - keep                 # only the newest ``capacity`` bytes can survive
         self.stats["output_dropped"] += start - skip
-        pos = 0
-        for view in views:
-            end = pos + len(view)
-            if end > start:
-                self._pending += view[max(start - pos, 0):]
-            pos = end
+        for view in skip_views(views, start):
+            self._pending += view
         excess = len(self._pending) - self._capacity
         if excess > 0:
             del self._pending[:excess]

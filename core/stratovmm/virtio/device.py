@@ -308,7 +308,9 @@ class VirtioDevice(DeviceCounters):
         """
         queue = self.queues[index]
         assert queue is not None
-        held = self._serve_held.setdefault(index, HeldChains())
+        held = self._serve_held.get(index)
+        if held is None:
+            held = self._serve_held[index] = HeldChains()
         frames = handler if isinstance(handler, Frames) else None
         turn = self.loop.turns if self.loop is not None else 0
         spent_turn, spent = self._serve_spent.get(index, (turn, 0))

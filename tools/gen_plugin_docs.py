@@ -50,9 +50,10 @@ DEVICES: Spec = [
         ("Device", None), "VirtioSlot", "PioWindow", "MmioWindow",
         ("VirtioDevice", [
             "device_features", "has_feature", "config_space", "read_config", "write_config",
-            "on_activate", "on_reset", "close", "handle_queue", "drain", "signal_used",
-            "guest_fault", "stats"]),
-        ("DescriptorChain", None), "Descriptor",
+            "on_activate", "on_reset", "close", "handle_queue", "serve", "serve_later",
+            "held_chains", "signal_used", "guest_fault", "stats"]),
+        ("Frames", None), ("HeldChains", ["after", "write_views"]),
+        ("DescriptorChain", None), "Descriptor", "skip_views", "trim_views", "scatter", "gather",
         ("BusDevice", ["read", "write"]),
         ("RegisterDevice", ["read_register", "write_register", "close", "guest_fault", "stats"]),
         ("GuestMemoryProtocol", None),

@@ -104,7 +104,14 @@ from stratovmm.registry import (
     SubOption,
     ValueKind,
 )
-from stratovmm.virtio.chain import Descriptor, DescriptorChain
+from stratovmm.virtio.chain import (
+    Descriptor,
+    DescriptorChain,
+    gather,
+    scatter,
+    skip_views,
+    trim_views,
+)
 from stratovmm.virtio.constants import (
     F_EVENT_IDX,
     F_INDIRECT_DESC,
@@ -116,7 +123,14 @@ from stratovmm.virtio.constants import (
     ID_RNG,
     ID_VSOCK,
 )
-from stratovmm.virtio.device import BASE_FEATURES, STOP, VirtioDevice
+from stratovmm.virtio.device import (
+    BASE_FEATURES,
+    SERVE_BUDGET,
+    STOP,
+    Frames,
+    HeldChains,
+    VirtioDevice,
+)
 from stratovmm.virtio.queue import SplitQueue
 
 __all__ = [
@@ -139,6 +153,7 @@ __all__ = [
     "PLUGIN_MMIO_END",
     "PLUGIN_MMIO_START",
     "RING_IOCTLS",
+    "SERVE_BUDGET",
     "STOP",
     "VHOST_GET_FEATURES",
     "VHOST_GET_VRING_BASE",
@@ -171,10 +186,12 @@ __all__ = [
     "DeviceType",
     "EventLoop",
     "EventThrottle",
+    "Frames",
     "GenericError",
     "GuestError",
     "GuestMemoryError",
     "GuestMemoryProtocol",
+    "HeldChains",
     "HostError",
     "HotplugDriver",
     "HotplugError",
@@ -204,8 +221,12 @@ __all__ = [
     "VirtioDevice",
     "VirtioSlot",
     "VmApi",
+    "gather",
     "hookimpl",
     "private_listener",
+    "scatter",
+    "skip_views",
+    "trim_views",
     "vhost_io",
     "vhost_ior",
     "vhost_iow",

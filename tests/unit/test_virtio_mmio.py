@@ -37,7 +37,7 @@ class EchoDevice(VirtioDevice):
         return bytes(range(8))
 
     def handle_queue(self, index: int) -> None:
-        self.drain(index, lambda chain: chain.readable_len)
+        self.serve(index, lambda chain: chain.readable_len)
 
     def on_reset(self) -> None:
         self.resets += 1

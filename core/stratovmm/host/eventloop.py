@@ -59,6 +59,7 @@ class EventLoop:
         self._timers: list[Timer] = []
         self._seq = itertools.count()
         self.thread_id: int | None = None
+        self.turns = 0       # run_once calls so far: devices count their work per turn
 
     def register(self, fd: int, events: int, handler: Handler) -> None:
         """Call ``handler(events)`` whenever ``fd`` is ready for ``events``."""
@@ -112,6 +113,7 @@ class EventLoop:
 
     def run_once(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds (-1: forever) and dispatch what is ready."""
+        self.turns += 1
         if self._timers:
             wait = max(0.0, self._timers[0].deadline - time.monotonic())
             timeout = wait if timeout < 0 else min(timeout, wait)

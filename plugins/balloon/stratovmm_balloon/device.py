@@ -17,7 +17,7 @@ work: the guest's next touch of a discarded page faults in a zero page.
 
 Hostile guests (§2.7): a request is capped at ``MAX_PFNS_PER_REQUEST`` page
 numbers, and a queue is served about ``PFN_BUDGET`` numbers per loop turn (the
-gate of the core's ``drain``); the rest waits for the next turn (after the loop
+gate of the core's ``serve``); the rest waits for the next turn (after the loop
 has polled its other fds), with one retry pending however often the guest
 kicks, so a guest flooding the queues cannot hold up the other devices sharing
 the loop.
@@ -175,7 +175,7 @@ class BalloonDevice(VirtioDevice):
     def handle_queue(self, index: int) -> None:
         """Serve inflate or deflate requests, ``PFN_BUDGET`` page numbers per loop turn."""
         self._turn_pfns = 0
-        self.drain(index, self._inflate if index == INFLATEQ else self._deflate,
+        self.serve(index, self._inflate if index == INFLATEQ else self._deflate,
                    gate=self._pfn_gate)
 
     def _pfn_gate(self) -> float | None:

@@ -46,6 +46,7 @@ from stratovmm.api import (
     EventLoop,
     Timer,
     private_listener,
+    skip_views,
 )
 
 log = logging.getLogger(__name__)
@@ -154,12 +155,8 @@ class ConsoleSocket:
         keep = min(total - skip, self._capacity)
         start = total - keep                 # only the newest ``capacity`` bytes can survive
         self.stats["output_dropped"] += start - skip
-        pos = 0
-        for view in views:
-            end = pos + len(view)
-            if end > start:
-                self._pending += view[max(start - pos, 0):]
-            pos = end
+        for view in skip_views(views, start):
+            self._pending += view
         excess = len(self._pending) - self._capacity
         if excess > 0:
             del self._pending[:excess]

@@ -12,11 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stratovmm import __version__
+from stratovmm.config.model import qmp_rate_from_env
+from stratovmm.devices.ratelimit import TokenBucket
 from stratovmm.errors import ConfigError, PluginError
 from stratovmm.qmp.commands import register_core_commands
 from stratovmm.qmp.dispatch import MAX_RECEIVED_FDS, Dispatcher, Session
 from stratovmm.qmp.errors import DeviceNotFound, QmpError
-from stratovmm.qmp.flowcontrol import LeakyBucket, rate_from_env
 from stratovmm.qmp.framing import BadInput, Message
 from stratovmm.registry import QmpCommand, QmpRegistry
 
@@ -104,7 +105,7 @@ def dispatcher(vm: FakeVm, handled: list[dict[str, Any]]) -> Dispatcher:
 
     registry.add_command(QmpCommand("demo-cmd", demo, PLUGIN_SCHEMA, help="a plugin command"))
     registry.add_event("DEMO_EVENT")
-    return Dispatcher(registry, cast(Any, vm), LeakyBucket(clock=FakeClock()))
+    return Dispatcher(registry, cast(Any, vm), TokenBucket(100, clock=FakeClock()))
 
 
 @pytest.fixture
@@ -245,7 +246,7 @@ def test_flow_control_throttles_with_the_id(vm: FakeVm, session: Session) -> Non
     """Past 100 commands in an instant, replies are OperationThrottled with their ids."""
     registry = QmpRegistry()
     register_core_commands(registry)
-    dispatcher = Dispatcher(registry, cast(Any, vm), LeakyBucket(clock=FakeClock()))
+    dispatcher = Dispatcher(registry, cast(Any, vm), TokenBucket(100, clock=FakeClock()))
     replies = [run(dispatcher, session, {"execute": "query-status", "id": i})
                for i in range(150)]
     assert all("return" in r for r in replies[:100])
@@ -425,7 +426,7 @@ def test_any_json_value_gets_exactly_one_reply_line(request_: Any) -> None:
     registry = QmpRegistry()
     register_core_commands(registry)
     session = Session("fuzz")
-    dispatcher = Dispatcher(registry, cast(Any, FakeVm()), LeakyBucket(rate=1e9))
+    dispatcher = Dispatcher(registry, cast(Any, FakeVm()), TokenBucket(1e9))
     line = dispatcher.handle(Message(request_), session)
     session.close()
     reply = json.loads(line)
@@ -437,11 +438,11 @@ def test_any_json_value_gets_exactly_one_reply_line(request_: Any) -> None:
                                                ({"STRATOVMM_QMP_RATE": "2.5"}, 2.5)])
 def test_qmp_rate_comes_from_the_environment(environ: dict[str, str], rate: float) -> None:
     """STRATOVMM_QMP_RATE sets the commands admitted per second; 100 without it."""
-    assert rate_from_env(environ) == rate
+    assert qmp_rate_from_env(environ) == rate
 
 
 @pytest.mark.parametrize("text", ["fast", "0", "-5", "1e7", ""])
 def test_bad_qmp_rate_names_the_variable(text: str) -> None:
     """A rate that is not a number in 1..1000000 is a ConfigError naming the variable."""
     with pytest.raises(ConfigError, match=r"^STRATOVMM_QMP_RATE: .* between 1 and 1000000"):
-        rate_from_env({"STRATOVMM_QMP_RATE": text})
+        qmp_rate_from_env({"STRATOVMM_QMP_RATE": text})

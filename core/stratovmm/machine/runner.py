@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 
 from stratovmm.config.model import VmConfig
+from stratovmm.devices.ratelimit import TokenBucket
 from stratovmm.host import daemon, sandbox
 from stratovmm.machine.microvm import MicroVm
 from stratovmm.plugin import PluginHost
+from stratovmm.qmp.dispatch import Dispatcher
+from stratovmm.qmp.server import serve_qmp
 from stratovmm.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -26,8 +29,9 @@ def run_vm(config: VmConfig, host: PluginHost, registry: Registry) -> int:
     vm.build_devices()
     vm.load()
     host.vm_created(vm.api)
-    from stratovmm.qmp.server import start_qmp_server  # [qmp] issue 4
-    start_qmp_server(vm)
+    if config.runtime.api_channel is not None:
+        dispatcher = Dispatcher(registry.qmp, vm.api, TokenBucket(config.runtime.qmp_rate))
+        serve_qmp(config.runtime.api_channel, vm.main_loop, dispatcher, vm.events)
     seccomp = sandbox.prepare(config, host, registry)  # errors reach the terminal
     session.detach()  # pidfile; -daemonize: stdio to /dev/null
     sandbox.apply(seccomp)  # every thread, before any vCPU runs

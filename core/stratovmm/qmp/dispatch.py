@@ -8,6 +8,12 @@ are looked up in the ``QmpRegistry`` at call time, so whatever the core or a
 plugin registers (``device_add`` from the core's hotplug code, ``blockdev-add``
 from the blk plugin) is dispatched the same way with no change here.
 
+Flow control comes first, as in StratoVirt (its ``LeakBucket``): one token bucket per
+VM (``TokenBucket``: ``rate`` commands per second, bursts of up to one second's worth)
+admits each request, whichever client sent it; a request that finds it empty is
+answered ``OperationThrottled`` and takes nothing, so a client that keeps to the rate
+is never refused and a flood gets exactly the rate through.
+
 Handlers run on the main loop thread, one at a time.  A handler that needs the
 connection the request came on (``getfd`` takes the fd the client passed with
 ``SCM_RIGHTS``) reads it with ``current_session()``.
@@ -25,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
+from stratovmm.config.model import QMP_COMMANDS_PER_SECOND
 from stratovmm.config.schema import Validator as StrictValidator
+from stratovmm.devices.ratelimit import TokenBucket
 from stratovmm.errors import StratoVmmError
 from stratovmm.qmp.errors import CommandNotFound, GenericError, OperationThrottled, QmpError
-from stratovmm.qmp.flowcontrol import LeakyBucket
 from stratovmm.qmp.framing import BadInput, Frame
 
 if TYPE_CHECKING:
@@ -119,11 +126,11 @@ def describe_schema_error(error: jsonschema.ValidationError) -> str:
 class Dispatcher:
     """Runs requests against the registered commands of one VM."""
 
-    def __init__(self, registry: QmpRegistry, vm: VmApi, bucket: LeakyBucket | None = None
+    def __init__(self, registry: QmpRegistry, vm: VmApi, bucket: TokenBucket | None = None
                  ) -> None:
         self.registry = registry
         self.vm = vm
-        self.bucket = bucket or LeakyBucket()
+        self.bucket = bucket or TokenBucket(QMP_COMMANDS_PER_SECOND)
         self._validators: dict[str, jsonschema.protocols.Validator] = {}
 
     def handle(self, frame: Frame, session: Session) -> bytes:
@@ -147,7 +154,7 @@ class Dispatcher:
             return self._error_reply(GenericError("QMP input must be a JSON object"), _NO_ID)
         request_id = request.get("id", _NO_ID)
         try:
-            if not self.bucket.admit():
+            if not self.bucket.take(1):
                 raise OperationThrottled("QMP flow control: more than"
                                          f" {self.bucket.rate:g} commands per second")
             command, arguments = self._check_request(request)

@@ -37,19 +37,14 @@ import select
 import socket
 import stat
 import time
-from typing import TYPE_CHECKING
 
 from stratovmm.errors import ConfigError, HostError
 from stratovmm.host.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
 from stratovmm.host.unixsock import private_listener
 from stratovmm.qmp.commands import version_info
 from stratovmm.qmp.dispatch import MAX_RECEIVED_FDS, Dispatcher, Session, encode_line
-from stratovmm.qmp.events import Event
-from stratovmm.qmp.flowcontrol import LeakyBucket
+from stratovmm.qmp.events import Event, EventBus
 from stratovmm.qmp.framing import Frame, JsonStreamSplitter
-
-if TYPE_CHECKING:
-    from stratovmm.machine.microvm import MicroVm
 
 log = logging.getLogger(__name__)
 
@@ -341,14 +336,11 @@ class QmpServer:
                 log.warning("QMP: cannot remove %s: %s", self.path, exc)
 
 
-def start_qmp_server(machine: MicroVm) -> QmpServer | None:
-    """Serve QMP on ``-api-channel`` (if given), listening before the VM runs."""
-    path = machine.config.runtime.api_channel
-    if path is None:
-        return None
-    server = QmpServer(path, machine.main_loop,
-                       Dispatcher(machine.registry.qmp, machine.api,
-                                  LeakyBucket(rate=machine.config.runtime.qmp_rate)))
+def serve_qmp(path: str, loop: EventLoop, dispatcher: Dispatcher, events: EventBus
+              ) -> QmpServer:
+    """Listen on ``path`` (before the VM runs) and send every event of ``events``, the VM's
+    bus, to the clients; its ``SHUTDOWN`` flushes them and closes the server."""
+    server = QmpServer(path, loop, dispatcher)
     server.start()
-    machine.events.subscribe(server.publish)
+    events.subscribe(server.publish)
     return server

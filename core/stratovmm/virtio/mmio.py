@@ -4,7 +4,8 @@ Registers are accessed from vCPU threads (under ``self._lock``); the device
 runs on its own loop.  On DRIVER_OK the transport registers one ioeventfd per
 ready queue (a write of the queue index to QueueNotify then signals the
 eventfd inside KVM, with no exit to userspace) and hands the queues to the
-device on its loop; interrupts leave through an irqfd (``IrqLine``).
+device on its loop; interrupts leave through ``Interrupt.trigger`` (the machine
+passes an irqfd line, tests a plain callable).
 
 Guest mistakes (bad register access, impossible status transition, feature
 set we never offered, bad queue addresses) are logged once and counted; they
@@ -35,11 +36,11 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from stratovmm.errors import HostError
 from stratovmm.host.eventloop import EPOLLIN, EventLoop
 from stratovmm.kvm.fds import VmFd
-from stratovmm.machine.irq import IrqLine
 from stratovmm.memory import GuestMemoryProtocol
 from stratovmm.virtio import constants as c
 from stratovmm.virtio.device import VirtioDevice
@@ -60,16 +61,23 @@ VALID_TRANSITIONS: dict[int, frozenset[int]] = {
 }
 
 
+class Interrupt(Protocol):
+    """The window's interrupt line: one edge per ``trigger`` (any thread).  The machine's
+    irqfd line (``stratovmm.machine.irq.IrqLine``) is one."""
+
+    def trigger(self) -> None: ...
+
+
 class VirtioMmioTransport:
     """One virtio-mmio window (4 KiB) bound to a ``VirtioDevice``."""
 
     def __init__(self, device: VirtioDevice, vm: VmFd | None, memory: GuestMemoryProtocol,
-                 base: int, irq: IrqLine | Callable[[], None], loop: EventLoop) -> None:
+                 base: int, irq: Interrupt | Callable[[], None], loop: EventLoop) -> None:
         self.device = device
         self.base = base
         self._vm = vm
         self._memory = memory
-        self._trigger = irq.trigger if isinstance(irq, IrqLine) else irq
+        self._trigger = irq if callable(irq) else irq.trigger
         self._loop = loop
         # reentrant: the device is activated under it, and may interrupt from inside
         self._lock = threading.RLock()

@@ -58,7 +58,7 @@ DEVICES: Spec = [
     ("stratovmm.host.eventloop", [("EventLoop", [
         "register", "modify", "unregister", "call_soon", "call_later", "in_loop_thread"])]),
     ("stratovmm.machine.irq", [("IrqLine", None)]),
-    ("stratovmm.devices.vhost", [("VhostBackend", ["open", "request", "set_features",
+    ("stratovmm.virtio.vhost", [("VhostBackend", ["open", "request", "set_features",
                                                    "set_mem_table", "set_vring", "vring_base",
                                                    "close"]),
                                  ("VhostRings", ["offered", "start", "kick", "stop", "close"]),

@@ -1,7 +1,7 @@
-"""What device models build on, besides ``stratovmm.virtio``.
+"""What every device model builds on, virtio or not.
 
 ``regdevice`` (the base for register-window devices that are not virtio),
 ``counters`` (the counters every device keeps for ``query-stats``),
-``ratelimit`` (a token bucket for ``iops=``-style limits) and ``vhost``
-(handing a virtio device's rings to a vhost-kernel backend).
+``ratelimit`` (the token bucket behind ``iops=``-style limits and QMP flow
+control).  Virtio devices build on these through ``stratovmm.virtio``.
 """

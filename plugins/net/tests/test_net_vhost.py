@@ -15,7 +15,11 @@ from stratovmm_net.device import F_MRG_RXBUF, RX, TX
 from stratovmm_net.tap import Tap
 from stratovmm_net.vhost import VHOST_NET_SET_BACKEND, VhostNetDevice, check_vhost, open_vhost_net
 
-from stratovmm.devices.vhost import (
+from stratovmm.errors import ConfigError
+from stratovmm.host.eventloop import EventLoop
+from stratovmm.testing.harness import DeviceHarness
+from stratovmm.virtio import constants as c
+from stratovmm.virtio.vhost import (
     VHOST_GET_VRING_BASE,
     VHOST_SET_FEATURES,
     VHOST_SET_MEM_TABLE,
@@ -26,10 +30,6 @@ from stratovmm.devices.vhost import (
     VHOST_SET_VRING_NUM,
     VhostBackend,
 )
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EventLoop
-from stratovmm.testing.harness import DeviceHarness
-from stratovmm.virtio import constants as c
 
 pytestmark = pytest.mark.unit
 

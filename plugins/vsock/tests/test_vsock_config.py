@@ -22,11 +22,11 @@ from stratovmm_vsock.vhost import RUNTIME_IOCTLS, VhostVsockDevice
 from stratovmm import cli
 from stratovmm.config.load import load_config
 from stratovmm.config.model import VmConfig, runtime_options
-from stratovmm.devices.vhost import VhostBackend
 from stratovmm.errors import ConfigError
 from stratovmm.host.eventloop import EventLoop
 from stratovmm.plugin import PluginHost
 from stratovmm.registry import DeviceRegistry, SeccompRules
+from stratovmm.virtio.vhost import VhostBackend
 
 RUNTIME = runtime_options({})
 

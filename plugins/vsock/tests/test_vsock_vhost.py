@@ -27,11 +27,11 @@ from stratovmm_vsock.vhost import (
     open_vhost_vsock,
 )
 
-from stratovmm.devices import vhost
 from stratovmm.errors import ConfigError
 from stratovmm.host.eventloop import EventLoop
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.virtio import constants as c
+from stratovmm.virtio import vhost
 
 CID = 42
 HVA_BASE = 0x7F00_0000_0000

@@ -17,6 +17,7 @@ import pytest
 
 from stratovmm.errors import PluginError
 from stratovmm.host import sandbox
+from stratovmm.machine import seccomp
 from stratovmm.registry import SeccompRules
 
 pyseccomp = pytest.importorskip("pyseccomp")
@@ -50,7 +51,8 @@ host = PluginHost({{name: importlib.import_module(f"stratovmm_{{name}}.plugin")
                    for name in {names!r}}})
 registry = host.register(core_registry())
 host.check_config({{}}, RuntimeOptions(api_channel="qmp.sock" if {qmp!r} else None))
-rules = sandbox.collect_rules(host, registry)
+from stratovmm.machine.seccomp import collect_rules
+rules = collect_rules(host, registry)
 """
 
 
@@ -271,7 +273,7 @@ def test_collect_rules_adds_each_plugins_rules_after_the_core() -> None:
     module = types.ModuleType("fake_blk")
     module.STRATOVMM_API = "1.0"  # type: ignore[attr-defined]
     module.vmm_seccomp_rules = vmm_seccomp_rules  # type: ignore[attr-defined]
-    rules = sandbox.collect_rules(PluginHost({"fake-blk": module}), Registry())
+    rules = seccomp.collect_rules(PluginHost({"fake-blk": module}), Registry())
     assert rules.syscalls["pwritev"] == "fake-blk"
     assert rules.syscalls["futex"] == "core"
 
@@ -458,7 +460,7 @@ def filter_rules(args: tuple[str, ...]) -> SeccompRules:
     registry = host.register(core_registry())
     config = load_config(["-kernel", "k", *args], registry.devices)
     host.check_config(config.document, config.runtime)
-    return sandbox.collect_rules(host, registry, sandbox.idle_plugins(registry, config))
+    return seccomp.collect_rules(host, registry, seccomp.idle_plugins(registry, config))
 
 
 @pytest.mark.parametrize("row", sorted(DEVICE_SETS))

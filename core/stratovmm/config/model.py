@@ -104,13 +104,20 @@ def api_channel_path(channel: Any) -> str:
     return path
 
 
+def check_daemon_options(runtime: RuntimeOptions) -> None:
+    """Refuse option combinations ``-daemonize`` cannot honour (stdio is closed)."""
+    if runtime.daemonize and runtime.log_enabled and runtime.log_path is None:
+        raise ConfigError("-D: logging to stderr is not allowed with -daemonize (stdio is"
+                          " closed); give -D PATH")
+
+
 def runtime_options(runtime: dict[str, Any]) -> RuntimeOptions:
     """Typed runtime options from the command line's runtime switches."""
     channel = runtime.get("api-channel")
     if channel is not None:
         channel = api_channel_path(channel)
     log = runtime.get("D")
-    return RuntimeOptions(
+    options = RuntimeOptions(
         name=runtime.get("name"),
         api_channel=channel,
         freeze=bool(runtime.get("freeze", False)),
@@ -122,6 +129,8 @@ def runtime_options(runtime: dict[str, Any]) -> RuntimeOptions:
         config_file=runtime.get("config"),
         qmp_rate=qmp_rate_from_env(),   # read here so that a bad value fails before KVM set-up
     )
+    check_daemon_options(options)
+    return options
 
 
 def build_vm_config(document: dict[str, Any], runtime: RuntimeOptions) -> VmConfig:

@@ -8,7 +8,9 @@ A *part* is a folder of ``core/stratovmm`` (``machine``, ``devices``, ``host``, 
 ``virtio``, ``boot``, ``kvm``, ``config``, ``testing``, ``plugintemplate``) or a module
 at its root (``errors``, ``memory``, ``registry``, ``plugin``, ``hookspecs``, ``api``,
 ``cli``; ``stratovmm`` is the package's ``__init__``, which holds only the version).
-An edge ``a -> b`` means a module of ``a`` imports a module of ``b``.  Imports inside a
+An edge ``a -> b`` means a module of ``a`` imports a module of ``b``; a module whose
+name starts with ``_`` (the compiled cffi modules: ``kvm._kvm``, ``boot._bootparam``,
+``virtio._barrier``, ``host._sandbox``) is private to its part.  Imports inside a
 function count: they run.  Imports under ``if TYPE_CHECKING:`` do not run; they are
 listed apart, as "typing only", and the checks leave them out (they let a lower part
 name a higher part's type in an annotation, e.g. the ``VmApi`` that QMP handlers get).
@@ -74,6 +76,7 @@ class Graph:
     typing: dict[tuple[str, str], set[tuple[str, str]]] = field(
         default_factory=lambda: defaultdict(set))
     parts: set[str] = field(default_factory=set)
+    private: set[tuple[str, str]] = field(default_factory=set)   # across parts
 
 
 def module_name(path: Path, root: Path = CORE) -> str:
@@ -141,6 +144,8 @@ def build(root: Path = CORE) -> Graph:
             edge = (part_of(here), part_of(target))
             if edge[0] == edge[1]:
                 continue
+            if target.split(".")[-1].startswith("_"):
+                graph.private.add((here, target))
             (graph.typing if typing_only else graph.runtime)[edge].add((here, target))
     for edge in graph.runtime:
         graph.typing.pop(edge, None)          # shown once, as the runtime edge it also is
@@ -184,8 +189,11 @@ def cycles(edges: set[tuple[str, str]]) -> list[list[str]]:
 
 def violations(graph: Graph) -> list[str]:
     """Every broken rule: a runtime cycle, an edge to a higher layer, a part missing from
-    ``LAYERS``, a core module importing a facade."""
+    ``LAYERS``, a core module importing a facade, a part importing another part's private
+    module (a native ``_name`` module belongs to the part that builds it)."""
     problems = [f"cycle: {' <-> '.join(c)}" for c in cycles(set(graph.runtime))]
+    problems += [f"{a} imports {b}, private to {part_of(b)}"
+                 for a, b in sorted(graph.private)]
     problems += [f"{part}: not in LAYERS (place it in tools/importgraph.py)"
                  for part in sorted(graph.parts - set(RANK))]
     for (a, b), why in sorted(graph.runtime.items()):

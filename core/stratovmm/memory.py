@@ -17,8 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from cffi import FFI
+
 from stratovmm.errors import ConfigError, GuestMemoryError, HostError
-from stratovmm.kvm._kvm import ffi, lib
+
+# Only for the mapping's host address (a cffi buffer pointer): no C is declared or built.
+_ffi = FFI()
+# <asm-generic/mman-common.h>, x86_64 (Python's mmap module names it from 3.13 only): do
+# not reserve swap for the whole of guest RAM, as QEMU maps it.
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -159,8 +166,8 @@ class HostGuestMemory(GuestMemory):
             # page-table levels for the host MMU to walk on every guest access
             self._mmap.madvise(mmap.MADV_HUGEPAGE)
         super().__init__(self._mmap, regions)
-        self._cdata = ffi.from_buffer(self._mmap)
-        self.host_base = int(ffi.cast("uintptr_t", self._cdata))
+        self._cdata = _ffi.from_buffer(self._mmap)
+        self.host_base = int(_ffi.cast("uintptr_t", self._cdata))
 
     def host_address(self, region: Region) -> int:
         """Host virtual address of ``region``'s first byte (for KVM memory slots)."""
@@ -188,7 +195,7 @@ def _map(options: MemoryOptions) -> mmap.mmap:
     prot = mmap.PROT_READ | mmap.PROT_WRITE
     share = mmap.MAP_SHARED if options.shared else mmap.MAP_PRIVATE
     if options.mem_path is None:
-        flags = share | mmap.MAP_ANONYMOUS | lib.MAP_NORESERVE
+        flags = share | mmap.MAP_ANONYMOUS | MAP_NORESERVE
         try:
             return mmap.mmap(-1, options.size, flags=flags, prot=prot)
         except OSError as exc:

@@ -48,7 +48,7 @@ from typing import Any
 
 from stratovmm.errors import HostError, PluginError
 from stratovmm.host.logsetup import log_fds
-from stratovmm.kvm._kvm import lib as kvm
+from stratovmm.kvm import request_number
 from stratovmm.registry import ArgCondition, SeccompRules
 
 log = logging.getLogger(__name__)
@@ -107,12 +107,12 @@ CORE_SYSCALLS: dict[str, tuple[str, ...]] = {
 CORE_IOCTLS: dict[str, int] = {
     # the vCPU loop, irqfd/ioeventfd (un)registration when a virtio driver
     # becomes ready or a device is hot-replaced, registers for a fatal-error report
-    "KVM_RUN": kvm.KVM_RUN,
-    "KVM_IRQ_LINE": kvm.KVM_IRQ_LINE,
-    "KVM_IRQFD": kvm.KVM_IRQFD,
-    "KVM_IOEVENTFD": kvm.KVM_IOEVENTFD,
-    "KVM_GET_REGS": kvm.KVM_GET_REGS,
-    "KVM_GET_SREGS": kvm.KVM_GET_SREGS,
+    "KVM_RUN": request_number("KVM_RUN"),
+    "KVM_IRQ_LINE": request_number("KVM_IRQ_LINE"),
+    "KVM_IRQFD": request_number("KVM_IRQFD"),
+    "KVM_IOEVENTFD": request_number("KVM_IOEVENTFD"),
+    "KVM_GET_REGS": request_number("KVM_GET_REGS"),
+    "KVM_GET_SREGS": request_number("KVM_GET_SREGS"),
     # io.open() asks isatty() of every file it opens (tracebacks, lazy imports)
     "TCGETS": termios.TCGETS,
     # socket.setblocking()/settimeout() and os.set_blocking() on QMP clients

@@ -30,4 +30,4 @@ def c_value(tmp_path: Path, include: str, expression: str) -> int:
 
 def test_map_noreserve_is_the_headers(tmp_path: Path) -> None:
     """``memory.MAP_NORESERVE`` (guest RAM reserves no swap) is <sys/mman.h>'s."""
-    assert memory.MAP_NORESERVE == c_value(tmp_path, "<sys/mman.h>", "MAP_NORESERVE")
+    assert c_value(tmp_path, "<sys/mman.h>", "MAP_NORESERVE") == memory.MAP_NORESERVE

@@ -171,16 +171,18 @@ def test_unknown_command(dispatcher: Dispatcher, session: Session) -> None:
 
 
 @pytest.mark.parametrize(("arguments", "desc"), [
-    ({"id": "a", "extra": 1}, "Parameter 'extra' is unexpected"),
-    ({"id": 3}, "Invalid parameter type for 'id', expected: string"),
-    ({}, "Parameter 'id' is missing"),
-    ({"id": "a", "opts": {"ro": "yes"}}, "Invalid parameter type for 'opts.ro', expected: boolean"),
-    ({"id": "a", "opts": {"rw": True}}, "Parameter 'opts.rw' is unexpected"),
+    ({"id": "a", "extra": 1}, "demo-cmd: unknown key 'extra' (known: count, id, opts)"),
+    ({"id": 3}, "demo-cmd: id: expected a string, got 3"),
+    ({}, "demo-cmd: missing required key 'id'"),
+    ({"id": "a", "opts": {"ro": "yes"}},
+     'demo-cmd: opts.ro: expected a boolean (true/false), got "yes"'),
+    ({"id": "a", "opts": {"rw": True}}, "demo-cmd: opts: unknown key 'rw' (known: ro)"),
 ])
 def test_schema_is_checked_before_the_handler(dispatcher: Dispatcher, session: Session,
                                               handled: list[dict[str, Any]],
                                               arguments: dict[str, Any], desc: str) -> None:
-    """Bad arguments are refused with QEMU's wording and the handler never runs."""
+    """Bad arguments are refused naming the command and the argument (the config's wording:
+    one formatter) and the handler never runs."""
     reply = run(dispatcher, session, {"execute": "demo-cmd", "arguments": arguments, "id": 9})
     assert error_of(reply) == ("GenericError", desc)
     assert reply["id"] == 9
@@ -298,8 +300,7 @@ def test_integer_arguments_refuse_floats(dispatcher: Dispatcher, session: Sessio
     handler)."""
     reply = run(dispatcher, session, {"execute": "demo-cmd",
                                       "arguments": {"id": "a", "count": 1.0}})
-    assert error_of(reply) == ("GenericError",
-                               "Invalid parameter type for 'count', expected: integer")
+    assert error_of(reply) == ("GenericError", "demo-cmd: count: expected an integer, got 1.0")
     assert handled == []
 
 

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
+from stratovmm.config import schema
 from stratovmm.config.model import QMP_COMMANDS_PER_SECOND
-from stratovmm.config.schema import Validator as StrictValidator
 from stratovmm.devices.ratelimit import TokenBucket
 from stratovmm.errors import StratoVmmError
 from stratovmm.qmp.errors import CommandNotFound, GenericError, OperationThrottled, QmpError
@@ -99,30 +99,6 @@ def encode_line(obj: Mapping[str, Any]) -> bytes:
     return text.encode() + b"\r\n"
 
 
-def describe_schema_error(error: jsonschema.ValidationError) -> str:
-    """A jsonschema failure in QMP's words (QEMU's messages where there is one)."""
-    path = ".".join(str(p) for p in error.absolute_path)
-    prefix = f"{path}." if path else ""
-    instance = error.instance
-    if error.validator == "additionalProperties" and isinstance(instance, dict):
-        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
-        extra = sorted(k for k in instance if k not in known)
-        if extra:
-            return f"Parameter '{prefix}{extra[0]}' is unexpected"
-    if error.validator == "required" and isinstance(instance, dict):
-        missing = [k for k in error.validator_value if k not in instance]
-        if missing:
-            return f"Parameter '{prefix}{missing[0]}' is missing"
-    if error.validator == "type":
-        expected = error.validator_value
-        if isinstance(expected, list):
-            expected = " or ".join(expected)
-        return f"Invalid parameter type for '{path or 'arguments'}', expected: {expected}"
-    if path:
-        return f"Invalid parameter '{path}': {error.message}"
-    return f"Invalid arguments: {error.message}"
-
-
 class Dispatcher:
     """Runs requests against the registered commands of one VM."""
 
@@ -181,17 +157,17 @@ class Dispatcher:
         command = self.registry.commands.get(name)
         if command is None:
             raise CommandNotFound(f"The command {name} has not been found")
-        error = jsonschema.exceptions.best_match(self._validator(command).iter_errors(arguments))
-        if error is not None:
-            raise GenericError(describe_schema_error(error))
+        message = schema.problem(self._validator(command), arguments, schema.under(name))
+        if message is not None:
+            raise GenericError(message)
         return command, arguments
 
     def _validator(self, command: QmpCommand) -> jsonschema.protocols.Validator:
         validator = self._validators.get(command.name)
         if validator is None:
-            # integers are Python ints: JSON Schema lets 1.0 through as an integer, and a
-            # float would reach handlers that index or count with it
-            validator = StrictValidator(command.schema)
+            # the config's validator: integers are Python ints (a float would reach
+            # handlers that index or count with it)
+            validator = schema.Validator(command.schema)
             self._validators[command.name] = validator
         return validator
 

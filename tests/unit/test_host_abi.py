@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from stratovmm import memory
+from stratovmm.host.unixsock import SUN_PATH_MAX
 
 
 def c_value(tmp_path: Path, include: str, expression: str) -> int:
@@ -31,3 +32,9 @@ def c_value(tmp_path: Path, include: str, expression: str) -> int:
 def test_map_noreserve_is_the_headers(tmp_path: Path) -> None:
     """``memory.MAP_NORESERVE`` (guest RAM reserves no swap) is <sys/mman.h>'s."""
     assert c_value(tmp_path, "<sys/mman.h>", "MAP_NORESERVE") == memory.MAP_NORESERVE
+
+
+def test_sun_path_max_is_the_headers(tmp_path: Path) -> None:
+    """``SUN_PATH_MAX`` (the longest socket path) is <sys/un.h>'s ``sun_path`` less its NUL."""
+    assert c_value(tmp_path, "<sys/un.h>",
+                   "sizeof(((struct sockaddr_un *)0)->sun_path) - 1") == SUN_PATH_MAX

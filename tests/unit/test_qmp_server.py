@@ -18,7 +18,7 @@ from qemu.qmp.models import Greeting
 
 from stratovmm import __version__
 from stratovmm.devices.ratelimit import TokenBucket
-from stratovmm.errors import ConfigError, HostError
+from stratovmm.errors import ConfigError
 from stratovmm.host.eventloop import EventLoop
 from stratovmm.qmp import server as server_module
 from stratovmm.qmp.commands import register_core_commands
@@ -276,7 +276,7 @@ def test_stale_socket_is_replaced_live_one_refused(sockdir: str) -> None:
     registry = QmpRegistry()
     first = QmpServer(path, loop, Dispatcher(registry, cast(Any, FakeVm())))
     first.start()
-    with pytest.raises(HostError, match="in use"):
+    with pytest.raises(ConfigError, match="another process is listening there"):
         QmpServer(path, loop, Dispatcher(registry, cast(Any, FakeVm()))).start()
     first.close()
     assert not os.path.exists(path)

@@ -7,6 +7,7 @@ from typing import Any
 
 from stratovmm.config.model import RuntimeOptions
 from stratovmm.errors import ConfigError
+from stratovmm.host.unixsock import check_socket_path
 from stratovmm.machine.vmapi import BuildContext
 from stratovmm.plugin import hookimpl
 from stratovmm.registry import (
@@ -17,7 +18,7 @@ from stratovmm.registry import (
     SubOption,
     ValueKind,
 )
-from stratovmm_console.backend import ConsoleSocket, check_socket_path
+from stratovmm_console.backend import ConsoleSocket
 from stratovmm_console.device import ConsoleDevice
 from stratovmm_console.schema import CONSOLE_SCHEMA
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from stratovmm.config.model import RuntimeOptions
 from stratovmm.errors import ConfigError
+from stratovmm.host.unixsock import check_socket_path
 from stratovmm.machine.vmapi import BuildContext
 from stratovmm.plugin import hookimpl
 from stratovmm.registry import (
@@ -99,11 +100,8 @@ def _bridge(ctx: BuildContext, item: dict[str, Any]) -> UnixBridge:
     else:
         path, where = paths.default_socket_path(ctx.name), WHERE
         paths.ensure_private_dir(os.path.dirname(path), where)
-    paths.check_socket_path(path, where)
-    try:
-        bridge = UnixBridge(path, item["guest_cid"], ctx.main_loop)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot listen on {path}: {exc.strerror or exc}") from exc
+    check_socket_path(path, where, paths.PORT_SUFFIX)
+    bridge = UnixBridge(path, item["guest_cid"], ctx.main_loop, where=where)
     if "uds_path" not in item:
         log.warning("%s: %s does not exist, so the guest's vsock is bridged to unix sockets:"
                     " CONNECT <port> on %s reaches the guest, guest connections to host port P"
@@ -124,7 +122,7 @@ def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
     item = config.get("vsock")
     _settings.vhost = isinstance(item, dict) and uses_vhost(item)
     if isinstance(item, dict) and "uds_path" in item:
-        paths.check_socket_path(item["uds_path"], f"{WHERE} uds-path")
+        check_socket_path(item["uds_path"], f"{WHERE} uds-path", paths.PORT_SUFFIX)
 
 
 _SOCK_TYPE_MASK = 0xF     # the kernel's SOCK_TYPE_MASK: the type without NONBLOCK/CLOEXEC

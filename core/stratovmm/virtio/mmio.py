@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from stratovmm.devices.logonce import LogOnce
 from stratovmm.errors import HostError
 from stratovmm.host.eventloop import EPOLLIN, EventLoop
 from stratovmm.kvm.fds import VmFd
@@ -102,7 +103,7 @@ class VirtioMmioTransport:
         self._kicks: set[int] = set()
         self._kicks_queued = False
         self.faults = 0
-        self._logged: set[str] = set()
+        self._log_once = LogOnce(log)
 
     # -- interrupts (any thread) ---------------------------------------------------------------
 
@@ -367,10 +368,8 @@ class VirtioMmioTransport:
 
     def _host_failure(self, kind: str, message: str) -> None:
         self.device.counters["errors"] += 1
-        if "host-" + kind not in self._logged:
-            self._logged.add("host-" + kind)
-            log.error("%s: %s; the device needs a reset (logged once; counted in errors)",
-                      self.device.id, message)
+        self._log_once("host-" + kind, logging.ERROR, "%s: %s; the device needs a reset"
+                       " (logged once; counted in errors)", self.device.id, message)
 
     def _kick_handler(self, index: int, efd: int) -> Callable[[int], None]:
         def handler(_events: int) -> None:
@@ -450,10 +449,8 @@ class VirtioMmioTransport:
     def _fault(self, kind: str, message: str) -> None:
         self.faults += 1
         self.device.counters["guest_faults"] += 1
-        if kind not in self._logged:
-            self._logged.add(kind)
-            log.warning("%s: bad driver access (%s): %s (logged once; counted after)",
-                        self.device.id, kind, message)
+        self._log_once(kind, logging.WARNING, "%s: bad driver access (%s): %s (logged once;"
+                       " counted after)", self.device.id, kind, message)
 
 
 _QUEUE_REGISTERS: dict[int, tuple[str, bool]] = {

@@ -50,13 +50,15 @@ DEVICES: Spec = [
     ("stratovmm.virtio.device", [("VirtioDevice", [
         "device_features", "has_feature", "config_space", "read_config", "write_config",
         "on_activate", "on_reset", "close", "handle_queue", "drain", "signal_used",
-        "guest_fault", "stats"])]),
+        "guest_fault", "host_error", "stats"])]),
     ("stratovmm.virtio.chain", [("DescriptorChain", None), "Descriptor"]),
     ("stratovmm.machine.bus", [("BusDevice", ["read", "write"])]),
     ("stratovmm.devices.regdevice", [("RegisterDevice", [
-        "read_register", "write_register", "close", "guest_fault", "stats"])]),
+        "read_register", "write_register", "after_unlock", "close", "guest_fault",
+        "host_error", "stats"])]),
     ("stratovmm.host.eventloop", [("EventLoop", [
-        "register", "modify", "unregister", "call_soon", "call_later", "in_loop_thread"])]),
+        "register", "modify", "unregister", "call_soon", "call_later", "in_loop_thread",
+        "pending_timers", "pending_calls", "watching", "ready"])]),
     ("stratovmm.machine.irq", [("IrqLine", None)]),
     ("stratovmm.virtio.vhost", [("VhostBackend", ["open", "request", "set_features",
                                                    "set_mem_table", "set_vring", "vring_base",

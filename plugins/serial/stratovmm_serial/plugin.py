@@ -8,14 +8,13 @@ from stratovmm.errors import ConfigError
 from stratovmm.machine.vmapi import BuildContext
 from stratovmm.plugin import hookimpl
 from stratovmm.registry import DeviceRegistry, DeviceType, OptionSpec, SeccompRules, SubOption
-from stratovmm_serial.device import Uart16550
+from stratovmm_serial.device import WINDOW, Uart16550
 from stratovmm_serial.schema import SERIAL_SCHEMA
 from stratovmm_serial.stdio import StdioBackend
 
 STRATOVMM_API = "1.0"
 
 PORT_BASE = 0x3F8   # COM1: what console=ttyS0 probes
-PORT_COUNT = 8
 IRQ = 4             # COM1's ISA IRQ (the MP table routes it to IOAPIC pin 4)
 
 SERIAL_OPTION = OptionSpec(
@@ -23,24 +22,6 @@ SERIAL_OPTION = OptionSpec(
     sub=(SubOption("backend", "stdio", values={"stdio": True}, help="only stdio"),),
     metavar="stdio",
 )
-
-
-class SerialDevice:
-    """The UART and its backend, recorded under the id ``serial``."""
-
-    def __init__(self, uart: Uart16550, backend: StdioBackend | None) -> None:
-        self.uart = uart
-        self.backend = backend
-
-    def stats(self) -> dict[str, int]:
-        """Bytes each way, under the names every device uses (QMP ``query-stats``):
-        ``bytes_written`` the guest sent to the host, ``bytes_read`` the host gave it."""
-        return {"bytes_written": self.uart.tx_bytes, "bytes_read": self.uart.rx_bytes}
-
-    def close(self) -> None:
-        """Restore the terminal."""
-        if self.backend is not None:
-            self.backend.close()
 
 
 def create_serial(ctx: BuildContext, item: dict[str, Any]) -> None:
@@ -51,11 +32,12 @@ def create_serial(ctx: BuildContext, item: dict[str, Any]) -> None:
         out=backend.write if backend else (lambda _data: None),
         irq=irq.trigger,
         on_rx_space=backend.rx_space_available if backend else None,
+        on_close=backend.close if backend else None,
     )
-    ctx.add_pio_device(uart, PORT_BASE, PORT_COUNT, "serial")
+    ctx.add_pio_device(uart, PORT_BASE, WINDOW, "serial")
     if backend is not None:
         backend.attach(uart)
-    ctx.add_device("serial", SerialDevice(uart, backend))
+    ctx.add_device("serial", uart)
 
 
 @hookimpl

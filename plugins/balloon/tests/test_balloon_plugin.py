@@ -235,9 +235,7 @@ def test_target_change_reaches_the_driver_as_config_interrupt() -> None:
     from stratovmm.testing.harness import DeviceHarness
 
     vm, device = balloon_vm()
-    harness = DeviceHarness(device, memory_size=1 << 20)
-    harness.transport._loop = vm.main_loop
-    harness.loop = vm.main_loop
+    harness = DeviceHarness(device, memory_size=1 << 20, loop=vm.main_loop)
     harness.start()
     before = harness.interrupts
     qmp(vm, "balloon", {"value": RAM // 2})

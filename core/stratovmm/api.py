@@ -46,26 +46,6 @@ from stratovmm.devices.placement import (
 )
 from stratovmm.devices.ratelimit import TokenBucket
 from stratovmm.devices.regdevice import RegisterDevice
-from stratovmm.devices.vhost import (
-    RING_IOCTLS,
-    VHOST_GET_FEATURES,
-    VHOST_GET_VRING_BASE,
-    VHOST_SET_FEATURES,
-    VHOST_SET_MEM_TABLE,
-    VHOST_SET_OWNER,
-    VHOST_SET_VRING_ADDR,
-    VHOST_SET_VRING_BASE,
-    VHOST_SET_VRING_CALL,
-    VHOST_SET_VRING_KICK,
-    VHOST_SET_VRING_NUM,
-    Ioctl,
-    VhostBackend,
-    VhostRings,
-    vhost_io,
-    vhost_ior,
-    vhost_iow,
-    vhost_iowr,
-)
 from stratovmm.errors import (
     ConfigError,
     GuestError,
@@ -76,7 +56,7 @@ from stratovmm.errors import (
     StratoVmmError,
 )
 from stratovmm.host.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Timer
-from stratovmm.host.unixsock import private_listener
+from stratovmm.host.unixsock import UnixListener, check_socket_path
 from stratovmm.machine.hotplug import BackendTable
 from stratovmm.machine.irq import IrqLine
 from stratovmm.machine.vmapi import BuildContext, VmApi
@@ -132,6 +112,26 @@ from stratovmm.virtio.device import (
     VirtioDevice,
 )
 from stratovmm.virtio.queue import SplitQueue
+from stratovmm.virtio.vhost import (
+    RING_IOCTLS,
+    VHOST_GET_FEATURES,
+    VHOST_GET_VRING_BASE,
+    VHOST_SET_FEATURES,
+    VHOST_SET_MEM_TABLE,
+    VHOST_SET_OWNER,
+    VHOST_SET_VRING_ADDR,
+    VHOST_SET_VRING_BASE,
+    VHOST_SET_VRING_CALL,
+    VHOST_SET_VRING_KICK,
+    VHOST_SET_VRING_NUM,
+    Ioctl,
+    VhostBackend,
+    VhostRings,
+    vhost_io,
+    vhost_ior,
+    vhost_iow,
+    vhost_iowr,
+)
 
 __all__ = [
     "API_VERSION",
@@ -215,15 +215,16 @@ __all__ = [
     "SubOption",
     "Timer",
     "TokenBucket",
+    "UnixListener",
     "ValueKind",
     "VhostBackend",
     "VhostRings",
     "VirtioDevice",
     "VirtioSlot",
     "VmApi",
+    "check_socket_path",
     "gather",
     "hookimpl",
-    "private_listener",
     "scatter",
     "skip_views",
     "trim_views",

@@ -13,7 +13,6 @@ from stratovmm.config.core_options import CORE_OPTIONS
 from stratovmm.config.help import render_help
 from stratovmm.config.load import load_config, parse_command_line
 from stratovmm.errors import ConfigError, HostError, PluginError, StratoVmmError
-from stratovmm.host.daemon import check_options
 from stratovmm.host.logsetup import setup_logging
 from stratovmm.machine.hotplug import register_hotplug_commands
 from stratovmm.plugin import PluginHost
@@ -69,7 +68,6 @@ def main(argv: list[str] | None = None,
             return 0
         config = load_config(args, registry.devices, parsed)
         check_boot_files(config.boot.kernel, config.boot.initrd)
-        check_options(config.runtime)
         setup_logging(config.runtime.log_path)
         host.check_config(config.document, config.runtime)
         from stratovmm.machine.runner import run_vm

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from stratovmm.errors import ConfigError, GuestMemoryError, HostError
-from stratovmm.kvm._kvm import lib
+
+# <asm-generic/mman-common.h>, x86_64 (Python's mmap module names it from 3.13 only): do
+# not reserve swap for the whole of guest RAM, as QEMU maps it.
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -175,7 +178,6 @@ class HostGuestMemory(GuestMemory):
             # page-table levels for the host MMU to walk on every guest access
             self._mmap.madvise(mmap.MADV_HUGEPAGE)
         super().__init__(self._mmap, regions)
-
     def discard(self, gpa: int, length: int) -> None:
         """Return whole pages to the host (virtio-balloon inflate).
 
@@ -197,7 +199,7 @@ def _map(options: MemoryOptions) -> mmap.mmap:
     prot = mmap.PROT_READ | mmap.PROT_WRITE
     share = mmap.MAP_SHARED if options.shared else mmap.MAP_PRIVATE
     if options.mem_path is None:
-        flags = share | mmap.MAP_ANONYMOUS | lib.MAP_NORESERVE
+        flags = share | mmap.MAP_ANONYMOUS | MAP_NORESERVE
         try:
             return mmap.mmap(-1, options.size, flags=flags, prot=prot)
         except OSError as exc:

@@ -18,6 +18,7 @@ import pytest
 from stratovmm import cli
 from stratovmm.errors import PluginError
 from stratovmm.host import sandbox
+from stratovmm.machine import seccomp
 from stratovmm.registry import SeccompRules
 
 pyseccomp = pytest.importorskip("pyseccomp")
@@ -53,7 +54,8 @@ registry = host.register(core_registry())
 config = load_config(["-kernel", "k"] + (["-api-channel", "unix:qmp.sock"] if {qmp!r} else []),
                      registry.devices)
 host.check_config(config.document, config.runtime)
-rules = sandbox.collect_rules(host, registry, config)
+from stratovmm.machine.seccomp import collect_rules
+rules = collect_rules(host, registry, config)
 """
 
 
@@ -277,7 +279,7 @@ def test_collect_rules_adds_each_plugins_rules_after_the_core() -> None:
     module.vmm_seccomp_rules = vmm_seccomp_rules  # type: ignore[attr-defined]
     registry = Registry()
     config = load_config(["-kernel", "k"], cli.core_registry().devices)
-    rules = sandbox.collect_rules(PluginHost({"fake-blk": module}), registry, config)
+    rules = seccomp.collect_rules(PluginHost({"fake-blk": module}), registry, config)
     assert rules.syscalls["pwritev"] == "fake-blk"
     assert rules.syscalls["futex"] == "core"
 
@@ -464,7 +466,7 @@ def filter_rules(args: tuple[str, ...]) -> SeccompRules:
     registry = host.register(core_registry())
     config = load_config(["-kernel", "k", *args], registry.devices)
     host.check_config(config.document, config.runtime)
-    return sandbox.collect_rules(host, registry, config, sandbox.idle_plugins(registry, config))
+    return seccomp.collect_rules(host, registry, config, seccomp.idle_plugins(registry, config))
 
 
 @pytest.mark.parametrize("row", sorted(DEVICE_SETS))

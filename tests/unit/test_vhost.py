@@ -1,4 +1,4 @@
-"""The core's vhost-kernel protocol (``stratovmm.devices.vhost``), shared by the net and vsock
+"""The core's vhost-kernel protocol (``stratovmm.virtio.vhost``), shared by the net and vsock
 plugins: request numbers as <linux/vhost.h> defines them, and the exact ioctl sequence of opening a
 vhost device, handing a device's rings over at DRIVER_OK and taking them back on reset.
 
@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from stratovmm.devices import vhost
-from stratovmm.devices.vhost import VhostBackend, VhostRings
 from stratovmm.errors import ConfigError
 from stratovmm.host.eventloop import EventLoop
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.memory import BytearrayGuestMemory
 from stratovmm.virtio import constants as c
+from stratovmm.virtio import vhost
 from stratovmm.virtio.device import VirtioDevice
+from stratovmm.virtio.vhost import VhostBackend, VhostRings
 
 HVA_BASE = 0x7F00_0000_0000
 RINGS = (1 << c.F_VERSION_1) | (1 << c.F_INDIRECT_DESC) | (1 << c.F_EVENT_IDX)

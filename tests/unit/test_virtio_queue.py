@@ -41,7 +41,7 @@ def test_bad_chain_is_completed_with_zero_and_skipped() -> None:
     q = make()
     q.write_descriptor(0, 1 << 30, 16, 0)      # outside RAM
     q.publish(0)
-    q._next_free = 1
+    q.skip_descriptors(1)
     good = q.add_chain([Buffer(0x8000, 8)])
     dq = q.device_queue()
     chain = dq.pop()
@@ -151,11 +151,9 @@ def test_unpop_gives_the_chain_back_for_the_next_pop() -> None:
     """unpop after a pop (past a bad chain, across the 16-bit wrap): the same chain comes
     out again, walked afresh; the bad one is not completed twice."""
     q = make()
-    q.avail_idx = 0xFFFF
-    q.memory.write_u16(q.avail_ring + 2, 0xFFFF)
+    q.start_at(0xFFFF)
     dq = q.device_queue()
     dq.last_avail = dq.next_used = 0xFFFF
-    q._used_seen = 0xFFFF
     q.write_descriptor(2, 1 << 30, 8, 0)                 # outside RAM: a bad chain
     q.publish(2)
     good = q.add_chain([Buffer(0x8000, 8, True)])

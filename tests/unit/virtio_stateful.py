@@ -406,8 +406,8 @@ class VirtioGuest(RuleBasedStateMachine):
     def host_memory_bounded(self) -> None:
         """The device's own buffers and its loop's queues stay bounded."""
         assert self.host_bytes() <= self.HOST_BYTES_MAX, self.host_bytes()
-        assert len(self.loop._pending) <= LOOP_BACKLOG, len(self.loop._pending)
-        live_timers = [t for t in self.loop._timers if not t.cancelled]
+        assert self.loop.pending_calls() <= LOOP_BACKLOG, self.loop.pending_calls()
+        live_timers = self.loop.pending_timers()
         assert len(live_timers) <= LOOP_BACKLOG, len(live_timers)
 
     @precondition(lambda self: self.device is not None)

@@ -92,6 +92,24 @@ class EventLoop:
         heapq.heappush(self._timers, timer)
         return timer
 
+    def pending_timers(self) -> list[Timer]:
+        """The armed timers not cancelled, soonest first (what a test or a stats reader
+        may inspect; the loop's own heap stays private)."""
+        return sorted(t for t in self._timers if not t.cancelled)
+
+    def pending_calls(self) -> int:
+        """How many ``call_soon`` callbacks wait for the next turn."""
+        return len(self._pending)
+
+    def watching(self, fd: int) -> bool:
+        """True while ``fd`` is registered."""
+        return fd in self._handlers
+
+    def ready(self) -> dict[int, int]:
+        """The registered fds epoll reports ready now, with their events, without
+        dispatching anything (level-triggered: a later turn sees them again)."""
+        return {fd: events for fd, events in self._epoll.poll(0) if fd in self._handlers}
+
     def in_loop_thread(self) -> bool:
         """True when called from the thread running this loop."""
         return self.thread_id == threading.get_ident()

@@ -16,10 +16,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-import jsonschema
-
+from stratovmm.config import schema
 from stratovmm.config.core_options import ITEM_ID_SCHEMA
-from stratovmm.config.schema import Validator as StrictValidator
 from stratovmm.errors import ConfigError, HotplugError
 from stratovmm.qmp.errors import DeviceNotFound, GenericError
 from stratovmm.registry import QmpCommand
@@ -95,11 +93,10 @@ def driver_arguments(driver: HotplugDriver[Any], args: dict[str, Any]) -> dict[s
     if ignored:
         log.info("device_add %s: ignoring %s", driver.driver, ", ".join(ignored))
     chosen = {k: v for k, v in args.items() if k in own}
-    try:
-        StrictValidator(driver.schema).validate(chosen)
-    except jsonschema.ValidationError as exc:
-        where = ".".join(str(p) for p in exc.absolute_path) or "arguments"
-        raise GenericError(f"device_add {driver.driver}: {where}: {exc.message}") from None
+    message = schema.problem(schema.Validator(driver.schema), chosen,
+                             schema.under(f"device_add {driver.driver}"))
+    if message is not None:
+        raise GenericError(message)
     return chosen
 
 
@@ -135,8 +132,8 @@ def device_add_schema(drivers: Iterable[HotplugDriver[Any]]) -> dict[str, Any]:
     drivers = list(drivers)
     properties: dict[str, Any] = dict(COMMON_PROPERTIES)
     for driver in drivers:
-        for key, schema in driver.schema.get("properties", {}).items():
-            properties.setdefault(key, schema)
+        for key, fragment in driver.schema.get("properties", {}).items():
+            properties.setdefault(key, fragment)
     properties["driver"] = {"enum": sorted(d.driver for d in drivers)} if drivers else {
         "type": "string", "minLength": 1}
     return {"type": "object", "additionalProperties": False, "required": ["driver", "id"],

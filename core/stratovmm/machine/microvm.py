@@ -31,7 +31,6 @@ from stratovmm.config.model import VmConfig
 from stratovmm.errors import ConfigError, HostError
 from stratovmm.host.eventloop import EventLoop, IoThread
 from stratovmm.kvm import Kvm
-from stratovmm.kvm._kvm import lib
 from stratovmm.machine.bus import Bus
 from stratovmm.machine.devicetable import DeviceTable
 from stratovmm.machine.i8042 import I8042, PORT_BASE, PORT_LENGTH
@@ -140,10 +139,10 @@ class MicroVm:
 
     def _setup_kvm(self) -> None:
         self.kvm = Kvm()
-        missing = [c for c in REQUIRED_CAPS if not self.kvm.check_extension(getattr(lib, c))]
+        missing = [c for c in REQUIRED_CAPS if not self.kvm.check_extension(c)]
         if missing:
             raise HostError(f"/dev/kvm lacks {', '.join(missing)}")
-        max_vcpus = self.kvm.check_extension(lib.KVM_CAP_MAX_VCPUS)
+        max_vcpus = self.kvm.check_extension("KVM_CAP_MAX_VCPUS")
         if self.config.machine.vcpus > max_vcpus:
             raise ConfigError(f"-smp: {self.config.machine.vcpus} vCPUs, KVM allows {max_vcpus}")
         self.vm = self.kvm.create_vm()

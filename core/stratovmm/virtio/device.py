@@ -49,8 +49,6 @@ from stratovmm.virtio.chain import IOV_MAX, DescriptorChain
 from stratovmm.virtio.constants import F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1
 from stratovmm.virtio.queue import QueueProtocolError, SplitQueue
 
-log = logging.getLogger(__name__)
-
 BASE_FEATURES = (1 << F_VERSION_1) | (1 << F_INDIRECT_DESC) | (1 << F_EVENT_IDX)
 SERVE_BUDGET = 64       # items one queue may complete per loop turn
 STOP = math.inf         # a gate's answer: stop now; whoever unblocks the queue serves it again
@@ -272,10 +270,9 @@ class VirtioDevice(DeviceCounters):
             self._stop()
         except Exception:
             self.counters["internal_errors"] += 1
-            if "internal" not in self._logged:
-                self._logged.add("internal")
-                log.exception("%s: serving queue %d failed; the device needs a reset (logged"
-                              " once; counted in internal_errors)", self.id, index)
+            self.log_once("internal", logging.ERROR, "%s: serving queue %d failed; the device"
+                          " needs a reset (logged once; counted in internal_errors)", self.id,
+                          index, exc_info=True)
             self._stop()
 
     def _stop(self) -> None:

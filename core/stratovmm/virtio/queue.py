@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from stratovmm.errors import GuestError
-from stratovmm.kvm._kvm import lib as _lib
 from stratovmm.memory import GuestMemoryProtocol
+from stratovmm.virtio._barrier import lib as _barrier
 from stratovmm.virtio.chain import ChainError, DescriptorChain, walk_chain
 from stratovmm.virtio.constants import AVAIL_F_NO_INTERRUPT, MAX_QUEUE_SIZE, USED_F_NO_NOTIFY
 
@@ -169,7 +169,7 @@ class SplitQueue:
         new = self.next_used
         # our used->idx store must be visible before we read the driver's suppression
         # fields, or both sides may decide the other will act (QEMU: smp_mb() here)
-        _lib.svmm_full_barrier()
+        _barrier.svmm_full_barrier()
         if not self.event_idx:
             flags = self.memory.read_u16(self.avail_ring)
             return not flags & AVAIL_F_NO_INTERRUPT
@@ -198,5 +198,5 @@ class SplitQueue:
             self.memory.write_u16(self.used_ring, 0 if enable else USED_F_NO_NOTIFY)
         if not enable:
             return False
-        _lib.svmm_full_barrier()   # store above, then load of avail->idx: no reordering
+        _barrier.svmm_full_barrier()   # store above, then load of avail->idx: no reordering
         return self.has_available()

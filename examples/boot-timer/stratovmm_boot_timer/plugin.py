@@ -95,7 +95,7 @@ def query_boot_time(vm: VmApi, _args: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(timer, BootTimer):
         raise DeviceNotFound("no boot timer in this VM (start it with -device boot-timer)")
     boot = timer.boot_time
-    out: dict[str, Any] = {"booted": boot is not None, "signals": timer.stats()["requests"]}
+    out: dict[str, Any] = {"booted": boot is not None, "signals": timer.signals}
     if boot is not None:
         out.update(elapsed_us=boot.elapsed_us, cpu_us=boot.cpu_us)
     return out

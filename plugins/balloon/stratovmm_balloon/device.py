@@ -26,7 +26,6 @@ the loop.
 from __future__ import annotations
 
 import array
-import logging
 import struct
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -40,8 +39,6 @@ from stratovmm.api import (
     Region,
     VirtioDevice,
 )
-
-log = logging.getLogger(__name__)
 
 PAGE_SHIFT = 12                  # §5.5.6: page numbers count 4096-byte pages
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -75,7 +72,6 @@ class BalloonDevice(VirtioDevice):
         self._target_queued = False  # _set_target waits on the loop
         self._actual = 0             # guarded by self.lock
         self._ram: GuestMemoryProtocol | None = None
-        self._host_errors_logged = False
         self._turn_pfns = 0          # page numbers examined in this loop turn
 
     # -- features and config (§5.5.3, §5.5.4) ------------------------------------------------
@@ -252,11 +248,8 @@ class BalloonDevice(VirtioDevice):
                 raise OSError("guest memory cannot give pages back (no GuestMemory.discard)")
             ram.discard(start << PAGE_SHIFT, count << PAGE_SHIFT)
         except (OSError, GuestMemoryError) as exc:
-            self.counters["errors"] += 1
-            if not self._host_errors_logged:
-                self._host_errors_logged = True
-                log.error("%s: cannot return pages %#x+%d to the host: %s (logged once;"
-                          " counted in errors)", self.id, start, count, exc)
+            self.host_error("discard", f"cannot return pages {start:#x}+{count} to the host:"
+                            f" {exc}")
             return
         self.counters["discarded_pages"] += count
 

@@ -14,7 +14,6 @@ sector must not fill the log; they do not stop the device.
 
 from __future__ import annotations
 
-import logging
 import struct
 
 from stratovmm.api import (
@@ -28,8 +27,6 @@ from stratovmm.api import (
     trim_views,
 )
 from stratovmm_blk.backend import SECTOR, BlockBackend
-
-log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
 # §5.2.3 feature bits
@@ -171,12 +168,7 @@ class BlockDevice(VirtioDevice):
 
     def _host_failure(self, what: str, exc: OSError) -> None:
         """Count a failed host operation; log each (operation, errno) once per drive."""
-        self.counters["errors"] += 1
-        kind = f"host-{what}-{exc.errno}"
-        if kind not in self._logged:
-            self._logged.add(kind)
-            log.error("%s: host %s failed: %s (logged once per kind; counted in errors)",
-                      self.id, what, exc)
+        self.host_error(f"{what}-{exc.errno}", f"host {what} failed: {exc}")
 
     @staticmethod
     def _finish(memory: GuestMemoryProtocol, chain: DescriptorChain, status: int,

@@ -15,9 +15,10 @@ from stratovmm.api import (
     SeccompRules,
     SubOption,
     ValueKind,
+    check_socket_path,
     hookimpl,
 )
-from stratovmm_console.backend import ConsoleSocket, check_socket_path
+from stratovmm_console.backend import ConsoleSocket
 from stratovmm_console.device import ConsoleDevice
 from stratovmm_console.schema import CONSOLE_SCHEMA
 

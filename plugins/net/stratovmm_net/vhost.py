@@ -3,7 +3,7 @@
 Used only when ``/dev/vhost-net`` exists; otherwise ``vhost=on`` is refused with
 a message that says so (``check_vhost``).  The VMM keeps feature negotiation,
 config space (MAC, link) and the tap's offloads; the rings are handed over
-with the core's vhost-kernel protocol (``stratovmm.devices.vhost``: memory table, ring
+with the core's vhost-kernel protocol (``stratovmm.virtio.vhost``: memory table, ring
 addresses, kicks relayed through the device's loop, calls raised as virtio-mmio
 interrupts), and the tap becomes each ring's backend (``VHOST_NET_SET_BACKEND``).
 

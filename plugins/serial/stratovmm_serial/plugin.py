@@ -16,14 +16,13 @@ from stratovmm.api import (
     SubOption,
     hookimpl,
 )
-from stratovmm_serial.device import Uart16550
+from stratovmm_serial.device import WINDOW, Uart16550
 from stratovmm_serial.schema import SERIAL_SCHEMA
 from stratovmm_serial.stdio import StdioBackend
 
 STRATOVMM_API = "1.1"
 
 PORT_BASE = 0x3F8   # COM1: what console=ttyS0 probes
-PORT_COUNT = 8
 IRQ = 4             # COM1's ISA IRQ (the MP table routes it to IOAPIC pin 4)
 
 SERIAL_OPTION = OptionSpec(
@@ -31,34 +30,6 @@ SERIAL_OPTION = OptionSpec(
     sub=(SubOption("backend", "stdio", values={"stdio": True}, help="only stdio"),),
     metavar="stdio",
 )
-
-
-class SerialDevice:
-    """The UART on COM1's ports and its backend, recorded under the id ``serial``."""
-
-    id = "serial"
-
-    def __init__(self, uart: Uart16550, backend: StdioBackend | None) -> None:
-        self.uart = uart
-        self.backend = backend
-
-    def read(self, offset: int, size: int) -> bytes:
-        """A guest read of a UART register (vCPU thread)."""
-        return self.uart.read(offset, size)
-
-    def write(self, offset: int, data: bytes) -> None:
-        """A guest write of a UART register (vCPU thread)."""
-        self.uart.write(offset, data)
-
-    def stats(self) -> dict[str, int]:
-        """Bytes each way, under the names every device uses (QMP ``query-stats``):
-        ``bytes_written`` the guest sent to the host, ``bytes_read`` the host gave it."""
-        return {"bytes_written": self.uart.tx_bytes, "bytes_read": self.uart.rx_bytes}
-
-    def close(self) -> None:
-        """Restore the terminal."""
-        if self.backend is not None:
-            self.backend.close()
 
 
 def create_serial(ctx: BuildContext, item: dict[str, Any]) -> PioWindow:
@@ -69,10 +40,11 @@ def create_serial(ctx: BuildContext, item: dict[str, Any]) -> PioWindow:
         out=backend.write if backend else (lambda _data: None),
         irq=irq.trigger,
         on_rx_space=backend.rx_space_available if backend else None,
+        on_close=backend.close if backend else None,
     )
     if backend is not None:
         backend.attach(uart)
-    return PioWindow(SerialDevice(uart, backend), PORT_BASE, PORT_COUNT)
+    return PioWindow(uart, PORT_BASE, WINDOW)
 
 
 @hookimpl

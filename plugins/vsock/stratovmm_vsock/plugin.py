@@ -18,7 +18,6 @@ from typing import Any
 from stratovmm.api import (
     ArgCondition,
     BuildContext,
-    ConfigError,
     DeviceRegistry,
     DeviceType,
     OptionSpec,
@@ -26,6 +25,7 @@ from stratovmm.api import (
     SeccompRules,
     SubOption,
     ValueKind,
+    check_socket_path,
     hookimpl,
 )
 from stratovmm_vsock import paths
@@ -83,11 +83,8 @@ def _bridge(ctx: BuildContext, item: dict[str, Any]) -> UnixBridge:
     else:
         path, where = paths.default_socket_path(ctx.name), WHERE
         paths.ensure_private_dir(os.path.dirname(path), where)
-    paths.check_socket_path(path, where)
-    try:
-        bridge = UnixBridge(path, item["guest_cid"], ctx.main_loop)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot listen on {path}: {exc.strerror or exc}") from exc
+    check_socket_path(path, where, paths.PORT_SUFFIX)
+    bridge = UnixBridge(path, item["guest_cid"], ctx.main_loop, where=where)
     if "uds_path" not in item:
         log.warning("%s: %s does not exist, so the guest's vsock is bridged to unix sockets:"
                     " CONNECT <port> on %s reaches the guest, guest connections to host port P"
@@ -107,7 +104,7 @@ def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
     """A given socket path must be usable."""
     item = config.get("vsock")
     if isinstance(item, dict) and "uds_path" in item:
-        paths.check_socket_path(item["uds_path"], f"{WHERE} uds-path")
+        check_socket_path(item["uds_path"], f"{WHERE} uds-path", paths.PORT_SUFFIX)
 
 
 _SOCK_TYPE_MASK = 0xF     # the kernel's SOCK_TYPE_MASK: the type without NONBLOCK/CLOEXEC

@@ -5,7 +5,7 @@ Used where ``/dev/vhost-vsock`` exists and no ``uds-path`` is given.  At
 start-up: ``VHOST_SET_OWNER``, ``VHOST_GET_FEATURES`` and
 ``VHOST_VSOCK_SET_GUEST_CID`` (as QEMU does it at realize, so a CID that another
 VM on the host holds fails before the guest runs).  At DRIVER_OK the core's
-vhost-kernel hand-over (``stratovmm.devices.vhost``) gives vhost the memory table and
+vhost-kernel hand-over (``stratovmm.virtio.vhost``) gives vhost the memory table and
 the rx and tx rings, then ``VHOST_VSOCK_SET_RUNNING 1``; the event queue stays
 with the VMM, because vhost does not serve it (virtio 1.2 §5.10.2: its only
 event, TRANSPORT_RESET, follows a migration).  On a reset

@@ -90,7 +90,7 @@ def test_guide_line_without_uds_path_is_accepted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("path", "needle"), [
     ("/nonexistent-dir/v.sock", "does not exist"),
-    ("/tmp/" + "x" * 100, "too long"),
+    ("/tmp/" + "x" * 100, "longer than 107 bytes"),
 ])
 def test_unusable_socket_paths_are_refused(path: str, needle: str) -> None:
     """A socket path in a missing directory or too long for PATH_<port> is refused early."""

@@ -203,7 +203,8 @@ class VirtioDevice(DeviceCounters):
         bad_before, used_before = queue.bad_chains, queue.completed
         while self.active:
             if served >= budget:
-                if index in self._drain_held or queue.has_available():
+                if (index in self._drain_held or queue.has_available()
+                        or queue.set_notification(True)):   # else the driver must kick again
                     self.serve_later(index)
                 break
             if gate is not None and (wait := gate()) is not None:

@@ -405,6 +405,8 @@ class NetDevice(VirtioDevice):
         handled = 0
         while handled < RX_BATCH and self._receive_one(queue):
             handled += 1
+        if handled == RX_BATCH:
+            self.serve_later(RX)   # the tap may be disarmed below (no buffer held): come back
         # a spilled frame took every held buffer, so the tap also rests while it is pending
         self._arm(self.tap is not None and not self._tap_broken and bool(self._held))
         self._count_bad_chains(queue, RX, before_bad)

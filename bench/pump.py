@@ -5,8 +5,9 @@ A freestanding guest (``bench/pump/``, one x86-64 PVH ELF for both VMMs, its loo
 3 so they run natively on a kvm-pvm host) keeps a virtqueue full for a fixed count:
 
 - blk: 4 KiB random read/write, 1 MiB sequential read/write, queue depth 128, indirect
-  descriptors, EVENT_IDX, polling (no interrupts), on one raw image both VMMs open
-  O_DIRECT and serve on an iothread;
+  descriptors, EVENT_IDX, polling (no interrupts), on raw images (one for the read jobs,
+  one for the write jobs, on tmpfs by default) that both VMMs open O_DIRECT and serve on
+  an iothread;
 - net: frames of 1514 and 64 bytes through a tap in a network namespace, guest → tap
   (counted by the tap) and tap → guest (written by a host frame source, counted and
   checked by the guest);
@@ -15,13 +16,15 @@ A freestanding guest (``bench/pump/``, one x86-64 PVH ELF for both VMMs, its loo
 
 The runs alternate (for each run, each job: StratoVMM, then QEMU).  Per job it reports
 requests/s over the window between the guest's ``PUMP-READY`` and ``PUMP-DONE`` lines and
-**device CPU per request**: the VMM process's CPU (user + system, ``/proc/PID/stat``)
-minus its vCPU threads' (``vcpu0``; QEMU's ``CPU 0/KVM``), over the same window, per
-request.  For the exit pump, exits/s and the vCPU thread's user and system CPU per exit.
-Also the guest's own share of the window (``tsc_busy / tsc_total``: time it spent
-building requests and reading results rather than polling): small means the VMM, not
-the guest, set the pace.  Every run's guest report is checked (counts, statuses, data,
-order); a run that fails a check is reported and left out of the medians.
+**device CPU per request**: the CPU time of the VMM's threads other than its vCPU
+(``vcpu0``; QEMU's ``CPU 0/KVM``) — main loop, iothread, QEMU's aio workers — over the
+same window (``/proc/PID/task/TID/schedstat``, in ns), per request.  For the exit pump:
+exits/s and the vCPU thread's on-CPU time per exit (and its user part, from clock
+ticks).  Also the guest's own work per request (its TSC cycles building requests and
+reading results, not polling and not notifying): small against the device CPU means the
+VMM, not the guest, set the pace.  Every run's guest report is checked (counts,
+statuses, data, order); a run that fails a check is reported and left out of the
+medians.  The vCPU thread is pinned to one CPU, the VMM's other threads to the others.
 
 usage: python bench/pump.py [--runs N] [--jobs J,J,...] [--count N] [--qd N]
                             [--image-dir DIR] [--image-mib N] [--out FILE]   (root for net)
@@ -78,14 +81,15 @@ JOBS = {
     "net-tx-64": Job("net", "tx", 50_000, size=64),
     "net-rx-1514": Job("net", "rx", 50_000, size=1514),
     "net-rx-64": Job("net", "rx", 50_000, size=64),
-    "exit-pio": Job("exits", "pio", 50_000),
-    "exit-mmio": Job("exits", "mmio", 50_000),
-    "exit-mmioreg": Job("exits", "mmioreg", 50_000),
+    "exit-pio": Job("exits", "pio", 200_000),
+    "exit-mmio": Job("exits", "mmio", 200_000),
+    "exit-mmioreg": Job("exits", "mmioreg", 200_000),
 }
 
 
 def commands(job: Job, elf: Path, append: str, image: Path) -> dict[str, list[str]]:
-    """Both VMMs' command lines for ``job``: 1 vCPU, 512 MiB, the same guest and devices."""
+    """Both VMMs' command lines for ``job``: 1 vCPU, 512 MiB, the same guest and devices
+    (``image``: the drive of a blk job)."""
     if job.mode == "blk":
         ours = ["-iothread", "id=io0", "-drive", f"id=d0,file={image},direct=on,iothread=io0"]
         theirs = ["-object", "iothread,id=io0",
@@ -134,8 +138,8 @@ def measure(job: Job, cmd: list[str], count: int, image: Path,
     kicks = int(r.get("kicks", 0))
     out: dict[str, object] = {
         "requests": done, "wall_s": wall, "per_s": done / wall,
-        "device_cpu_s": run.done.device() - run.ready.device(),
-        "device_us": (run.done.device() - run.ready.device()) / done * 1e6,
+        "device_cpu_s": pumprun.device_between(run.ready, run.done),
+        "device_us": pumprun.device_between(run.ready, run.done) / done * 1e6,
         "vcpu_us": (run1 - run0) / done * 1e6,
         "vcpu_user_us": (user1 - user0) / done * 1e6, "vcpu_sys_us": (sys1 - sys0) / done * 1e6,
         # the guest's own work (not polling, not notifying), and its notifications
@@ -196,7 +200,7 @@ def host_state() -> dict[str, object]:
             "top": [" ".join(line.split()) for line in ps], "time": time.strftime("%F %T")}
 
 
-def run_all(jobs: list[str], runs: int, count: int | None, qd: int, image: Path,
+def run_all(jobs: list[str], runs: int, count: int | None, qd: int, images: dict[str, Path],
             elf: Path, pinned: bool) -> dict[str, dict[str, list[dict[str, object]]]]:
     """Every run of every job on both VMMs, alternating."""
     results: dict[str, dict[str, list[dict[str, object]]]] = {
@@ -206,6 +210,7 @@ def run_all(jobs: list[str], runs: int, count: int | None, qd: int, image: Path,
             job = JOBS[name]
             total = count or job.count
             append = job.append(total, qd)
+            image = images["write" if job.job.endswith("write") else "read"]
             for vmm, cmd in commands(job, elf, append, image).items():
                 m = measure(job, cmd, total, image, pinned)
                 m["command"] = " ".join(cmd)
@@ -276,18 +281,22 @@ def main() -> None:
     before = host_state()
     with tempfile.TemporaryDirectory(dir=a.image_dir, prefix="pump-") as tmp:
         elf = pumpguest.build(Path(tmp))
-        image = Path(tmp) / "image.raw"
-        pumpguest.make_image(image, a.image_mib << 20)
+        # reads check the pattern, so the write jobs get an image of their own
+        images = {kind: Path(tmp) / f"{kind}.raw" for kind in ("read", "write")}
+        for kind, image in images.items():
+            if any(JOBS[j].mode == "blk" and j.endswith(kind) for j in jobs):
+                pumpguest.make_image(image, a.image_mib << 20)
         if needs_net:
             pumpnet.setup()
         try:
-            results = run_all(jobs, a.runs, a.count, a.qd, image, elf, not a.no_pin)
+            results = run_all(jobs, a.runs, a.count, a.qd, images, elf, not a.no_pin)
         finally:
             if needs_net:
                 pumpnet.teardown()
     summary = {"host_before": before, "host_after": host_state(), "qd": a.qd,
                "pinned": not a.no_pin,
-               "image": f"{a.image_mib} MiB raw in {a.image_dir}", "results": results}
+               "images": f"{a.image_mib} MiB raw in {a.image_dir}, one for the read jobs and"
+                         " one for the write jobs", "results": results}
     if a.out:
         Path(a.out).write_text(json.dumps(summary, indent=1))
     print(table(results))

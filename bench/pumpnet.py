@@ -96,8 +96,8 @@ class FrameSource:
             self.proc.kill()
             raise RuntimeError(f"the frame source did not start: {line!r}")
 
-    def go(self) -> None:
-        """Start sending."""
+    def go(self, _vmm_pid: int = 0) -> None:
+        """Start sending (called with the VMM's pid, which it does not need)."""
         assert self.proc.stdin is not None
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()

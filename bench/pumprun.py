@@ -32,25 +32,41 @@ VCPU = re.compile(r"vcpu\d+$|CPU \d+/KVM$|kvm-")
 
 
 @dataclass
+class Thread:
+    """One thread's CPU seconds: user and system (clock ticks), on-CPU (ns, schedstat)."""
+
+    name: str
+    user: float
+    system: float
+    run: float
+
+
+@dataclass
 class Sample:
-    """CPU seconds at one moment: per thread name (user, system, on-CPU), summed over
-    threads of that name, and the process total (user + system)."""
+    """CPU times at one moment: per thread id, and the process total (user + system)."""
 
     t: float
-    threads: dict[str, tuple[float, float, float]]
+    threads: dict[int, Thread]
     process: float
     probe: Any = None
 
     def vcpu(self) -> tuple[float, float, float]:
         """(user, system, on-CPU) seconds of the vCPU threads."""
-        rows = [v for name, v in self.threads.items() if VCPU.match(name)]
-        return (sum(r[0] for r in rows), sum(r[1] for r in rows), sum(r[2] for r in rows))
+        rows = [th for th in self.threads.values() if VCPU.match(th.name)]
+        return (sum(r.user for r in rows), sum(r.system for r in rows), sum(r.run for r in rows))
 
-    def device(self) -> float:
-        """The process's CPU minus its vCPU threads': the device side (main loop,
-        iothreads, I/O workers)."""
-        user, system, _run = self.vcpu()
-        return self.process - user - system
+
+def device_between(a: Sample, b: Sample) -> float:
+    """The device side's CPU seconds from ``a`` to ``b``: the on-CPU time of every thread
+    but the vCPUs (main loop, iothreads, I/O workers; a thread started since ``a`` counts
+    from 0).  If a device thread alive at ``a`` has exited by ``b``, its time is only in
+    the process total: then the process's user+system minus the vCPUs' (tick-based)."""
+    device = [tid for tid, th in a.threads.items() if not VCPU.match(th.name)]
+    if any(tid not in b.threads for tid in device):
+        (au, asys, _ar), (bu, bsys, _br) = a.vcpu(), b.vcpu()
+        return (b.process - bu - bsys) - (a.process - au - asys)
+    return sum(th.run - (a.threads[tid].run if tid in a.threads else 0.0)
+               for tid, th in b.threads.items() if not VCPU.match(th.name))
 
 
 def _stat_fields(path: str) -> tuple[str, list[str]]:
@@ -64,7 +80,7 @@ def sample(pid: int, probe: Callable[[], Any] | None = None) -> Sample:
     t = time.perf_counter()
     _name, fields = _stat_fields(f"/proc/{pid}/stat")
     process = (int(fields[11]) + int(fields[12])) / TICK
-    threads: dict[str, tuple[float, float, float]] = {}
+    threads: dict[int, Thread] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             name, f = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
@@ -72,8 +88,7 @@ def sample(pid: int, probe: Callable[[], Any] | None = None) -> Sample:
                 run = int(sched.read().split()[0]) / 1e9
         except OSError:
             continue
-        u, s, r = threads.get(name, (0.0, 0.0, 0.0))
-        threads[name] = (u + int(f[11]) / TICK, s + int(f[12]) / TICK, r + run)
+        threads[int(tid)] = Thread(name, int(f[11]) / TICK, int(f[12]) / TICK, run)
     return Sample(t, threads, process, probe() if probe else None)
 
 
@@ -105,10 +120,10 @@ class PumpRun:
 
 
 def run_pump(cmd: list[str], timeout: float, probe: Callable[[], Any] | None = None,
-             on_go: Callable[[], None] | None = None, pinned: bool = True) -> PumpRun:
+             on_go: Callable[[int], None] | None = None, pinned: bool = True) -> PumpRun:
     """Boot ``cmd`` (serial on stdin/stdout), pin its threads (unless not ``pinned``) and
-    sample at READY, send the start byte (then call ``on_go``), sample at DONE, collect
-    the END report and wait for the exit."""
+    sample at READY, send the start byte (then call ``on_go(pid)``), sample at DONE,
+    collect the END report and wait for the exit."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=env)
@@ -149,7 +164,7 @@ def run_pump(cmd: list[str], timeout: float, probe: Callable[[], Any] | None = N
 
 
 def _on_line(run: PumpRun, line: str, proc: subprocess.Popen[bytes],
-             probe: Callable[[], Any] | None, on_go: Callable[[], None] | None,
+             probe: Callable[[], Any] | None, on_go: Callable[[int], None] | None,
              pinned: bool) -> None:
     if line.startswith("PUMP-READY") and run.ready is None:
         if pinned:
@@ -159,7 +174,7 @@ def _on_line(run: PumpRun, line: str, proc: subprocess.Popen[bytes],
         proc.stdin.write(b"g")
         proc.stdin.flush()
         if on_go is not None:
-            on_go()
+            on_go(proc.pid)
     elif line.startswith("PUMP-DONE") and run.done is None:
         run.done = sample(proc.pid, probe)
     elif line.startswith("PUMP-END "):

@@ -41,7 +41,7 @@ def elf(kvm_available: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def boot(vmm: str, job: pump.Job, count: int, elf: Path, image: Path,
-         on_go: Callable[[], None] | None = None) -> dict[str, str]:
+         on_go: Callable[[int], None] | None = None) -> dict[str, str]:
     """One pump run of ``job`` on ``vmm`` (the bench's command line); the guest's report."""
     cmd = pump.commands(job, elf, job.append(count, 16), image)[vmm]
     run = pumprun.run_pump(cmd, timeout=120, on_go=on_go, pinned=False)

@@ -35,46 +35,55 @@ DOC = REPO / "docs" / "plugins.md"
 Spec = list[tuple[str, list[str | tuple[str, list[str] | None]]]]
 
 REGISTRY: Spec = [
-    ("stratovmm.registry", [
+    ("stratovmm.api", [
         "ValueKind", "SubOption", "OptionSpec", "DeviceType", "HotplugDriver", "QmpCommand",
-        ("DeviceRegistry", ["add_device_type", "add_option", "add_hotplug_driver"]),
-        ("QmpRegistry", ["add_command", "add_event"]),
-        ("SeccompRules", ["allow", "allow_ioctl"]), "ArgCondition",
+        ("DeviceRegistry", ["add_device_type", "add_option", "add_hotplug_driver", "view"]),
+        ("QmpRegistry", ["add_command", "add_event", "view"]),
+        ("SeccompRules", ["allow", "allow_ioctl", "view"]), "ArgCondition", "RuntimeOptions",
     ]),
-    ("stratovmm.plugin", ["check_api_version"]),
 ]
 
-VMAPI: Spec = [("stratovmm.machine.vmapi", [("VmApi", None)])]
+VMAPI: Spec = [("stratovmm.api", [("VmApi", None), "BackendTable"])]
 
 DEVICES: Spec = [
-    ("stratovmm.virtio.device", [("VirtioDevice", [
-        "device_features", "has_feature", "config_space", "read_config", "write_config",
-        "on_activate", "on_reset", "close", "handle_queue", "drain", "signal_used",
-        "guest_fault", "stats"])]),
-    ("stratovmm.virtio.chain", [("DescriptorChain", None), "Descriptor"]),
-    ("stratovmm.machine.bus", [("BusDevice", ["read", "write"])]),
-    ("stratovmm.devices.regdevice", [("RegisterDevice", [
-        "read_register", "write_register", "close", "guest_fault", "stats"])]),
-    ("stratovmm.host.eventloop", [("EventLoop", [
-        "register", "modify", "unregister", "call_soon", "call_later", "in_loop_thread"])]),
-    ("stratovmm.machine.irq", [("IrqLine", None)]),
-    ("stratovmm.devices.vhost", [("VhostBackend", ["open", "request", "set_features",
-                                                   "set_mem_table", "set_vring", "vring_base",
-                                                   "close"]),
-                                 ("VhostRings", ["offered", "start", "kick", "stop", "close"]),
-                                 "vhost_iow"]),
+    ("stratovmm.api", [
+        ("Device", None), "VirtioSlot", "PioWindow", "MmioWindow",
+        ("VirtioDevice", [
+            "device_features", "has_feature", "config_space", "read_config", "write_config",
+            "on_activate", "on_reset", "close", "handle_queue", "serve", "serve_later",
+            "held_chains", "signal_used", "guest_fault", "host_error", "stats"]),
+        ("Frames", None), ("HeldChains", ["after", "write_views"]),
+        ("DescriptorChain", None), "Descriptor", "skip_views", "trim_views", "scatter", "gather",
+        ("BusDevice", ["read", "write"]),
+        ("RegisterDevice", ["read_register", "write_register", "after_unlock", "close",
+                            "guest_fault", "host_error", "stats"]),
+        ("GuestMemoryProtocol", None),
+        ("EventLoop", ["register", "modify", "unregister", "call_soon", "call_later",
+                       "in_loop_thread", "pending_timers", "pending_calls", "watching",
+                       "ready"]),
+        ("IrqLine", None),
+        ("TokenBucket", None),
+        ("UnixListener", None), "check_socket_path",
+        ("VhostBackend", ["open", "request", "set_features", "set_mem_table", "set_vring",
+                          "vring_base", "close"]),
+        ("VhostRings", ["offered", "start", "kick", "stop", "close"]),
+        "vhost_iow",
+    ]),
 ]
 
 ERRORS: Spec = [
     ("stratovmm.errors", []),
-    ("stratovmm.qmp.errors", ["QmpError", "GenericError", "DeviceNotFound", "DeviceNotActive"]),
+    ("stratovmm.api", ["QmpError", "GenericError", "DeviceNotFound", "DeviceNotActive"]),
 ]
 
 TESTING: Spec = [
     ("stratovmm.testing.memory", ["BytearrayGuestMemory"]),
     ("stratovmm.testing.virtqueue", ["Buffer", ("MockSplitQueue", None)]),
     ("stratovmm.testing.harness", [("DeviceHarness", None)]),
-    ("stratovmm.testing.config", ["plugin_registry", "parse_config"]),
+    ("stratovmm.testing.spec", []),
+    ("stratovmm.testing.config", ["plugin_host", "plugin_registry", "parse_config", "help_text",
+                                  "run_main"]),
+    ("stratovmm.testing.dispatch", ["execute_qmp"]),
     ("stratovmm.testing.fixtures", ["stratovmm_vm", "stratovmm_tiny_guest",
                                     "stratovmm_guest_dir"]),
     ("stratovmm.testing.vm", ["PluginSource", ("VmLauncher", ["start", "run", "close"]),
@@ -289,9 +298,12 @@ def render(spec: Spec) -> str:
     out: list[str] = []
     for module_name, entries in spec:
         module = importlib.import_module(module_name)
-        out.append(f"`import {module_name}`" if not entries else
-                   f"`from {module_name} import "
-                   f"{', '.join(e if isinstance(e, str) else e[0] for e in entries)}`")
+        if module_name in REEXPORTED:
+            out.append(f"`{module_name}` (its classes are in `stratovmm.api`)")
+        else:
+            out.append(f"`import {module_name}`" if not entries else
+                       f"`from {module_name} import "
+                       f"{', '.join(e if isinstance(e, str) else e[0] for e in entries)}`")
         if not entries:
             out.append(_doc(module))
         for entry in entries:
@@ -302,7 +314,18 @@ def render(spec: Spec) -> str:
     return "\n\n".join(out)
 
 
+REEXPORTED = ("stratovmm.errors",)       # shown for a docstring; imported from stratovmm.api
+
+
+def render_api() -> str:
+    """stratovmm.api: its docstring, then every name it exports."""
+    api = importlib.import_module("stratovmm.api")
+    names = ", ".join(f"`{name}`" for name in api.__all__)
+    return f"{_doc(api)}\n\n`stratovmm.api.__all__` ({len(api.__all__)} names): {names}."
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
+    "api": render_api,
     "hooks": render_hooks,
     "registry": lambda: render(REGISTRY),
     "vmapi": lambda: render(VMAPI),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import types
+from collections.abc import Mapping
 
 from stratovmm import __version__
 from stratovmm.boot.loader import check_boot_files
@@ -11,7 +13,6 @@ from stratovmm.config.core_options import CORE_OPTIONS
 from stratovmm.config.help import render_help
 from stratovmm.config.load import load_config, parse_command_line
 from stratovmm.errors import ConfigError, HostError, PluginError, StratoVmmError
-from stratovmm.host.daemon import check_options
 from stratovmm.host.logsetup import setup_logging
 from stratovmm.machine.hotplug import register_hotplug_commands
 from stratovmm.plugin import PluginHost
@@ -33,6 +34,14 @@ def core_registry() -> Registry:
     return registry
 
 
+def build_registry(host: PluginHost) -> Registry:
+    """The core's options and commands, every plugin's registrations, then ``device_add`` /
+    ``device_del`` over the hotplug drivers the plugins registered."""
+    registry = host.register(core_registry())
+    register_hotplug_commands(registry.qmp, registry.devices.hotplug_drivers.values())
+    return registry
+
+
 def report(exc: Exception) -> None:
     """One line on stderr; also in the -D log file, which is where a daemon's stderr
     (/dev/null after detaching) would otherwise lose it."""
@@ -41,13 +50,15 @@ def report(exc: Exception) -> None:
         log.error("%s", exc)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one VM; the exit status follows SPEC §1."""
+def main(argv: list[str] | None = None,
+         plugins: Mapping[str, types.ModuleType] | None = None) -> int:
+    """Run one VM with every installed plugin (or exactly ``plugins``: entry point name →
+    module); returns the exit status: 0 when the guest powers off or QMP quits, 2 for bad
+    user input or a broken plugin, 1 for a host or VM failure."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        host = PluginHost.discover()
-        registry = host.register(core_registry())
-        register_hotplug_commands(registry.qmp, registry.devices.hotplug_drivers.values())
+        host = PluginHost.discover() if plugins is None else PluginHost(dict(plugins))
+        registry = build_registry(host)
         parsed = parse_command_line(args, registry.devices)
         if parsed.help:
             sys.stdout.write(render_help(registry.devices))
@@ -57,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         config = load_config(args, registry.devices, parsed)
         check_boot_files(config.boot.kernel, config.boot.initrd)
-        check_options(config.runtime)
         setup_logging(config.runtime.log_path)
         host.check_config(config.document, config.runtime)
         from stratovmm.machine.runner import run_vm

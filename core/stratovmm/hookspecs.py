@@ -3,12 +3,15 @@
 A plugin is a module listed under the ``stratovmm.devices`` entry point group;
 the core loads it with stevedore and registers it with a pluggy
 ``PluginManager`` for the project name ``stratovmm``.  Mark implementations
-with ``stratovmm.plugin.hookimpl``.  All hooks are called with keyword
-arguments; an implementation may accept any subset of them.
+with ``stratovmm.api.hookimpl``.  All hooks are called with keyword
+arguments; an implementation may accept any subset of them.  They are called
+through pluggy, so ``tryfirst``/``trylast`` and wrappers work; the registration
+hooks and ``vmm_seccomp_rules`` are called plugin by plugin (in plugin-name
+order), each plugin with a registry view of its own.
 
 A plugin module must also define ``STRATOVMM_API = "MAJOR.MINOR"``: the plugin
 API version it was written for.  The core refuses a plugin whose major
-version differs from ``stratovmm.plugin.API_VERSION`` or whose minor version is
+version differs from ``stratovmm.api.API_VERSION`` or whose minor version is
 newer than the core's.
 
 Lifecycle::
@@ -44,7 +47,8 @@ hookspec = pluggy.HookspecMarker("stratovmm")
 def vmm_register_devices(registry: DeviceRegistry) -> None:
     """Register device types, their options and schema fragments, and hotplug drivers.
 
-    :param registry: call ``registry.add_device_type(DeviceType(...))`` for each
+    :param registry: this plugin's view of the device registry: call
+        ``registry.add_device_type(DeviceType(...))`` for each
         cold-pluggable device (its ``OptionSpec``, strict JSON schema for one item
         and factory), ``registry.add_option(OptionSpec(...))`` for options that
         create no device, and ``registry.add_hotplug_driver(HotplugDriver(...))``
@@ -60,9 +64,10 @@ def vmm_register_devices(registry: DeviceRegistry) -> None:
 def vmm_register_qmp_commands(registry: QmpRegistry) -> None:
     """Register QMP commands and the events the plugin emits.
 
-    :param registry: call ``registry.add_command(QmpCommand(name, handler,
-        schema, ...))``; the arguments of every request are checked against
-        ``schema`` before ``handler(vm, args)`` runs.  ``registry.add_event(name)``
+    :param registry: this plugin's view of the QMP registry: call
+        ``registry.add_command(QmpCommand(name, handler, schema, ...))``; the
+        arguments of every request are checked against ``schema`` before
+        ``handler(vm, args)`` runs.  ``registry.add_event(name)``
         declares an event for ``query-qmp-schema``.
 
     Called once per plugin at start-up, right after ``vmm_register_devices``.
@@ -83,7 +88,7 @@ def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
     :param runtime: the options with no file equivalent (``daemonize``, ``name``, ...).
 
     Called once after parsing, before any device is created.  Raise
-    ``stratovmm.errors.ConfigError`` with a message naming the option or key.
+    ``stratovmm.api.ConfigError`` with a message naming the option or key.
     """
 
 
@@ -93,10 +98,12 @@ def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
 
 
 @hookspec
-def vmm_vm_created(vm: VmApi) -> None:
+def vmm_vm_created(vm: VmApi, config: dict[str, Any], runtime: RuntimeOptions) -> None:
     """The VM and all cold-plugged devices exist; no vCPU has run yet.
 
     :param vm: the running-VM facade (devices, memory, events, loops).
+    :param config: the merged configuration, as ``vmm_check_config`` saw it.
+    :param runtime: the options with no file equivalent (``api_channel``, ``seccomp``, ...).
 
     Called on the main thread.  Open here any host resource needed later:
     the seccomp filter is applied right after this hook.
@@ -104,11 +111,16 @@ def vmm_vm_created(vm: VmApi) -> None:
 
 
 @hookspec
-def vmm_seccomp_rules(rules: SeccompRules) -> None:
+def vmm_seccomp_rules(rules: SeccompRules, config: dict[str, Any],
+                      runtime: RuntimeOptions) -> None:
     """Declare the syscalls and ioctls the plugin's devices need after set-up.
 
-    :param rules: ``rules.allow("sendmsg", ...)``, ``rules.allow("socket",
-        when=[ArgCondition(0, "eq", AF_UNIX)])``, ``rules.allow_ioctl(TUNSETOFFLOAD)``.
+    :param rules: this plugin's view of the rules: ``rules.allow("sendmsg", ...)``,
+        ``rules.allow("socket", when=[ArgCondition(0, "eq", AF_UNIX)])``,
+        ``rules.allow_ioctl(TUNSETOFFLOAD)``.
+    :param config: the merged configuration (which devices, which backends).
+    :param runtime: the options with no file equivalent (``api_channel``: QMP can
+        hot-plug after set-up).
 
     Called once, after ``vmm_vm_created`` and before the filter is applied to
     every thread (unless ``-disable-seccomp``), and only if the plugin is in
@@ -156,5 +168,6 @@ def vmm_vm_shutdown(vm: VmApi, reason: str) -> None:
     :param reason: the QMP ``SHUTDOWN`` reason (``guest-reset``, ``host-qmp-quit``, ...).
 
     Called on the main thread once the vCPUs have stopped, on every exit path
-    that gets that far.  Must not raise.
+    that gets that far, plugin by plugin: every implementation runs even if
+    another raised (that is logged).  Must not raise.
     """

@@ -9,6 +9,7 @@ directly, without a copy.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import struct
@@ -18,7 +19,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from stratovmm.errors import ConfigError, GuestMemoryError, HostError
-from stratovmm.kvm._kvm import ffi, lib
+
+# <asm-generic/mman-common.h>, x86_64 (Python's mmap module names it from 3.13 only): do
+# not reserve swap for the whole of guest RAM, as QEMU maps it.
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -40,8 +44,14 @@ class Region:
 
 
 class GuestMemoryProtocol(Protocol):
-    """What virtqueue and device code needs from guest memory."""
+    """What virtqueue and device code needs from guest memory: checked access, the RAM
+    regions, and where each region is mapped in this process (vhost hands its kernel
+    worker that table, virtio-balloon gives pages back region by region)."""
 
+    size: int
+    regions: tuple[Region, ...]
+
+    def host_address(self, region: Region) -> int: ...
     def slice(self, gpa: int, length: int) -> memoryview: ...
     def read(self, gpa: int, length: int) -> bytes: ...
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None: ...
@@ -69,6 +79,10 @@ class GuestMemory:
             raise ValueError("regions larger than the host buffer")
         self.regions: tuple[Region, ...] = tuple(placed)
         self.size = offset
+        # the buffer cannot move: ``_view`` holds an export of it (a bytearray cannot be
+        # resized, an mmap not closed, while it lives)
+        self._host_base = (ctypes.addressof(ctypes.c_char.from_buffer(self._view)) if offset
+                           else 0)
         # plain ints for the hot path: every descriptor and ring access checks here
         self._bounds = tuple((r.gpa, r.gpa + r.size, r.offset - r.gpa) for r in placed)
 
@@ -84,6 +98,11 @@ class GuestMemory:
                 if start <= gpa <= end and length <= end - gpa:
                     return gpa + delta
         raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
+
+    def host_address(self, region: Region) -> int:
+        """Our virtual address of ``region``'s first byte (KVM memory slots, vhost's memory
+        table)."""
+        return self._host_base + region.offset
 
     def contains(self, gpa: int, length: int) -> bool:
         """True when [gpa, gpa+length) lies wholly inside one RAM region."""
@@ -140,7 +159,7 @@ class GuestMemory:
 
 @dataclass(frozen=True, slots=True)
 class MemoryOptions:
-    """How guest RAM is backed (SPEC §1: -m, -mem-path, -machine mem-share, dump-guest-core)."""
+    """How guest RAM is backed (-m, -mem-path, -machine mem-share, dump-guest-core)."""
 
     size: int
     mem_path: str | None = None
@@ -162,13 +181,6 @@ class HostGuestMemory(GuestMemory):
             # page-table levels for the host MMU to walk on every guest access
             self._mmap.madvise(mmap.MADV_HUGEPAGE)
         super().__init__(self._mmap, regions)
-        self._cdata = ffi.from_buffer(self._mmap)
-        self.host_base = int(ffi.cast("uintptr_t", self._cdata))
-
-    def host_address(self, region: Region) -> int:
-        """Host virtual address of ``region``'s first byte (for KVM memory slots)."""
-        return self.host_base + region.offset
-
     def discard(self, gpa: int, length: int) -> None:
         """Return whole pages to the host (virtio-balloon inflate).
 
@@ -183,7 +195,6 @@ class HostGuestMemory(GuestMemory):
     def close(self) -> None:
         """Unmap guest RAM (all views must be gone)."""
         self._view.release()
-        del self._cdata
         self._mmap.close()
 
 
@@ -191,7 +202,7 @@ def _map(options: MemoryOptions) -> mmap.mmap:
     prot = mmap.PROT_READ | mmap.PROT_WRITE
     share = mmap.MAP_SHARED if options.shared else mmap.MAP_PRIVATE
     if options.mem_path is None:
-        flags = share | mmap.MAP_ANONYMOUS | lib.MAP_NORESERVE
+        flags = share | mmap.MAP_ANONYMOUS | MAP_NORESERVE
         try:
             return mmap.mmap(-1, options.size, flags=flags, prot=prot)
         except OSError as exc:

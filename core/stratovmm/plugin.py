@@ -4,21 +4,40 @@ stevedore loads every module listed under the ``stratovmm.devices`` entry point
 group; a module that fails to import, or was written for an incompatible
 plugin API, stops start-up with its name and the reason (stevedore's default of
 logging and skipping is wrong for a VMM).  Each module is registered with a
-``pluggy.PluginManager``.  The core never touches ``pm.hook`` directly: it calls
-the typed methods of ``PluginHost``, always with keyword arguments.
+``pluggy.PluginManager``.  The core calls hooks only through the typed methods
+of ``PluginHost``, always with keyword arguments, and always through pluggy's
+own callers (``pm.hook.NAME``, ``pm.subset_hook_caller``), so ``tryfirst`` /
+``trylast``, hook wrappers, ``PluginManager.trace`` and
+``add_hookcall_monitoring`` work as pluggy documents them (``PluginHost.pm``).
+
+Hooks that hand each plugin something of its own (a registry view) or that
+must run every implementation whatever one of them does are called plugin by
+plugin, each through a caller limited to that plugin's implementations, so a
+failure is attributed to the plugin that raised it:
+
+- ``vmm_register_devices``, ``vmm_register_qmp_commands``, ``vmm_seccomp_rules``:
+  in plugin-name order (the order that decides whose option is listed first and
+  whose hot-replace slots come first), each with a registry view bound to its
+  name; a plugin that raises stops start-up with ``PluginError`` naming it;
+- ``vmm_vm_shutdown``: in the order pluggy would call them (``tryfirst`` first),
+  every plugin even if an earlier one raised (logged).
+
+The others (``vmm_check_config``, ``vmm_vm_created``, ``vmm_vm_started``,
+``vmm_vm_paused``, ``vmm_vm_resumed``) are one pluggy call over every plugin.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import types
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from stratovmm import hookspecs
-from stratovmm.errors import ConfigError, PluginError
+from stratovmm.errors import ConfigError, PluginError, StratoVmmError
 from stratovmm.registry import Registry, SeccompRules
 
 if TYPE_CHECKING:
@@ -91,44 +110,98 @@ class PluginHost:
         """A host over every installed plugin."""
         return cls(discover())
 
-    # -- registration: each plugin in turn, so the registries can name it ------
+    # -- one plugin at a time ------------------------------------------------------------
 
-    def _each(self, hook_name: str, target: Registry, skip: Collection[str] = (),
-              **kwargs: Any) -> None:
-        hook = getattr(self.pm.hook, hook_name)
-        for impl in hook.get_hookimpls():     # registration order: plugins sorted by name
-            if impl.plugin_name in skip:
-                continue
-            target.set_plugin(impl.plugin_name)
-            try:
-                impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
-            except (PluginError, ConfigError):
-                raise
-            except Exception as exc:
-                raise PluginError(
-                    f"plugin {impl.plugin_name}: {hook_name} failed: {exc!r}") from exc
-        target.set_plugin("core")
+    def _implementers(self, hook_name: str) -> list[str]:
+        """The plugins implementing ``hook_name``, in the order pluggy calls them (it walks
+        its implementation list from the end: tryfirst, then the latest registered,
+        trylast last); plugins with only a wrapper for it come after."""
+        impls = list(reversed(getattr(self.pm.hook, hook_name).get_hookimpls()))
+        plain = [i.plugin_name for i in impls if not (i.hookwrapper or i.wrapper)]
+        return list(dict.fromkeys([*plain, *(i.plugin_name for i in impls)]))
+
+    def _caller(self, hook_name: str, plugin: str) -> pluggy.HookCaller:
+        """pluggy's caller of ``hook_name`` limited to ``plugin``'s implementations."""
+        others = [self.pm.get_plugin(name) for name in self.names if name != plugin]
+        return self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+
+    def _each(self, hook_name: str, skip: Collection[str] = ()) -> Iterator[
+            tuple[str, pluggy.HookCaller]]:
+        """(plugin, its caller) for every plugin implementing ``hook_name``, by name."""
+        implementers = set(self._implementers(hook_name))
+        for name in self.names:
+            if name in implementers and name not in skip:
+                yield name, self._caller(hook_name, name)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _blaming(plugin: str, hook_name: str) -> Iterator[None]:
+        """Let ``PluginError``/``ConfigError`` through; anything else ``plugin``'s
+        ``hook_name`` raises becomes a ``PluginError`` naming it."""
+        try:
+            yield
+        except (PluginError, ConfigError):
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin {plugin}: {hook_name} failed: {exc!r}") from exc
+
+    # -- registration --------------------------------------------------------------------
 
     def register(self, registry: Registry) -> Registry:
-        """Run ``vmm_register_devices`` and ``vmm_register_qmp_commands`` into ``registry``."""
-        self._each("vmm_register_devices", registry, registry=registry.devices)
-        self._each("vmm_register_qmp_commands", registry, registry=registry.qmp)
+        """Run ``vmm_register_devices`` and ``vmm_register_qmp_commands`` into ``registry``,
+        each plugin with views of it bound to its name."""
+        for name, call in self._each("vmm_register_devices"):
+            with self._blaming(name, "vmm_register_devices"):
+                call(registry=registry.devices.view(name))
+        for name, call in self._each("vmm_register_qmp_commands"):
+            with self._blaming(name, "vmm_register_qmp_commands"):
+                call(registry=registry.qmp.view(name))
         return registry
 
-    def seccomp_rules(self, registry: Registry, skip: Collection[str] = ()) -> SeccompRules:
-        """Collect the seccomp rules of every plugin not in ``skip`` into ``registry.seccomp``."""
-        self._each("vmm_seccomp_rules", registry, skip, rules=registry.seccomp)
+    def seccomp_rules(self, registry: Registry, config: dict[str, Any], runtime: RuntimeOptions,
+                      skip: Collection[str] = ()) -> SeccompRules:
+        """Collect the seccomp rules of every plugin not in ``skip`` into ``registry.seccomp``,
+        each plugin adding through a view bound to its name."""
+        for name, call in self._each("vmm_seccomp_rules", skip):
+            with self._blaming(name, "vmm_seccomp_rules"):
+                call(rules=registry.seccomp.view(name), config=config, runtime=runtime)
         return registry.seccomp
 
     # -- configuration and lifecycle ---------------------------------------------
 
+    def _call_all(self, hook_name: str, **kwargs: Any) -> None:
+        """One pluggy call of ``hook_name``; an exception that is not the VMM's own
+        (``StratoVmmError``: a ``ConfigError`` refusing the configuration, ...) becomes a
+        ``PluginError`` naming the plugin it came from."""
+        hook = getattr(self.pm.hook, hook_name)
+        try:
+            hook(**kwargs)
+        except StratoVmmError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin {self._raised_by(hook, exc)}: {hook_name} failed:"
+                              f" {exc!r}") from exc
+
+    @staticmethod
+    def _raised_by(hook: pluggy.HookCaller, exc: BaseException) -> str:
+        """The plugin whose implementation of ``hook`` raised ``exc``: the deepest of their
+        frames on its traceback (pluggy re-raises an implementation's exception as it is;
+        a wrapper's frame, when there is one, is nearer the top)."""
+        codes = {impl.function.__code__: impl.plugin_name for impl in hook.get_hookimpls()}
+        culprit = "?"
+        tb = exc.__traceback__
+        while tb is not None:
+            culprit = codes.get(tb.tb_frame.f_code, culprit)
+            tb = tb.tb_next
+        return culprit
+
     def check_config(self, config: dict[str, Any], runtime: RuntimeOptions) -> None:
         """``vmm_check_config``: plugins may refuse the merged configuration."""
-        self.pm.hook.vmm_check_config(config=config, runtime=runtime)
+        self._call_all("vmm_check_config", config=config, runtime=runtime)
 
-    def vm_created(self, vm: VmApi) -> None:
+    def vm_created(self, vm: VmApi, config: dict[str, Any], runtime: RuntimeOptions) -> None:
         """``vmm_vm_created``."""
-        self.pm.hook.vmm_vm_created(vm=vm)
+        self._call_all("vmm_vm_created", vm=vm, config=config, runtime=runtime)
 
     def vm_started(self, vm: VmApi) -> None:
         """``vmm_vm_started``."""
@@ -143,13 +216,13 @@ class PluginHost:
         self.pm.hook.vmm_vm_resumed(vm=vm)
 
     def vm_shutdown(self, vm: VmApi, reason: str) -> None:
-        """``vmm_vm_shutdown``: every implementation runs even if one fails."""
-        for impl in self.pm.hook.vmm_vm_shutdown.get_hookimpls():
+        """``vmm_vm_shutdown``: every plugin's implementation runs even if one fails (each
+        through its own caller, in the order pluggy would call them; failures logged)."""
+        for name in self._implementers("vmm_vm_shutdown"):
             try:
-                args = {"vm": vm, "reason": reason}
-                impl.function(**{k: v for k, v in args.items() if k in impl.argnames})
+                self._caller("vmm_vm_shutdown", name)(vm=vm, reason=reason)
             except Exception:
-                log.exception("plugin %s: vmm_vm_shutdown failed", impl.plugin_name)
+                log.exception("plugin %s: vmm_vm_shutdown failed", name)
 
     def plugins(self) -> Iterable[str]:
         """Names of the loaded plugins."""

@@ -3,24 +3,30 @@ drivers, QMP commands and seccomp rules.
 
 The registries check what they are given (names unique, schemas valid and
 strict) so a broken plugin fails at start-up with its name, not later in a
-guest.  ``Registry`` bundles them; each plugin's hookimpls see only the part
-they register into.
+guest.  ``Registry`` bundles them.  Each plugin's hookimpl gets a *view*
+(``registry.view(plugin)``): the same tables, with every registration made
+through it attributed to that plugin, so error messages and the seccomp
+owners name the right plugin without any "current plugin" state to set and
+reset.
 """
 
 from __future__ import annotations
 
+import copy
 import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import jsonschema
 
 from stratovmm.errors import PluginError
 
 if TYPE_CHECKING:
+    from stratovmm.devices.placement import Built
     from stratovmm.machine.vmapi import BuildContext, VmApi
+    from stratovmm.virtio.device import VirtioDevice
 
 
 class ValueKind(enum.StrEnum):
@@ -93,18 +99,24 @@ class DeviceType:
 
     ``schema`` describes one JSON item (an object with ``additionalProperties:
     false``); for a repeatable option the file holds a list of them.
-    ``create(ctx, item)`` builds one device from a validated item.
+    ``create(ctx, item)`` builds one device from a validated item and returns it
+    (``stratovmm.devices.placement``: the device, or the device and its window);
+    the core attaches it, records it under its id and closes it at exit.
     """
 
     name: str
     option: OptionSpec
     schema: Mapping[str, Any]
-    create: Callable[[BuildContext, dict[str, Any]], None]
+    create: Callable[[BuildContext, dict[str, Any]], Built]
+
+
+D = TypeVar("D", bound="VirtioDevice")
 
 
 @dataclass(frozen=True)
-class HotplugDriver:
-    """A ``device_add`` driver (e.g. ``virtio-blk-mmio``) and the slots it reserves at boot.
+class HotplugDriver(Generic[D]):
+    """A ``device_add`` driver (e.g. ``virtio-blk-mmio``) and the slots it reserves at boot,
+    typed over its device class ``D``.
 
     Hot-replace works as in StratoVirt: at boot each reserved virtio-mmio slot
     holds ``placeholder(vm, index)``, an empty device of the driver's kind that
@@ -112,19 +124,20 @@ class HotplugDriver:
     args)`` to give that device a backend (args already checked against
     ``schema``); ``device_del`` calls ``unplug(vm, device)`` to take it away.
     Both run on the main loop and tell the guest through a config-change
-    interrupt.  ``takes_cold(device)`` says whether a cold-plugged device belongs
-    in this driver's slots: StratoVirt fills its blk and net slots with the
-    ``-drive`` and ``-netdev`` devices in order, and ``device_del`` can remove
-    them; None (the default) keeps every cold device out of the slots.
+    interrupt; the core records and forgets the device under the ``device_add``
+    id.  ``takes_cold(device)`` says whether a cold-plugged device belongs
+    in this driver's slots (it is then one of ``D``): StratoVirt fills its blk and
+    net slots with the ``-drive`` and ``-netdev`` devices in order, and ``device_del``
+    can remove them; None (the default) keeps every cold device out of the slots.
     """
 
     driver: str
     slots: int
     schema: Mapping[str, Any]
-    placeholder: Callable[[VmApi, int], Any]
-    plug: Callable[[VmApi, Any, dict[str, Any]], None]
-    unplug: Callable[[VmApi, Any], None]
-    takes_cold: Callable[[Any], bool] | None = None
+    placeholder: Callable[[VmApi, int], D]
+    plug: Callable[[VmApi, D, dict[str, Any]], None]
+    unplug: Callable[[VmApi, D], None]
+    takes_cold: Callable[[VirtioDevice], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +145,7 @@ class QmpCommand:
     """A QMP command: its argument schema (an object schema) and its handler.
 
     ``handler(vm, args)`` returns the ``return`` value (``None`` → ``{}``) or raises
-    ``stratovmm.qmp.errors.QmpError``.
+    a ``stratovmm.api.QmpError`` (``GenericError``, ``DeviceNotFound``, ...).
     """
 
     name: str
@@ -160,36 +173,36 @@ def check_strict_schema(schema: Mapping[str, Any], where: str) -> None:
 
 
 class DeviceRegistry:
-    """Device types (with their options) and hotplug drivers."""
+    """Device types (with their options) and hotplug drivers, registered as ``plugin``."""
 
-    def __init__(self) -> None:
+    def __init__(self, plugin: str = "core") -> None:
+        self.plugin = plugin
         self.device_types: dict[str, DeviceType] = {}
         self.options: dict[tuple[str, str | None], OptionSpec] = {}
-        self.hotplug_drivers: dict[str, HotplugDriver] = {}
+        self.hotplug_drivers: dict[str, HotplugDriver[Any]] = {}
         self.owner: dict[str, str] = {}
         self.hotplug_owner: dict[str, str] = {}
-        self._current_plugin = "core"
 
-    def set_plugin(self, name: str) -> None:
-        """Attribute the next registrations to plugin ``name`` (for error messages)."""
-        self._current_plugin = name
+    def view(self, plugin: str) -> DeviceRegistry:
+        """The same tables, registering as ``plugin`` (what that plugin's hook is given)."""
+        return _view(self, plugin)
 
     def add_option(self, option: OptionSpec) -> None:
         """An option that is not a device (core options, or plugin runtime switches)."""
         key = (option.name, option.driver)
         if key in self.options:
             raise PluginError(
-                f"plugin {self._current_plugin}: option {option.display} is already registered"
+                f"plugin {self.plugin}: option {option.display} is already registered"
                 f" by {self.owner.get(option.display, '?')}"
             )
         if not _NAME.fullmatch(option.name):
-            raise PluginError(f"plugin {self._current_plugin}: bad option name {option.name!r}")
+            raise PluginError(f"plugin {self.plugin}: bad option name {option.name!r}")
         self.options[key] = option
-        self.owner[option.display] = self._current_plugin
+        self.owner[option.display] = self.plugin
 
     def add_device_type(self, device_type: DeviceType) -> None:
         """A cold-pluggable device: option + schema + factory."""
-        where = f"plugin {self._current_plugin}: device {device_type.name}"
+        where = f"plugin {self.plugin}: device {device_type.name}"
         if device_type.name in self.device_types:
             raise PluginError(f"{where}: already registered")
         check_strict_schema(device_type.schema, where)
@@ -198,33 +211,33 @@ class DeviceRegistry:
         self.add_option(device_type.option)
         self.device_types[device_type.name] = device_type
 
-    def add_hotplug_driver(self, driver: HotplugDriver) -> None:
+    def add_hotplug_driver(self, driver: HotplugDriver[Any]) -> None:
         """A ``device_add`` driver name and its reserved slots."""
-        where = f"plugin {self._current_plugin}: hotplug driver {driver.driver}"
+        where = f"plugin {self.plugin}: hotplug driver {driver.driver}"
         if driver.driver in self.hotplug_drivers:
             raise PluginError(f"{where}: already registered")
         if not 0 <= driver.slots <= 16:
             raise PluginError(f"{where}: slots must be 0..16")
         check_strict_schema(driver.schema, where)
         self.hotplug_drivers[driver.driver] = driver
-        self.hotplug_owner[driver.driver] = self._current_plugin
+        self.hotplug_owner[driver.driver] = self.plugin
 
 
 class QmpRegistry:
-    """QMP commands and event names."""
+    """QMP commands and event names, registered as ``plugin``."""
 
-    def __init__(self) -> None:
+    def __init__(self, plugin: str = "core") -> None:
+        self.plugin = plugin
         self.commands: dict[str, QmpCommand] = {}
         self.events: dict[str, Mapping[str, Any]] = {}
-        self._current_plugin = "core"
 
-    def set_plugin(self, name: str) -> None:
-        """Attribute the next registrations to plugin ``name``."""
-        self._current_plugin = name
+    def view(self, plugin: str) -> QmpRegistry:
+        """The same tables, registering as ``plugin``."""
+        return _view(self, plugin)
 
     def add_command(self, command: QmpCommand) -> None:
         """Register a command; its argument schema must be strict."""
-        where = f"plugin {self._current_plugin}: QMP command {command.name}"
+        where = f"plugin {self.plugin}: QMP command {command.name}"
         if command.name in self.commands:
             raise PluginError(f"{where}: already registered")
         check_strict_schema(command.schema, where)
@@ -233,7 +246,7 @@ class QmpRegistry:
     def add_event(self, name: str, data_schema: Mapping[str, Any] | None = None) -> None:
         """Declare an event the plugin emits (listed by query-qmp-schema)."""
         if name in self.events:
-            raise PluginError(f"plugin {self._current_plugin}: QMP event {name} already declared")
+            raise PluginError(f"plugin {self.plugin}: QMP event {name} already declared")
         self.events[name] = data_schema or {"type": "object"}
 
 
@@ -273,16 +286,16 @@ class SeccompRules:
     ``when``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, plugin: str = "core") -> None:
+        self.plugin = plugin
         self.syscalls: dict[str, str] = {}
         self.owners: dict[str, set[str]] = {}
         self.ioctls: dict[int, str] = {}
         self.rules: dict[str, list[tuple[str, tuple[ArgCondition, ...]]]] = {}
-        self._current_plugin = "core"
 
-    def set_plugin(self, name: str) -> None:
-        """Attribute the next rules to plugin ``name``."""
-        self._current_plugin = name
+    def view(self, plugin: str) -> SeccompRules:
+        """The same rules, adding as ``plugin``."""
+        return _view(self, plugin)
 
     def allow(self, *syscalls: str, when: Sequence[ArgCondition] = ()) -> None:
         """Allow these syscalls; with ``when``, only while every condition holds.
@@ -294,21 +307,21 @@ class SeccompRules:
         for condition in conditions:
             self._check(condition)
         if len({c.arg for c in conditions}) < len(conditions):
-            raise PluginError(f"plugin {self._current_plugin}: seccomp rule for"
+            raise PluginError(f"plugin {self.plugin}: seccomp rule for"
                               f" {', '.join(syscalls)} checks one argument twice (libseccomp"
                               " takes one condition per argument; add two rules instead)")
         if conditions and "ioctl" in syscalls:
-            raise PluginError(f"plugin {self._current_plugin}: ioctl is limited by request"
+            raise PluginError(f"plugin {self.plugin}: ioctl is limited by request"
                               " number: use allow_ioctl")
         for name in syscalls:
-            self.syscalls.setdefault(name, self._current_plugin)
-            self.owners.setdefault(name, set()).add(self._current_plugin)
-            rule = (self._current_plugin, conditions)
+            self.syscalls.setdefault(name, self.plugin)
+            self.owners.setdefault(name, set()).add(self.plugin)
+            rule = (self.plugin, conditions)
             if rule not in self.rules.setdefault(name, []):
                 self.rules[name].append(rule)
 
     def _check(self, condition: ArgCondition) -> None:
-        where = f"plugin {self._current_plugin}: seccomp condition {condition}"
+        where = f"plugin {self.plugin}: seccomp condition {condition}"
         if not 0 <= condition.arg <= 5:
             raise PluginError(f"{where}: arg must be 0..5")
         if condition.op not in _ARG_OPS:
@@ -321,7 +334,7 @@ class SeccompRules:
     def allow_ioctl(self, *requests: int) -> None:
         """Allow ioctl with these request numbers (the filter checks argument 1)."""
         for request in requests:
-            self.ioctls.setdefault(request, self._current_plugin)
+            self.ioctls.setdefault(request, self.plugin)
 
     def core_conditioned(self, name: str) -> bool:
         """True when the core allows ``name`` only under conditions."""
@@ -353,8 +366,12 @@ class Registry:
     qmp: QmpRegistry = field(default_factory=QmpRegistry)
     seccomp: SeccompRules = field(default_factory=SeccompRules)
 
-    def set_plugin(self, name: str) -> None:
-        """Attribute what follows to plugin ``name``."""
-        self.devices.set_plugin(name)
-        self.qmp.set_plugin(name)
-        self.seccomp.set_plugin(name)
+
+_Table = TypeVar("_Table", DeviceRegistry, QmpRegistry, SeccompRules)
+
+
+def _view(table: _Table, plugin: str) -> _Table:
+    """A shallow copy of ``table`` (its dicts are shared, never rebound) owned by ``plugin``."""
+    view = copy.copy(table)
+    view.plugin = plugin
+    return view

@@ -62,7 +62,7 @@ def copy_source(destination: Path) -> Path:
         shutil.copy2(REPO / name, target / name)
     shutil.copytree(REPO / "core", target / "core",
                     ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.o", "*.pyc",
-                                                  "_kvm.c", "*.egg-info"))
+                                                  "_*.c", "*.egg-info"))
     return target
 
 

@@ -19,12 +19,13 @@ EXPECTED = [
     ("vmm_register_qmp_commands", ""),
     ("vmm_check_config", "tag=t1 api=True"),
     ("create", "t1"),
-    ("vmm_vm_created", "probe=True state=prelaunch"),
-    ("vmm_seccomp_rules", ""),
+    ("vmm_vm_created", "probe=True state=prelaunch tag=t1 api=True"),
+    ("vmm_seccomp_rules", "plugin=test-lifecycle tag=t1 api=True"),
     ("vmm_vm_started", "state=running"),
     ("vmm_vm_paused", "state=paused"),
     ("vmm_vm_resumed", "state=running"),
     ("vmm_vm_shutdown", "reason=host-qmp-quit"),
+    ("close", "probe"),
 ]
 
 

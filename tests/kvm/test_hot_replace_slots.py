@@ -103,7 +103,8 @@ def test_cold_drives_take_slots_0_and_1_and_can_be_replaced(cold_vm: VmProcess,
 
 @pytest.mark.parametrize(("addr", "message"), [
     ("1.0", "addr '1.0' is not a slot number"), ("zz", "addr 'zz' is not a slot number"),
-    (1.0, "Invalid parameter type for 'addr'"), (True, "Invalid parameter type for 'addr'"),
+    (1.0, "device_add: addr: expected a string or an integer, got 1.0"),
+    (True, "device_add: addr: expected a string or an integer, got true"),
     ("0x4", "addr 0x4 is not a slot of this VM (slots: 0x0, 0x1, 0x2, 0x3)"),
     (-1, "addr -0x1 is not a slot of this VM"),
 ])

@@ -92,7 +92,7 @@ def test_unknown_argument_is_refused_before_acting(qmp: QmpTestClient) -> None:
     """`stop` with an unknown argument is refused and the VM keeps running."""
     qmp.send_bytes(b'{"execute":"stop","arguments":{"force":true},"id":"u"}')
     reply = qmp.reply()
-    assert error(reply) == ("GenericError", "Parameter 'force' is unexpected")
+    assert error(reply) == ("GenericError", "stop: unknown key 'force' (known: none)")
     assert reply["id"] == "u"
     assert status(qmp) == "running"
     assert qmp.events == []
@@ -103,7 +103,7 @@ def test_wrong_argument_type(qmp: QmpTestClient) -> None:
     qmp.send_bytes(b'{"execute":"getfd","arguments":{"fdname":5},"id":"t"}')
     assert qmp.reply() == {"error": {
         "class": "GenericError",
-        "desc": "Invalid parameter type for 'fdname', expected: string"}, "id": "t"}
+        "desc": "getfd: fdname: expected a string, got 5"}, "id": "t"}
 
 
 def test_huge_message_is_refused_with_bounded_memory(vm: VmProcess, qmp: QmpTestClient) -> None:

@@ -17,13 +17,13 @@ import pytest
 from qemu.qmp.models import Greeting
 
 from stratovmm import __version__
-from stratovmm.errors import ConfigError, HostError
+from stratovmm.devices.ratelimit import TokenBucket
+from stratovmm.errors import ConfigError
 from stratovmm.host.eventloop import EventLoop
 from stratovmm.qmp import server as server_module
 from stratovmm.qmp.commands import register_core_commands
 from stratovmm.qmp.dispatch import Dispatcher
 from stratovmm.qmp.events import Event
-from stratovmm.qmp.flowcontrol import LeakyBucket
 from stratovmm.qmp.server import QmpServer
 from stratovmm.registry import QmpCommand, QmpRegistry
 from stratovmm.testing.qmp import QmpTestClient
@@ -48,7 +48,7 @@ class Served:
         self.vm = vm
         self.loop = EventLoop("test-main")
         self.server = QmpServer(path, self.loop, Dispatcher(registry, cast(Any, vm),
-                                                            LeakyBucket(rate=1e9)))
+                                                            TokenBucket(1e9)))
         self.server.start()
         self.thread = threading.Thread(target=self.loop.run, daemon=True)
         self.thread.start()
@@ -276,7 +276,7 @@ def test_stale_socket_is_replaced_live_one_refused(sockdir: str) -> None:
     registry = QmpRegistry()
     first = QmpServer(path, loop, Dispatcher(registry, cast(Any, FakeVm())))
     first.start()
-    with pytest.raises(HostError, match="in use"):
+    with pytest.raises(ConfigError, match="another process is listening there"):
         QmpServer(path, loop, Dispatcher(registry, cast(Any, FakeVm()))).start()
     first.close()
     assert not os.path.exists(path)

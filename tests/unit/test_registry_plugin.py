@@ -42,7 +42,7 @@ def device(name: str, option: str | None = None, json_key: str | None = None,
 def test_device_registered() -> None:
     """A valid device type adds its option, its JSON key and its owner."""
     registry = DeviceRegistry()
-    registry.set_plugin("p")
+    registry = registry.view("p")
     registry.add_device_type(device("dev"))
     assert registry.device_types["dev"].option.json_key == "dev"
     assert ("dev", None) in registry.options
@@ -53,7 +53,7 @@ def test_duplicate_device_name() -> None:
     """A second device type with the same name is refused, naming the plugin."""
     registry = DeviceRegistry()
     registry.add_device_type(device("dev"))
-    registry.set_plugin("second")
+    registry = registry.view("second")
     with pytest.raises(PluginError, match="plugin second: device dev: already registered"):
         registry.add_device_type(device("dev", option="other", json_key="other"))
 
@@ -61,9 +61,9 @@ def test_duplicate_device_name() -> None:
 def test_duplicate_option_name() -> None:
     """Two device types may not claim one option; the message names both owners."""
     registry = DeviceRegistry()
-    registry.set_plugin("first")
+    registry = registry.view("first")
     registry.add_device_type(device("a", option="same", json_key="a"))
-    registry.set_plugin("second")
+    registry = registry.view("second")
     with pytest.raises(PluginError, match="option -same is already registered by first"):
         registry.add_device_type(device("b", option="same", json_key="b"))
 
@@ -71,7 +71,7 @@ def test_duplicate_option_name() -> None:
 def test_plugin_cannot_take_a_core_option() -> None:
     """A plugin registering -smp collides with the core's option."""
     registry = cli.core_registry().devices
-    registry.set_plugin("greedy")
+    registry = registry.view("greedy")
     with pytest.raises(PluginError, match="plugin greedy: option -smp is already registered"
                                           " by core"):
         registry.add_device_type(device("cpu", option="smp", json_key="cpus"))
@@ -112,7 +112,7 @@ def test_bad_option_name(name: str) -> None:
 def test_non_strict_or_invalid_schema(schema: dict[str, Any], message: str) -> None:
     """A schema that is invalid, or accepts unknown keys, is refused at registration."""
     registry = DeviceRegistry()
-    registry.set_plugin("sloppy")
+    registry = registry.view("sloppy")
     with pytest.raises(PluginError, match=f"plugin sloppy: device dev: .*{message}"):
         registry.add_device_type(device("dev", schema=schema))
     assert "dev" not in registry.device_types and not registry.options
@@ -140,7 +140,7 @@ def test_hotplug_drivers() -> None:
 def test_qmp_registry() -> None:
     """QMP commands: unique, strict argument schemas; events declared once."""
     registry = QmpRegistry()
-    registry.set_plugin("q")
+    registry = registry.view("q")
     registry.add_command(QmpCommand("query-x", nothing))
     with pytest.raises(PluginError, match="plugin q: QMP command query-x: already registered"):
         registry.add_command(QmpCommand("query-x", nothing))
@@ -154,10 +154,10 @@ def test_qmp_registry() -> None:
 def test_seccomp_rules_remember_first_owner() -> None:
     """Seccomp rules merge; the first plugin to ask for a syscall is remembered."""
     rules = SeccompRules()
-    rules.set_plugin("a")
+    rules = rules.view("a")
     rules.allow("read", "write")
     rules.allow_ioctl(0x5401)
-    rules.set_plugin("b")
+    rules = rules.view("b")
     rules.allow("read", "ppoll")
     assert rules.syscalls == {"read": "a", "write": "a", "ppoll": "b"}
     assert rules.ioctls == {0x5401: "a"}

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from stratovmm import cli
 from stratovmm.errors import PluginError
 from stratovmm.host import sandbox
+from stratovmm.machine import seccomp
 from stratovmm.registry import SeccompRules
 
 pyseccomp = pytest.importorskip("pyseccomp")
@@ -44,13 +46,16 @@ sandbox.Sandbox(rules, sandbox.build_filter(rules, REPORTER), REPORTER).apply()
 PLUGIN_RULES = """
 import importlib
 from stratovmm.cli import core_registry
-from stratovmm.config.model import RuntimeOptions
+from stratovmm.config.load import load_config
 from stratovmm.plugin import PluginHost
 host = PluginHost({{name: importlib.import_module(f"stratovmm_{{name}}.plugin")
                    for name in {names!r}}})
 registry = host.register(core_registry())
-host.check_config({{}}, RuntimeOptions(api_channel="qmp.sock" if {qmp!r} else None))
-rules = sandbox.collect_rules(host, registry)
+config = load_config(["-kernel", "k"] + (["-api-channel", "unix:qmp.sock"] if {qmp!r} else []),
+                     registry.devices)
+host.check_config(config.document, config.runtime)
+from stratovmm.machine.seccomp import collect_rules
+rules = collect_rules(host, registry, config)
 """
 
 
@@ -93,7 +98,7 @@ def test_core_list_names_each_syscall_once() -> None:
 def test_plugin_rules_merge_after_the_core_and_name_their_plugin() -> None:
     """A plugin's calls join the core's; a call both declare stays attributed to the core."""
     rules = sandbox.core_rules()
-    rules.set_plugin("blk")
+    rules = rules.view("blk")
     rules.allow("read", "pwritev", "fdatasync")
     rules.allow_ioctl(0x1234)
     assert rules.syscalls["read"] == "core"
@@ -105,7 +110,7 @@ def test_plugin_rules_merge_after_the_core_and_name_their_plugin() -> None:
 def test_unknown_syscall_name_is_an_error_naming_the_plugin() -> None:
     """A misspelled call in a plugin's rules stops start-up and says which plugin."""
     rules = sandbox.core_rules()
-    rules.set_plugin("netdev")
+    rules = rules.view("netdev")
     rules.allow("sendmmsgg")
     with pytest.raises(PluginError, match=r"plugin netdev.*'sendmmsgg'"):
         sandbox.build_filter(rules, reporter=True)
@@ -261,6 +266,7 @@ def test_collect_rules_adds_each_plugins_rules_after_the_core() -> None:
     """``collect_rules`` runs every loaded plugin's ``vmm_seccomp_rules`` after the core's list."""
     import types
 
+    from stratovmm.config.load import load_config
     from stratovmm.plugin import PluginHost, hookimpl
     from stratovmm.registry import Registry
 
@@ -269,9 +275,11 @@ def test_collect_rules_adds_each_plugins_rules_after_the_core() -> None:
         rules.allow("pwritev", "futex")
 
     module = types.ModuleType("fake_blk")
-    module.STRATOVMM_API = "1.0"  # type: ignore[attr-defined]
+    module.STRATOVMM_API = "1.1"  # type: ignore[attr-defined]
     module.vmm_seccomp_rules = vmm_seccomp_rules  # type: ignore[attr-defined]
-    rules = sandbox.collect_rules(PluginHost({"fake-blk": module}), Registry())
+    registry = Registry()
+    config = load_config(["-kernel", "k"], cli.core_registry().devices)
+    rules = seccomp.collect_rules(PluginHost({"fake-blk": module}), registry, config)
     assert rules.syscalls["pwritev"] == "fake-blk"
     assert rules.syscalls["futex"] == "core"
 
@@ -285,7 +293,7 @@ def test_documented_count_matches_the_core_list() -> None:
 # -- plugins' rules combine with the core's, never lift them ----------------------------------
 
 LIFTER_RULES = """
-rules.set_plugin("lifter")
+rules = rules.view("lifter")
 rules.allow("openat", "clone", "rt_sigaction", "tgkill", "prctl")
 """
 
@@ -373,10 +381,10 @@ def test_rules_combine_as_alternatives_and_core_conditions_hold() -> None:
 
     rules = sandbox.core_rules()
     read_write = ArgCondition(2, "masked_eq", 0, 0o1101)
-    rules.set_plugin("a")
+    rules = rules.view("a")
     rules.allow("openat", "pwritev")
     rules.allow("openat", when=[read_write])
-    rules.set_plugin("b")
+    rules = rules.view("b")
     rules.allow("pwritev", when=[ArgCondition(0, "eq", 3)])
     rules.allow("openat", when=[read_write])
     core_open = sandbox.core_conditions()["openat"]
@@ -399,7 +407,7 @@ def test_bad_condition_is_a_plugin_error_naming_the_plugin(fields: tuple[int, st
     from stratovmm.registry import ArgCondition
 
     rules = SeccompRules()
-    rules.set_plugin("netdev")
+    rules = rules.view("netdev")
     with pytest.raises(PluginError, match=f"^plugin netdev: .*{message}"):
         rules.allow("socket", when=[ArgCondition(*fields)])
 
@@ -410,7 +418,7 @@ def test_two_conditions_on_one_argument_are_refused() -> None:
     from stratovmm.registry import ArgCondition
 
     rules = SeccompRules()
-    rules.set_plugin("x")
+    rules = rules.view("x")
     with pytest.raises(PluginError, match=r"^plugin x: .*socket checks one argument twice"):
         rules.allow("socket", when=[ArgCondition(0, "le", 9), ArgCondition(0, "eq", 1)])
 
@@ -420,7 +428,7 @@ def test_ioctl_with_conditions_is_refused() -> None:
     from stratovmm.registry import ArgCondition
 
     rules = SeccompRules()
-    rules.set_plugin("x")
+    rules = rules.view("x")
     with pytest.raises(PluginError, match="use allow_ioctl"):
         rules.allow("ioctl", when=[ArgCondition(1, "eq", 1)])
 
@@ -458,7 +466,7 @@ def filter_rules(args: tuple[str, ...]) -> SeccompRules:
     registry = host.register(core_registry())
     config = load_config(["-kernel", "k", *args], registry.devices)
     host.check_config(config.document, config.runtime)
-    return sandbox.collect_rules(host, registry, sandbox.idle_plugins(registry, config))
+    return seccomp.collect_rules(host, registry, config, seccomp.idle_plugins(registry, config))
 
 
 @pytest.mark.parametrize("row", sorted(DEVICE_SETS))

@@ -1,4 +1,4 @@
-"""The core's vhost-kernel protocol (``stratovmm.devices.vhost``), shared by the net and vsock
+"""The core's vhost-kernel protocol (``stratovmm.virtio.vhost``), shared by the net and vsock
 plugins: request numbers as <linux/vhost.h> defines them, and the exact ioctl sequence of opening a
 vhost device, handing a device's rings over at DRIVER_OK and taking them back on reset.
 
@@ -10,6 +10,7 @@ exist here; the vhost devices have not run against a real kernel worker.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import struct
@@ -20,13 +21,14 @@ from typing import Any
 
 import pytest
 
-from stratovmm.devices import vhost
-from stratovmm.devices.vhost import VhostBackend, VhostRings
 from stratovmm.errors import ConfigError
 from stratovmm.host.eventloop import EventLoop
 from stratovmm.testing.harness import DeviceHarness
+from stratovmm.testing.memory import BytearrayGuestMemory
 from stratovmm.virtio import constants as c
+from stratovmm.virtio import vhost
 from stratovmm.virtio.device import VirtioDevice
+from stratovmm.virtio.vhost import VhostBackend, VhostRings
 
 HVA_BASE = 0x7F00_0000_0000
 RINGS = (1 << c.F_VERSION_1) | (1 << c.F_INDIRECT_DESC) | (1 << c.F_EVENT_IDX)
@@ -187,10 +189,15 @@ def test_open_failures_name_the_option(tmp_path: Path) -> None:
         VhostBackend.open(str(device_file), "-device x", busy)
 
 
-def test_memory_that_is_not_mapped_here_is_refused() -> None:
-    """Without a host mapping (regions, host_address) there is nothing to give vhost."""
-    with pytest.raises(ValueError, match="not mapped"):
-        vhost.memory_table(object())
+def test_memory_table_is_where_each_region_is_mapped_here() -> None:
+    """The table vhost gets is each RAM region's guest address, size and our address of
+    it (through the memory protocol: bytes written there are the guest's bytes); a guest
+    address outside every region is refused."""
+    memory = BytearrayGuestMemory(regions=[(0, 4096), (1 << 32, 8192)])
+    memory.write((1 << 32) + 8, b"ring")
+    table = vhost.memory_table(memory)
+    assert [(gpa, size) for gpa, size, _hva in table] == [(0, 4096), (1 << 32, 8192)]
+    assert ctypes.string_at(vhost.host_address(table, (1 << 32) + 8), 4) == b"ring"
     with pytest.raises(ValueError, match="outside RAM"):
         vhost.host_address([(0, 4096, HVA_BASE)], 8192)
 

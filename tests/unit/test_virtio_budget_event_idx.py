@@ -1,4 +1,4 @@
-"""A batch that ends exactly at the drain budget with the ring empty, under EVENT_IDX:
+"""A batch that ends exactly at the serve budget with the ring empty, under EVENT_IDX:
 the device must still ask for the next kick (§2.7.10 avail_event), or a driver that
 adds requests afterwards never kicks again and waits for ever."""
 
@@ -12,7 +12,7 @@ from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
 from stratovmm.virtio import constants as c
 from stratovmm.virtio.chain import DescriptorChain
-from stratovmm.virtio.device import DRAIN_BUDGET, VirtioDevice
+from stratovmm.virtio.device import SERVE_BUDGET, VirtioDevice
 
 QUEUE = 256
 
@@ -30,11 +30,11 @@ class CountingDevice(VirtioDevice):
         self.meanwhile = meanwhile
 
     def handle_queue(self, index: int) -> None:
-        self.drain(index, self._serve)
+        self.serve(index, self._serve)
 
     def _serve(self, chain: DescriptorChain) -> int:
         self.served += 1
-        if self.served == DRAIN_BUDGET and self.meanwhile is not None:
+        if self.served == SERVE_BUDGET and self.meanwhile is not None:
             self.meanwhile()
         return 0
 
@@ -45,7 +45,7 @@ def vring_need_event(event: int, new: int, old: int) -> bool:
 
 
 def test_a_batch_of_exactly_the_budget_asks_for_the_next_kick() -> None:
-    """DRAIN_BUDGET chains and one kick: all are served in one turn, nothing is left to
+    """SERVE_BUDGET chains and one kick: all are served in one turn, nothing is left to
     retry, and avail_event makes the driver's next chain kick."""
     loop = EventLoop("budget-event-idx")
     device = CountingDevice()
@@ -53,15 +53,15 @@ def test_a_batch_of_exactly_the_budget_asks_for_the_next_kick() -> None:
     h.start(event_idx=True)
     q = h.queues[0]
     buf = h.alloc(8)
-    for _ in range(DRAIN_BUDGET):
+    for _ in range(SERVE_BUDGET):
         q.add_chain([Buffer(buf, 8)])
     h.transport.write(c.QUEUE_NOTIFY, struct.pack("<I", 0))
     for _ in range(5):
         loop.run_once(0)
-    assert device.served == DRAIN_BUDGET
+    assert device.served == SERVE_BUDGET
     q.add_chain([Buffer(buf, 8)])
-    assert vring_need_event(q.avail_event(), DRAIN_BUDGET + 1, DRAIN_BUDGET), (
-        f"avail_event {q.avail_event()}: the driver would not kick for chain {DRAIN_BUDGET}")
+    assert vring_need_event(q.avail_event(), SERVE_BUDGET + 1, SERVE_BUDGET), (
+        f"avail_event {q.avail_event()}: the driver would not kick for chain {SERVE_BUDGET}")
 
 
 def test_a_chain_added_during_the_batch_is_served_without_a_kick() -> None:
@@ -72,9 +72,9 @@ def test_a_chain_added_during_the_batch_is_served_without_a_kick() -> None:
     h = DeviceHarness(device, queue_size=QUEUE, loop=loop)
     h.start(event_idx=True)
     buf = h.alloc(8)
-    for _ in range(DRAIN_BUDGET):
+    for _ in range(SERVE_BUDGET):
         h.queues[0].add_chain([Buffer(buf, 8)])
     h.transport.write(c.QUEUE_NOTIFY, struct.pack("<I", 0))
     for _ in range(5):
         loop.run_once(0)
-    assert device.served == DRAIN_BUDGET + 1
+    assert device.served == SERVE_BUDGET + 1

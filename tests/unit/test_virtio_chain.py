@@ -6,7 +6,15 @@ import pytest
 
 from stratovmm.testing.memory import BytearrayGuestMemory
 from stratovmm.testing.virtqueue import Buffer, MockSplitQueue
-from stratovmm.virtio.chain import ChainError, walk_chain
+from stratovmm.virtio.chain import (
+    ChainError,
+    DescriptorChain,
+    gather,
+    scatter,
+    skip_views,
+    trim_views,
+    walk_chain,
+)
 from stratovmm.virtio.constants import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE
 
 SIZE = 8
@@ -18,7 +26,7 @@ def q() -> MockSplitQueue:
     return MockSplitQueue(BytearrayGuestMemory(1 << 20), 0x1000, SIZE)
 
 
-def walk(q: MockSplitQueue, head: int = 0) -> object:
+def walk(q: MockSplitQueue, head: int = 0) -> DescriptorChain:
     return walk_chain(q.memory, q.desc_table, q.size, head)
 
 
@@ -136,3 +144,56 @@ def test_empty_buffer_inside_guest_ram_is_accepted(q: MockSplitQueue) -> None:
     q.write_descriptor(1, 1 << 20, 0, DESC_F_WRITE)
     chain = walk_chain(q.memory, q.desc_table, q.size, 0)
     assert [d.length for d in chain.readable + chain.writable] == [0, 0]
+
+
+def test_skip_and_trim_views_cut_across_buffers() -> None:
+    """skip_views drops a prefix and trim_views keeps one, across buffer boundaries; empty
+    views never reach an iovec."""
+    views = [memoryview(b"abc"), memoryview(b""), memoryview(b"defg")]
+    assert [bytes(v) for v in skip_views(views, 2)] == [b"c", b"defg"]
+    assert [bytes(v) for v in skip_views(views, 3)] == [b"defg"]
+    assert skip_views(views, 7) == [] and skip_views(views, 99) == []
+    assert [bytes(v) for v in trim_views(views, 5)] == [b"abc", b"de"]
+    assert [bytes(v) for v in trim_views(views, 3)] == [b"abc"]
+    assert trim_views(views, 0) == []
+    assert [bytes(v) for v in trim_views(skip_views(views, 1), 4)] == [b"bc", b"de"]
+
+
+def test_write_all_scatters_from_an_offset_over_empty_buffers(q: MockSplitQueue) -> None:
+    """write_all(offset=n) starts n bytes into the writable buffers (a status byte, a header
+    field), skipping empty ones; it returns how many bytes fit."""
+    memory = q.memory
+    head = q.add_chain([Buffer(0x8000, 16), Buffer(0x9000, 4, True), Buffer(0x9100, 0, True),
+                        Buffer(0x9200, 4, True)])
+    chain = walk(q, head)
+    assert chain.write_all(memory, b"XYZ", offset=3) == 3
+    assert memory.read(0x9003, 1) == b"X" and memory.read(0x9200, 2) == b"YZ"
+    assert chain.write_all(memory, b"!", offset=chain.writable_len - 1) == 1
+    assert memory.read(0x9203, 1) == b"!"
+    assert chain.write_all(memory, b"late", offset=8) == 0
+    assert memory.read(0x8000, 16) == bytes(16)         # readable buffers are never written
+
+
+def test_trim_writable_offers_fewer_bytes_under_the_same_head(q: MockSplitQueue) -> None:
+    """trim_writable(n) keeps the readable part and the first n writable bytes; a chain that
+    already fits is returned as it is."""
+    head = q.add_chain([Buffer(0x8000, 2), Buffer(0x9000, 8, True), Buffer(0xA000, 8, True)])
+    chain = walk(q, head)
+    trimmed = chain.trim_writable(10)
+    assert trimmed.head == head and trimmed.readable == chain.readable
+    assert [(d.addr, d.length) for d in trimmed.writable] == [(0x9000, 8), (0xA000, 2)]
+    assert chain.trim_writable(16) is chain
+    assert chain.trim_writable(0).writable == ()
+
+
+def test_scatter_and_gather_copy_across_buffers_from_an_offset() -> None:
+    """scatter copies host bytes into views from a byte offset, gather copies them out;
+    both stop at the end of the views and say how much they copied."""
+    first, second = bytearray(3), bytearray(4)
+    views = [memoryview(first), memoryview(b"")[:0], memoryview(second)]
+    assert scatter(views, b"wxyz", offset=2) == 4
+    assert first == b"\0\0w" and second == b"xyz\0"
+    assert scatter(views, b"long tail", offset=5) == 2 and second == b"xylo"
+    out = bytearray(5)
+    assert gather(views, memoryview(out), offset=1) == 5 and out == b"\0wxyl"
+    assert gather(views, memoryview(bytearray(9)), offset=6) == 1

@@ -41,7 +41,7 @@ def test_bad_chain_is_completed_with_zero_and_skipped() -> None:
     q = make()
     q.write_descriptor(0, 1 << 30, 16, 0)      # outside RAM
     q.publish(0)
-    q._next_free = 1
+    q.skip_descriptors(1)
     good = q.add_chain([Buffer(0x8000, 8)])
     dq = q.device_queue()
     chain = dq.pop()
@@ -151,11 +151,9 @@ def test_unpop_gives_the_chain_back_for_the_next_pop() -> None:
     """unpop after a pop (past a bad chain, across the 16-bit wrap): the same chain comes
     out again, walked afresh; the bad one is not completed twice."""
     q = make()
-    q.avail_idx = 0xFFFF
-    q.memory.write_u16(q.avail_ring + 2, 0xFFFF)
+    q.start_at(0xFFFF)
     dq = q.device_queue()
     dq.last_avail = dq.next_used = 0xFFFF
-    q._used_seen = 0xFFFF
     q.write_descriptor(2, 1 << 30, 8, 0)                 # outside RAM: a bad chain
     q.publish(2)
     good = q.add_chain([Buffer(0x8000, 8, True)])
@@ -166,3 +164,35 @@ def test_unpop_gives_the_chain_back_for_the_next_pop() -> None:
     again = dq.pop()
     assert again == chain and dq.pop() is None
     assert q.used_elements() == [(2, 0)] and dq.bad_chains == 1
+
+
+class WriteLog(BytearrayGuestMemory):
+    """Guest RAM that records the address of every store, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(1 << 20)
+        self.stores: list[int] = []
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        self.stores.append(gpa)
+        super().write(gpa, data)
+
+    def write_u16(self, gpa: int, value: int) -> None:
+        self.stores.append(gpa)
+        super().write_u16(gpa, value)
+
+
+def test_a_batch_of_used_elements_is_published_with_one_idx_store_after_them() -> None:
+    """§2.7.8.2: add_used_batch writes every element, then used->idx once, so the driver
+    never sees part of a batch (the buffers of one merged frame arrive together)."""
+    memory = WriteLog()
+    q = MockSplitQueue(memory, 0x1000, SIZE)
+    dq = q.device_queue()
+    memory.stores.clear()
+    dq.add_used_batch([(3, 10), (1, 20), (2, 30)])
+    idx_addr = q.used_ring + 2
+    assert memory.stores.count(idx_addr) == 1 and memory.stores[-1] == idx_addr
+    assert q.used_elements() == [(3, 10), (1, 20), (2, 30)] and dq.completed == 3
+    memory.stores.clear()
+    dq.add_used_batch([])
+    assert memory.stores == [] and q.used_idx() == 3

@@ -46,21 +46,26 @@ class Rng(VirtioDevice):
 
 
 LOOP = EventLoop("slots-test")       # never run: the transports only keep a reference
+API: Any = None                      # what the drivers' callbacks get; these ignore it
 
 
 @dataclass
 class Host:
-    """The machine's parts the slots use, with bytearray RAM and no KVM."""
+    """The machine's parts the slots use, with bytearray RAM and no KVM (no VM fd: the
+    transports make no ioeventfds)."""
 
-    vm: None = None
     memory: BytearrayGuestMemory = field(default_factory=BytearrayGuestMemory)
     mmio: Bus = field(default_factory=lambda: Bus("mmio"))
     cmdline: Cmdline = field(default_factory=Cmdline)
     main_loop: EventLoop = field(default_factory=lambda: LOOP)
-    api: Any = None
 
     def irq_line(self, gsi: int) -> Callable[[], None]:
         return lambda: None
+
+    def slots(self) -> VirtioSlots:
+        """Slots over these parts, passed one by one as the machine passes its own."""
+        return VirtioSlots(None, self.memory, self.mmio, self.cmdline, self.irq_line,
+                           self.main_loop)
 
     def windows(self) -> list[str]:
         """The virtio_mmio.device= words, in command-line order."""
@@ -85,11 +90,11 @@ NET = HotplugDriver("net", 2, {"type": "object", "additionalProperties": False},
 
 def build(cold: list[VirtioDevice], reserve: bool = True) -> tuple[VirtioSlots, Host]:
     host = Host()
-    slots = VirtioSlots(host)
+    slots = host.slots()
     slots.use_drivers([BLK, NET], reserve)
     for device in cold:
         slots.attach(device, host.main_loop)
-    slots.finish()
+    slots.finish(API)
     return slots, host
 
 
@@ -121,20 +126,20 @@ def test_slot_taken_by_a_cold_drive_is_occupied_until_device_del() -> None:
     placeholder; device_del of the cold data drive frees its slot for a new image."""
     slots, _host = build([Disk("root", "r.img"), Disk("data", "d.img")])
     with pytest.raises(HotplugError, match="the slot 0x0 is occupied by 'root'"):
-        slots.plug(BLK, 0, "hot", {"file": "h.img"})
+        slots.plug(API, BLK, 0, "hot", {"file": "h.img"})
     with pytest.raises(HotplugError, match="the slot 0x1 is occupied by 'data'"):
-        slots.plug(BLK, 1, "hot", {"file": "h.img"})
-    device = slots.plug(BLK, 2, "hot", {"file": "h.img"})
+        slots.plug(API, BLK, 1, "hot", {"file": "h.img"})
+    device = slots.plug(API, BLK, 2, "hot", {"file": "h.img"})
     assert device.id == "blk-slot2" and isinstance(device, Disk) and device.image == "h.img"
-    removed = slots.unplug("data", {"blk": BLK, "net": NET})
+    removed = slots.unplug(API, "data", {"blk": BLK, "net": NET})
     assert isinstance(removed, Disk) and removed.id == "data" and removed.image is None
-    assert slots.plug(BLK, 1, "again", {"file": "a.img"}) is removed
+    assert slots.plug(API, BLK, 1, "again", {"file": "a.img"}) is removed
     assert removed.image == "a.img"
     with pytest.raises(HotplugError, match=r"addr 0x4 is not a slot of this VM \(slots: 0x0, "
                                            "0x1, 0x2, 0x3\\)"):
-        slots.plug(BLK, 4, "x", {"file": "x.img"})
+        slots.plug(API, BLK, 4, "x", {"file": "x.img"})
     with pytest.raises(HotplugError, match="no hot-replaceable device 'data'"):
-        slots.unplug("data", {"blk": BLK, "net": NET})
+        slots.unplug(API, "data", {"blk": BLK, "net": NET})
 
 
 def test_cold_drives_beyond_the_slots_get_extra_windows_as_further_slots() -> None:

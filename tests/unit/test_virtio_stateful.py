@@ -123,22 +123,12 @@ class NetGuest(VirtioGuest):
             while self.peer.recv(70000):
                 pass
 
-    def held(self, queue: int) -> int:
-        device = self.device
-        extra = 0
-        if queue == 0:
-            extra = len(device._held) + (len(device._pending.buffers)  # type: ignore[attr-defined]
-                                         if device._pending is not None else 0)  # type: ignore[attr-defined]
-        return super().held(queue) + extra
-
     def host_bytes(self) -> int:
-        from stratovmm_net.device import IOV_MAX, MAX_PACKET
+        from stratovmm_net.device import MAX_PACKET
 
-        device = self.device
-        assert device._held_views < IOV_MAX  # type: ignore[attr-defined]
-        pending = device._pending  # type: ignore[attr-defined]
-        assert pending is None or len(pending.tail) <= MAX_PACKET
-        return len(pending.tail) if pending is not None else 0
+        spill = self.device._spill  # type: ignore[attr-defined]
+        assert spill is None or len(spill.tail) <= MAX_PACKET
+        return len(spill.tail) if spill is not None else 0
 
     def close_backend(self) -> None:
         self.peer.close()
@@ -177,9 +167,6 @@ class ConsoleGuest(VirtioGuest):
         if leave:
             self.client.close()
             self.client = None
-
-    def held(self, queue: int) -> int:
-        return super().held(queue) + int(queue == 0 and self.device._held is not None)  # type: ignore[attr-defined]
 
     def host_bytes(self) -> int:
         return self.device.port.buffered  # type: ignore[attr-defined, no-any-return]

@@ -149,7 +149,7 @@ class VirtioGuest(RuleBasedStateMachine):
     def held(self, queue: int) -> int:
         """Chains of ``queue`` the device keeps on purpose (rx buffers waiting for data)."""
         assert self.device is not None
-        return int(queue in self.device._drain_held)
+        return self.device.held_chains(queue)
 
     def host_bytes(self) -> int:
         """Host memory the device holds in its own buffers."""
@@ -164,7 +164,7 @@ class VirtioGuest(RuleBasedStateMachine):
     def build(self, data: st.DataObject) -> None:
         self.device = self.make_device(data)
         # a small budget makes every kick end in a retry on a later loop turn
-        self.device.DRAIN_BUDGET = data.draw(st.sampled_from([1, 2, 64]), label="budget")
+        self.device.SERVE_BUDGET = data.draw(st.sampled_from([1, 2, 64]), label="budget")
         self.transport = VirtioMmioTransport(self.device, None, self.memory, MMIO_BASE,
                                              self._irq, self.loop)
         self.sizes = [0] * len(self.device.QUEUE_SIZES)
@@ -406,8 +406,8 @@ class VirtioGuest(RuleBasedStateMachine):
     def host_memory_bounded(self) -> None:
         """The device's own buffers and its loop's queues stay bounded."""
         assert self.host_bytes() <= self.HOST_BYTES_MAX, self.host_bytes()
-        assert len(self.loop._pending) <= LOOP_BACKLOG, len(self.loop._pending)
-        live_timers = [t for t in self.loop._timers if not t.cancelled]
+        assert self.loop.pending_calls() <= LOOP_BACKLOG, self.loop.pending_calls()
+        live_timers = self.loop.pending_timers()
         assert len(live_timers) <= LOOP_BACKLOG, len(live_timers)
 
     @precondition(lambda self: self.device is not None)

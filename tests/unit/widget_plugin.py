@@ -5,11 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from stratovmm.config.core_options import ITEM_ID_SCHEMA
-from stratovmm.plugin import hookimpl
-from stratovmm.registry import DeviceRegistry, DeviceType, OptionSpec, SubOption, ValueKind
+from stratovmm.api import (
+    ITEM_ID_SCHEMA,
+    DeviceRegistry,
+    DeviceType,
+    OptionSpec,
+    SubOption,
+    ValueKind,
+    hookimpl,
+)
 
-STRATOVMM_API = "1.0"
+STRATOVMM_API = "1.1"
 
 WIDGET_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -45,12 +51,9 @@ GIZMO_OPTION = OptionSpec(
     metavar="id=ID[,level=N]",
 )
 
-created: list[dict[str, Any]] = []
-
-
-def create(ctx: Any, item: dict[str, Any]) -> None:
-    """Remember the item (the unit tier never builds a VM)."""
-    created.append(item)
+def create(ctx: Any, item: dict[str, Any]) -> Any:
+    """Never called: the unit tier parses configurations and builds no VM."""
+    raise AssertionError("the unit tier builds no VM")
 
 
 @hookimpl

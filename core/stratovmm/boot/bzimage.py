@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from stratovmm.boot._bootparam import ffi, lib
 from stratovmm.errors import KernelImageError
-from stratovmm.kvm._kvm import ffi, lib
 
 HDR_OFFSET = 0x1F1
 BOOT_FLAG = 0xAA55

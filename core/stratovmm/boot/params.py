@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 
 from stratovmm.boot import layout
-from stratovmm.kvm._kvm import ffi, lib
+from stratovmm.boot._bootparam import ffi, lib
 
 E820_RAM = 1
 E820_RESERVED = 2

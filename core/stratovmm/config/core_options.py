@@ -1,4 +1,5 @@
-"""The core's own options (SPEC.md §1) and its part of the JSON schema."""
+"""The core's own options (StratoVirt v0.3's machine, boot and process options, plus
+2.x's ``-cpu``) and its part of the JSON schema."""
 
 from __future__ import annotations
 

@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from stratovmm.boot import layout
 from stratovmm.errors import ConfigError
-from stratovmm.qmp.flowcontrol import COMMANDS_PER_SECOND, rate_from_env
+
+# QMP flow control (StratoVirt's ``LeakBucket`` in machine_manager): commands per second
+# that one VM admits from all its QMP clients together.  ``STRATOVMM_QMP_RATE`` changes
+# it for tools that drive QMP harder than a person does (the 10,000-message fuzz test).
+QMP_COMMANDS_PER_SECOND = 100
+QMP_RATE_ENV = "STRATOVMM_QMP_RATE"
+
+
+def qmp_rate_from_env(environ: Mapping[str, str] = os.environ) -> float:
+    """The admitted QMP commands per second: ``STRATOVMM_QMP_RATE`` or 100."""
+    text = environ.get(QMP_RATE_ENV)
+    if text is None:
+        return QMP_COMMANDS_PER_SECOND
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = 0.0
+    if not 1 <= rate <= 1e6:
+        raise ConfigError(f"{QMP_RATE_ENV}: {text!r} is not a number of commands per second"
+                          " between 1 and 1000000")
+    return rate
 
 
 @dataclass(frozen=True)
@@ -45,7 +66,7 @@ class RuntimeOptions:
     log_path: str | None = None
     log_enabled: bool = False
     config_file: str | None = None
-    qmp_rate: float = COMMANDS_PER_SECOND
+    qmp_rate: float = QMP_COMMANDS_PER_SECOND
 
 
 @dataclass(frozen=True)
@@ -83,13 +104,20 @@ def api_channel_path(channel: Any) -> str:
     return path
 
 
+def check_daemon_options(runtime: RuntimeOptions) -> None:
+    """Refuse option combinations ``-daemonize`` cannot honour (stdio is closed)."""
+    if runtime.daemonize and runtime.log_enabled and runtime.log_path is None:
+        raise ConfigError("-D: logging to stderr is not allowed with -daemonize (stdio is"
+                          " closed); give -D PATH")
+
+
 def runtime_options(runtime: dict[str, Any]) -> RuntimeOptions:
     """Typed runtime options from the command line's runtime switches."""
     channel = runtime.get("api-channel")
     if channel is not None:
         channel = api_channel_path(channel)
     log = runtime.get("D")
-    return RuntimeOptions(
+    options = RuntimeOptions(
         name=runtime.get("name"),
         api_channel=channel,
         freeze=bool(runtime.get("freeze", False)),
@@ -99,8 +127,10 @@ def runtime_options(runtime: dict[str, Any]) -> RuntimeOptions:
         log_path=log if isinstance(log, str) else None,
         log_enabled=log is not None,
         config_file=runtime.get("config"),
-        qmp_rate=rate_from_env(),   # read here so that a bad value fails before KVM set-up
+        qmp_rate=qmp_rate_from_env(),   # read here so that a bad value fails before KVM set-up
     )
+    check_daemon_options(options)
+    return options
 
 
 def build_vm_config(document: dict[str, Any], runtime: RuntimeOptions) -> VmConfig:

@@ -1,5 +1,17 @@
-"""One JSON schema from the core's properties and every device type's fragment,
-and validation errors turned into one line that names the option or key."""
+"""The one schema module: how every JSON schema in StratoVMM is applied and how a
+violation is told.
+
+* ``Validator``: JSON Schema 2020-12 with one change, the integer rule: an integer
+  is a Python ``int`` (JSON Schema counts ``2.0`` as one).  The config file, the
+  command line, QMP arguments and ``device_add``'s per-driver arguments are all
+  checked with it, so ``1.0`` is refused alike everywhere.
+* ``problem``: the one error formatter, ``WHERE: REASON`` for the most relevant
+  violation (jsonschema's ``best_match``).  Each caller only says how to name a
+  location: an option (``-drive``), a config-file key (``config file F:
+  drive[0].iops``), a QMP command's argument (``device_add: addr``).
+* ``assemble``: the config file's schema, from the core's properties and every
+  device type's fragment.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +25,9 @@ from stratovmm.config.core_options import CORE_SCHEMA
 from stratovmm.config.grammar import format_size
 from stratovmm.errors import ConfigError
 from stratovmm.registry import DeviceRegistry
+
+Where = Callable[[Sequence[str | int]], str]
+"""Names the location of a JSON path (the keys and indexes down to the bad value)."""
 
 
 def _is_integer(_checker: Any, instance: Any) -> bool:
@@ -75,7 +90,7 @@ def describe(error: jsonschema.ValidationError) -> str:
         return f"{_show(inst, schema)} is not a multiple of {_show(error.validator_value, schema)}"
     if v == "additionalProperties":
         extra = sorted(set(inst) - set(schema.get("properties", {})))
-        known = ", ".join(sorted(schema.get("properties", {})))
+        known = ", ".join(sorted(schema.get("properties", {}))) or "none"
         return f"unknown key {', '.join(map(repr, extra))} (known: {known})"
     if v == "required":
         return f"missing required key {error.message.split(' ')[0]}"
@@ -87,24 +102,40 @@ def describe(error: jsonschema.ValidationError) -> str:
     return str(error.message)
 
 
-def check(document: Any, schema: dict[str, Any],
-          where: Callable[[Sequence[str | int]], str]) -> None:
-    """Validate ``document``; raise ``ConfigError`` for the most relevant error.
-
-    ``where(path)`` names the option or key at the JSON path of the error.
-    """
-    validator = Validator(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+def problem(validator: jsonschema.protocols.Validator, instance: Any, where: Where
+            ) -> str | None:
+    """``WHERE: REASON`` for the most relevant violation of ``instance``; None when it is
+    valid.  ``where(path)`` names the location at the JSON path of the violation."""
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
     if error is None:
-        return
-    raise ConfigError(f"{where(list(error.absolute_path))}: {describe(error)}")
+        return None
+    return f"{where(list(error.absolute_path))}: {describe(error)}"
 
 
-def file_path_name(source: str) -> Callable[[Sequence[str | int]], str]:
-    """``where`` for errors in a config file: ``config file F: drive[0].iops``."""
+def check(document: Any, schema: dict[str, Any], where: Where) -> None:
+    """Validate ``document``; ``ConfigError`` with the ``problem`` line."""
+    message = problem(Validator(schema), document, where)
+    if message is not None:
+        raise ConfigError(message)
+
+
+def json_path(path: Sequence[str | int]) -> str:
+    """``drive[0].iops`` for the path ``["drive", 0, "iops"]``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def under(name: str) -> Where:
+    """``where`` for a value named ``name`` (``config file F``, a QMP command): ``NAME`` at
+    the top, ``NAME: drive[0].iops`` below it."""
     def where(path: Sequence[str | int]) -> str:
-        text = ""
-        for part in path:
-            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-        return f"config file {source}: {text}" if text else f"config file {source}"
+        text = json_path(path)
+        return f"{name}: {text}" if text else name
     return where
+
+
+def file_path_name(source: str) -> Where:
+    """``where`` for errors in a config file: ``config file F: drive[0].iops``."""
+    return under(f"config file {source}")

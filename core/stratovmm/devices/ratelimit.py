@@ -1,8 +1,16 @@
-"""A token bucket: the rate limit behind ``iops=`` (blk) and ``bytes_per_sec=`` (rng).
+"""A token bucket: the rate limit behind ``iops=`` (blk), ``bytes_per_sec=`` (rng) and QMP
+flow control.
 
 Tokens accrue at ``rate`` per second up to ``burst``; a request takes what it
 needs or waits.  Pure arithmetic over a monotonic clock, so devices can ask
 "how long until N tokens" and arm a loop timer instead of polling.
+
+StratoVirt's QMP flow control is a *leaky* bucket (``LeakBucket``: each command
+pours one unit into a bucket that drains at the rate and holds one second's
+worth).  That is this algorithm seen from the other side: the leaky bucket's
+level is ``burst`` minus the tokens here, draining is refilling, and "the unit
+fits" is "a token is there".  So QMP uses this class (``take(1)``) and the core
+has one bucket.
 """
 
 from __future__ import annotations

@@ -39,20 +39,12 @@ import sys
 import tempfile
 import types
 
-from stratovmm.config.model import RuntimeOptions
 from stratovmm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 READY = b"ready\n"
 _EXIT_FAILURE = 1
-
-
-def check_options(runtime: RuntimeOptions) -> None:
-    """Refuse option combinations ``-daemonize`` cannot honour (stdio is closed)."""
-    if runtime.daemonize and runtime.log_enabled and runtime.log_path is None:
-        raise ConfigError("-D: logging to stderr is not allowed with -daemonize (stdio is"
-                          " closed); give -D PATH")
 
 
 def process_alive(pid: int) -> bool:
@@ -214,12 +206,13 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException,
     log.critical("uncaught exception", exc_info=(kind, exc, tb))
 
 
-def start(runtime: RuntimeOptions) -> Session:
-    """Check the pidfile; with ``-daemonize`` fork, and return only in the child."""
-    pidfile = PidFile(runtime.pidfile) if runtime.pidfile else None
+def start(pidfile_path: str | None, daemonize: bool) -> Session:
+    """Check the pidfile (``-pidfile``); with ``-daemonize`` fork, and return only in the
+    child."""
+    pidfile = PidFile(pidfile_path) if pidfile_path else None
     if pidfile is not None:
         pidfile.check()
-    if not runtime.daemonize:
+    if not daemonize:
         return Session(pidfile)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()

@@ -59,6 +59,7 @@ class EventLoop:
         self._timers: list[Timer] = []
         self._seq = itertools.count()
         self.thread_id: int | None = None
+        self.turns = 0       # run_once calls so far: devices count their work per turn
 
     def register(self, fd: int, events: int, handler: Handler) -> None:
         """Call ``handler(events)`` whenever ``fd`` is ready for ``events``."""
@@ -91,6 +92,24 @@ class EventLoop:
         heapq.heappush(self._timers, timer)
         return timer
 
+    def pending_timers(self) -> list[Timer]:
+        """The armed timers not cancelled, soonest first (what a test or a stats reader
+        may inspect; the loop's own heap stays private)."""
+        return sorted(t for t in self._timers if not t.cancelled)
+
+    def pending_calls(self) -> int:
+        """How many ``call_soon`` callbacks wait for the next turn."""
+        return len(self._pending)
+
+    def watching(self, fd: int) -> bool:
+        """True while ``fd`` is registered."""
+        return fd in self._handlers
+
+    def ready(self) -> dict[int, int]:
+        """The registered fds epoll reports ready now, with their events, without
+        dispatching anything (level-triggered: a later turn sees them again)."""
+        return {fd: events for fd, events in self._epoll.poll(0) if fd in self._handlers}
+
     def in_loop_thread(self) -> bool:
         """True when called from the thread running this loop."""
         return self.thread_id == threading.get_ident()
@@ -112,6 +131,7 @@ class EventLoop:
 
     def run_once(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds (-1: forever) and dispatch what is ready."""
+        self.turns += 1
         if self._timers:
             wait = max(0.0, self._timers[0].deadline - time.monotonic())
             timeout = wait if timeout < 0 else min(timeout, wait)

@@ -3,12 +3,10 @@
 Once the VM is set up (every fd it needs is open, the QMP socket listens), the
 process needs only a small set of system calls; the filter forbids the rest.
 The allow-list is ``CORE_SYSCALLS`` (below, one group per reason) plus what each
-plugin in use declares through ``vmm_seccomp_rules``: plugins none of whose
-devices is configured add nothing (a plugin's hotplug drivers count as
-configured when ``-api-channel`` is given; a plugin without device types or
-hotplug drivers always counts).  ``ioctl`` is always limited to request
-numbers: ``CORE_IOCTLS`` and the plugins' ``allow_ioctl`` lists (argument 1,
-low 32 bits: the kernel's ``cmd`` is an ``unsigned int``).  A few core calls
+plugin in use declares through ``vmm_seccomp_rules`` (which plugins are in use
+is the machine's choice, ``stratovmm.machine.seccomp``).  ``ioctl`` is always
+limited to request numbers: ``CORE_IOCTLS`` and the plugins' ``allow_ioctl``
+lists (argument 1, low 32 bits: the kernel's ``cmd`` is an ``unsigned int``).  A few core calls
 are narrowed by argument (``core_conditions``).  Rules combine
 (``SeccompRules``): a plugin adds narrowly conditioned allowances of its own
 (blk: ``openat`` read-write but never creating or truncating, for
@@ -45,16 +43,13 @@ import os
 import signal
 import termios
 import time
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from stratovmm.config.model import VmConfig
 from stratovmm.errors import HostError, PluginError
 from stratovmm.host.logsetup import log_fds
-from stratovmm.kvm._kvm import lib as kvm
-from stratovmm.plugin import PluginHost
-from stratovmm.registry import ArgCondition, Registry, SeccompRules
+from stratovmm.kvm import request_number
+from stratovmm.registry import ArgCondition, SeccompRules
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +107,12 @@ CORE_SYSCALLS: dict[str, tuple[str, ...]] = {
 CORE_IOCTLS: dict[str, int] = {
     # the vCPU loop, irqfd/ioeventfd (un)registration when a virtio driver
     # becomes ready or a device is hot-replaced, registers for a fatal-error report
-    "KVM_RUN": kvm.KVM_RUN,
-    "KVM_IRQ_LINE": kvm.KVM_IRQ_LINE,
-    "KVM_IRQFD": kvm.KVM_IRQFD,
-    "KVM_IOEVENTFD": kvm.KVM_IOEVENTFD,
-    "KVM_GET_REGS": kvm.KVM_GET_REGS,
-    "KVM_GET_SREGS": kvm.KVM_GET_SREGS,
+    "KVM_RUN": request_number("KVM_RUN"),
+    "KVM_IRQ_LINE": request_number("KVM_IRQ_LINE"),
+    "KVM_IRQFD": request_number("KVM_IRQFD"),
+    "KVM_IOEVENTFD": request_number("KVM_IOEVENTFD"),
+    "KVM_GET_REGS": request_number("KVM_GET_REGS"),
+    "KVM_GET_SREGS": request_number("KVM_GET_SREGS"),
     # io.open() asks isatty() of every file it opens (tracebacks, lazy imports)
     "TCGETS": termios.TCGETS,
     # socket.setblocking()/settimeout() and os.set_blocking() on QMP clients
@@ -155,8 +150,7 @@ def core_conditions() -> dict[str, tuple[tuple[ArgCondition, ...], ...]]:
 
 def core_rules(rules: SeccompRules | None = None) -> SeccompRules:
     """``rules`` (or a fresh set) with the core's syscalls and ioctls added as ``core``."""
-    rules = rules if rules is not None else SeccompRules()
-    rules.set_plugin("core")
+    rules = (rules if rules is not None else SeccompRules()).view("core")
     conditions = core_conditions()
     for names in CORE_SYSCALLS.values():
         for name in names:
@@ -165,26 +159,6 @@ def core_rules(rules: SeccompRules | None = None) -> SeccompRules:
     rules.allow("ioctl")
     rules.allow_ioctl(*CORE_IOCTLS.values())
     return rules
-
-
-def idle_plugins(registry: Registry, config: VmConfig) -> set[str]:
-    """Plugins that made device types or hotplug drivers of which this VM uses none: their
-    seccomp rules are left out.  Hotplug drivers are in use when QMP can reach them."""
-    devices = registry.devices
-    with_devices = {devices.owner[t.option.display] for t in devices.device_types.values()}
-    with_devices |= set(devices.hotplug_owner.values())
-    in_use = {devices.owner[t.option.display] for t in devices.device_types.values()
-              if config.devices(t.option.json_key)}
-    if config.runtime.api_channel is not None:
-        in_use |= set(devices.hotplug_owner.values())
-    return with_devices - in_use
-
-
-def collect_rules(host: PluginHost, registry: Registry,
-                  idle: Collection[str] = ()) -> SeccompRules:
-    """The core's rules, then those of every plugin (``vmm_seccomp_rules``) not in ``idle``."""
-    core_rules(registry.seccomp)
-    return host.seccomp_rules(registry, skip=idle)
 
 
 def _syscall_number(name: str, owner: str) -> int:
@@ -303,17 +277,8 @@ class Sandbox:
                  else "kills the process (named in the kernel log)")
 
 
-def prepare(config: VmConfig, host: PluginHost, registry: Registry) -> Sandbox | None:
-    """Collect the rules of the plugins in use and build the filter (None with
-    ``-disable-seccomp``).
-
-    Done before the process detaches, so a plugin's bad rule is a set-up error
-    that reaches the terminal.
-    """
-    if not config.runtime.seccomp:
-        log.warning("seccomp filter disabled (-disable-seccomp)")
-        return None
-    rules = collect_rules(host, registry, idle_plugins(registry, config))
+def prepare(rules: SeccompRules) -> Sandbox:
+    """The filter allowing exactly ``rules``, with the C reporter when it is built."""
     reporter = reporter_available()
     if not reporter:
         log.warning("stratovmm.host._sandbox is not built: forbidden system calls will be named"

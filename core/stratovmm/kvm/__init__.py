@@ -1,7 +1,8 @@
-"""KVM bindings: cffi API-mode module built from <linux/kvm.h>, and fd wrappers."""
+"""KVM bindings: the cffi API-mode module ``_kvm`` built from <linux/kvm.h>
+(``_kvm_build.py``), and fd wrappers.  Nothing outside this package imports ``_kvm``."""
 
 from __future__ import annotations
 
-from stratovmm.kvm.fds import Kvm, VcpuFd, VmFd
+from stratovmm.kvm.fds import Kvm, VcpuFd, VmFd, request_number
 
-__all__ = ["Kvm", "VcpuFd", "VmFd"]
+__all__ = ["Kvm", "VcpuFd", "VmFd", "request_number"]

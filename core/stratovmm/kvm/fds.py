@@ -21,6 +21,14 @@ from stratovmm.kvm._kvm import ffi, lib
 MAX_CPUID_ENTRIES = 256
 
 
+def request_number(name: str) -> int:
+    """The number of ioctl request ``name`` of <linux/kvm.h> (``"KVM_RUN"``), for code
+    outside ``stratovmm.kvm`` that must name requests (the seccomp allow-list)."""
+    if not name.startswith("KVM_"):
+        raise ValueError(f"{name!r} is not a KVM ioctl request")
+    return int(getattr(lib, name))
+
+
 def _ioctl(fd: int, request: int, arg: Any, what: str) -> int:
     """Issue one ioctl; raise ``KvmError`` naming ``what`` on failure."""
     if isinstance(arg, int):
@@ -56,9 +64,11 @@ class Kvm:
         if version != lib.KVM_API_VERSION:
             raise HostError(f"{path}: KVM API version {version}, need {lib.KVM_API_VERSION}")
 
-    def check_extension(self, cap: int) -> int:
-        """Return KVM's answer for capability ``cap`` (0 = absent)."""
-        return _ioctl(self.fd, lib.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION")
+    def check_extension(self, cap: str) -> int:
+        """KVM's answer for capability ``cap``, named as in <linux/kvm.h>
+        (``"KVM_CAP_IRQFD"``); 0 = absent."""
+        return _ioctl(self.fd, lib.KVM_CHECK_EXTENSION, getattr(lib, cap),
+                      "KVM_CHECK_EXTENSION")
 
     def vcpu_mmap_size(self) -> int:
         """Size of the ``kvm_run`` area each vCPU fd maps."""

@@ -16,10 +16,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-import jsonschema
-
+from stratovmm.config import schema
 from stratovmm.config.core_options import ITEM_ID_SCHEMA
-from stratovmm.config.schema import Validator as StrictValidator
 from stratovmm.errors import ConfigError, HotplugError
 from stratovmm.qmp.errors import DeviceNotFound, GenericError
 from stratovmm.registry import QmpCommand
@@ -78,7 +76,7 @@ def slot_of(args: dict[str, Any]) -> int:
     return 0
 
 
-def _driver(vm: VmApi, name: str) -> HotplugDriver:
+def _driver(vm: VmApi, name: str) -> HotplugDriver[Any]:
     drivers = vm.hotplug_drivers()
     if name not in drivers:
         known = ", ".join(sorted(drivers)) or "none"
@@ -86,7 +84,7 @@ def _driver(vm: VmApi, name: str) -> HotplugDriver:
     return drivers[name]
 
 
-def driver_arguments(driver: HotplugDriver, args: dict[str, Any]) -> dict[str, Any]:
+def driver_arguments(driver: HotplugDriver[Any], args: dict[str, Any]) -> dict[str, Any]:
     """The arguments ``driver`` gets: the slot keys and v0.3's meaningless ones are the
     core's, and a key only another driver knows (``netdev`` for a disk) is ignored, as
     v0.3 accepts every key for every driver; what is left must pass the driver's schema."""
@@ -95,11 +93,10 @@ def driver_arguments(driver: HotplugDriver, args: dict[str, Any]) -> dict[str, A
     if ignored:
         log.info("device_add %s: ignoring %s", driver.driver, ", ".join(ignored))
     chosen = {k: v for k, v in args.items() if k in own}
-    try:
-        StrictValidator(driver.schema).validate(chosen)
-    except jsonschema.ValidationError as exc:
-        where = ".".join(str(p) for p in exc.absolute_path) or "arguments"
-        raise GenericError(f"device_add {driver.driver}: {where}: {exc.message}") from None
+    message = schema.problem(schema.Validator(driver.schema), chosen,
+                             schema.under(f"device_add {driver.driver}"))
+    if message is not None:
+        raise GenericError(message)
     return chosen
 
 
@@ -111,10 +108,9 @@ def device_add(vm: VmApi, args: dict[str, Any]) -> None:
     if vm.device(args["id"]) is not None:
         raise GenericError(f"device_add: id {args['id']!r} is already in use")
     try:
-        device = vm.hotplug_plug(driver, slot, args["id"], chosen)
+        vm.hotplug_plug(driver, slot, args["id"], chosen)
     except (HotplugError, ConfigError) as exc:
         raise GenericError(f"device_add: {exc}") from None
-    vm.add_device(args["id"], device)
 
 
 def device_del(vm: VmApi, args: dict[str, Any]) -> None:
@@ -126,26 +122,25 @@ def device_del(vm: VmApi, args: dict[str, Any]) -> None:
         if exc.not_found:
             raise DeviceNotFound(f"device_del: {exc}") from None
         raise GenericError(f"device_del: {exc}") from None
-    vm.remove_device(device_id)
     # v0.3 sends the id as the path too (del_replaceable_device returns it)
     vm.emit_event("DEVICE_DELETED", {"device": device_id, "path": device_id})
 
 
-def device_add_schema(drivers: Iterable[HotplugDriver]) -> dict[str, Any]:
+def device_add_schema(drivers: Iterable[HotplugDriver[Any]]) -> dict[str, Any]:
     """``device_add``'s arguments: every key some driver accepts (each driver's own
     schema is applied once ``driver`` picked it); the driver names as an enum."""
     drivers = list(drivers)
     properties: dict[str, Any] = dict(COMMON_PROPERTIES)
     for driver in drivers:
-        for key, schema in driver.schema.get("properties", {}).items():
-            properties.setdefault(key, schema)
+        for key, fragment in driver.schema.get("properties", {}).items():
+            properties.setdefault(key, fragment)
     properties["driver"] = {"enum": sorted(d.driver for d in drivers)} if drivers else {
         "type": "string", "minLength": 1}
     return {"type": "object", "additionalProperties": False, "required": ["driver", "id"],
             "properties": properties}
 
 
-def register_hotplug_commands(registry: QmpRegistry, drivers: Iterable[HotplugDriver]) -> None:
+def register_hotplug_commands(registry: QmpRegistry, drivers: Iterable[HotplugDriver[Any]]) -> None:
     """Add ``device_add`` and ``device_del`` once the plugins registered their drivers."""
     registry.add_command(QmpCommand("device_add", device_add, device_add_schema(drivers),
                                     help="hot-replace: fill the virtio-mmio slot addr (or lun+1)"))

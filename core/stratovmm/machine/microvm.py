@@ -31,17 +31,18 @@ from stratovmm.config.model import VmConfig
 from stratovmm.errors import ConfigError, HostError
 from stratovmm.host.eventloop import EventLoop, IoThread
 from stratovmm.kvm import Kvm
-from stratovmm.kvm._kvm import lib
 from stratovmm.machine.bus import Bus
+from stratovmm.machine.devicetable import DeviceTable
 from stratovmm.machine.i8042 import I8042, PORT_BASE, PORT_LENGTH
 from stratovmm.machine.irq import IrqLine
 from stratovmm.machine.pvpanic import PVPANIC_LENGTH, PVPANIC_PORT, PvPanic
+from stratovmm.machine.slots import VirtioSlots
 from stratovmm.machine.vcpu import StopReason, Vcpu, install_kick_handler
 from stratovmm.machine.vmapi import VmApi
 from stratovmm.memory import HostGuestMemory, MemoryOptions
 from stratovmm.plugin import PluginHost
 from stratovmm.qmp.events import EventBus
-from stratovmm.registry import Registry
+from stratovmm.registry import HotplugDriver, Registry
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,6 @@ class MicroVm:
         self.started = False            # the guest has run (vmm_vm_started was called)
         self.exit_status = EXIT_OK
         self.shutdown_reason: str | None = None
-        self.devices: dict[str, Any] = {}
         self.named_fds: dict[str, int] = {}
         self.plugin_state: dict[str, dict[str, Any]] = {}
         self.events = EventBus()
@@ -94,19 +94,55 @@ class MicroVm:
         self._setup_memory()
         self.pio.insert(I8042(self._guest_reset), PORT_BASE, PORT_LENGTH, "i8042")
         self.pio.insert(PvPanic(self._guest_panic), PVPANIC_PORT, PVPANIC_LENGTH, "pvpanic")
+        self.virtio = VirtioSlots(self.vm, self.memory, self.mmio, self.cmdline, self.irq_line,
+                                  self.main_loop)
+        self.devices = DeviceTable(self.virtio, self.pio, self.mmio, self.loop_for)
         self.api = VmApi(self)
-        from stratovmm.machine.slots import VirtioSlots
 
-        self.virtio = VirtioSlots(self)
+    # -- what VmApi reads (vmapi.Machine) ------------------------------------------
+
+    @property
+    def name(self) -> str | None:
+        """The ``-name`` of the guest."""
+        return self.config.runtime.name
+
+    @property
+    def run_state(self) -> str:
+        """The QMP run state."""
+        return self.state.value
+
+    @property
+    def vcpu_count(self) -> int:
+        """Number of vCPUs."""
+        return self.config.machine.vcpus
+
+    @property
+    def hotplug_drivers(self) -> dict[str, HotplugDriver[Any]]:
+        """Every registered ``device_add`` driver."""
+        return self.registry.devices.hotplug_drivers
+
+    def vcpu_thread_ids(self) -> list[int | None]:
+        """The host thread id of each vCPU (None before it starts)."""
+        return [vcpu.native_id for vcpu in self.vcpus]
+
+    def loop_for(self, iothread: str | None) -> EventLoop:
+        """The named iothread's loop, or the main loop for None."""
+        if iothread is None:
+            return self.main_loop
+        try:
+            return self.iothreads[iothread]
+        except KeyError:
+            raise ConfigError(
+                f"iothread {iothread!r} is not defined (add -iothread id=NAME)") from None
 
     # -- construction -------------------------------------------------------------
 
     def _setup_kvm(self) -> None:
         self.kvm = Kvm()
-        missing = [c for c in REQUIRED_CAPS if not self.kvm.check_extension(getattr(lib, c))]
+        missing = [c for c in REQUIRED_CAPS if not self.kvm.check_extension(c)]
         if missing:
             raise HostError(f"/dev/kvm lacks {', '.join(missing)}")
-        max_vcpus = self.kvm.check_extension(lib.KVM_CAP_MAX_VCPUS)
+        max_vcpus = self.kvm.check_extension("KVM_CAP_MAX_VCPUS")
         if self.config.machine.vcpus > max_vcpus:
             raise ConfigError(f"-smp: {self.config.machine.vcpus} vCPUs, KVM allows {max_vcpus}")
         self.vm = self.kvm.create_vm()
@@ -135,12 +171,14 @@ class MicroVm:
         """Create every cold-plugged device through its registered factory.  With a QMP
         socket the hot-replace slots are reserved first, so cold drives and NICs fill them
         from address 0, as in StratoVirt (``stratovmm.machine.slots``)."""
-        self.virtio.use_drivers(self.registry.devices.hotplug_drivers.values(),
+        devices = self.registry.devices
+        self.virtio.use_drivers(devices.hotplug_drivers.values(),
                                 reserve=self.config.runtime.api_channel is not None)
-        for device_type in self.registry.devices.device_types.values():
+        for device_type in devices.device_types.values():
+            owner = devices.owner[device_type.option.display]
             for item in self.config.devices(device_type.option.json_key):
-                device_type.create(self.api, item)
-        self.virtio.finish()
+                self.devices.create(device_type, owner, item, self.api)
+        self.virtio.finish(self.api)
 
     def load(self) -> None:
         """Load the kernel and create the vCPUs (the command line is final now)."""
@@ -261,10 +299,4 @@ class MicroVm:
         for thread in self.iothreads.values():
             thread.join(2.0)
         self.virtio.close()
-        for device_id, device in list(self.devices.items()):
-            close = getattr(device, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    log.exception("closing device %s failed", device_id)
+        self.devices.close_all()

@@ -26,6 +26,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from stratovmm.devices.logonce import LogOnce
+
 log = logging.getLogger(__name__)
 
 PVPANIC_PORT = 0x505
@@ -40,7 +42,7 @@ class PvPanic:
 
     def __init__(self, on_panicked: Callable[[], None]) -> None:
         self._on_panicked = on_panicked
-        self._logged_unknown = False
+        self._log_once = LogOnce(log)
         self.crash_loaded = 0
 
     def read(self, offset: int, size: int) -> bytes:
@@ -50,13 +52,12 @@ class PvPanic:
     def write(self, offset: int, data: bytes) -> None:
         """Report the events in the written byte (a wider write: its low byte)."""
         event = data[0] if data else 0
-        if event & ~SUPPORTED_EVENTS and not self._logged_unknown:
-            log.warning("pvpanic: unknown event bits %#x ignored", event & ~SUPPORTED_EVENTS)
-            self._logged_unknown = True
+        if event & ~SUPPORTED_EVENTS:
+            self._log_once("unknown", logging.WARNING, "pvpanic: unknown event bits %#x ignored"
+                           " (logged once)", event & ~SUPPORTED_EVENTS)
         if event & PVPANIC_PANICKED:
             self._on_panicked()
         elif event & PVPANIC_CRASH_LOADED:
             self.crash_loaded += 1
-            if self.crash_loaded == 1:
-                log.warning("pvpanic: the guest loaded a crash kernel after a panic; it runs on"
-                            " (logged once; counted after)")
+            self._log_once("crash-loaded", logging.WARNING, "pvpanic: the guest loaded a crash"
+                           " kernel after a panic; it runs on (logged once; counted after)")

@@ -11,9 +11,13 @@ from __future__ import annotations
 import logging
 
 from stratovmm.config.model import VmConfig
+from stratovmm.devices.ratelimit import TokenBucket
 from stratovmm.host import daemon, sandbox
+from stratovmm.machine import seccomp
 from stratovmm.machine.microvm import MicroVm
 from stratovmm.plugin import PluginHost
+from stratovmm.qmp.dispatch import Dispatcher
+from stratovmm.qmp.server import serve_qmp
 from stratovmm.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -21,15 +25,17 @@ log = logging.getLogger(__name__)
 
 def run_vm(config: VmConfig, host: PluginHost, registry: Registry) -> int:
     """Create, boot and run one VM; returns the process exit status."""
-    session = daemon.start(config.runtime)  # pidfile check; -daemonize forks here
+    runtime = config.runtime
+    session = daemon.start(runtime.pidfile, runtime.daemonize)  # -daemonize forks here
     vm = MicroVm(config, host, registry)
     vm.build_devices()
     vm.load()
-    host.vm_created(vm.api)
-    from stratovmm.qmp.server import start_qmp_server  # [qmp] issue 4
-    start_qmp_server(vm)
-    seccomp = sandbox.prepare(config, host, registry)  # errors reach the terminal
+    host.vm_created(vm.api, config.document, config.runtime)
+    if runtime.api_channel is not None:
+        dispatcher = Dispatcher(registry.qmp, vm.api, TokenBucket(runtime.qmp_rate))
+        serve_qmp(runtime.api_channel, vm.main_loop, dispatcher, vm.events)
+    box = seccomp.prepare(config, host, registry)  # errors reach the terminal
     session.detach()  # pidfile; -daemonize: stdio to /dev/null
-    sandbox.apply(seccomp)  # every thread, before any vCPU runs
+    sandbox.apply(box)  # every thread, before any vCPU runs
     session.release()  # -daemonize: the parent exits 0
     return vm.run()

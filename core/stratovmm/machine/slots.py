@@ -2,7 +2,8 @@
 
 ``attach`` puts a device in a window and claims its MMIO range; once every
 device is built, ``finish`` announces the windows on the kernel command line in
-window order (``virtio_mmio.device=4K@0xADDR:IRQ``, SPEC §2).  Linux registers
+window order (``virtio_mmio.device=4K@0xADDR:IRQ``, the parameter of Linux's
+virtio_mmio driver that ``VIRTIO_MMIO_CMDLINE_DEVICES`` enables).  Linux registers
 those devices, and so probes them and names its disks ``vda``, ``vdb``, ..., in
 command-line order.
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from stratovmm.boot import layout
 from stratovmm.errors import ConfigError, HotplugError
@@ -43,33 +44,10 @@ if TYPE_CHECKING:
     from stratovmm.kvm.fds import VmFd
     from stratovmm.machine.bus import Bus
     from stratovmm.machine.irq import IrqLine
+    from stratovmm.machine.vmapi import VmApi
     from stratovmm.memory import GuestMemoryProtocol
 
 log = logging.getLogger(__name__)
-
-
-class SlotHost(Protocol):
-    """What the slots need of the machine (``MicroVm`` has all of it)."""
-
-    @property
-    def vm(self) -> VmFd | None: ...
-
-    @property
-    def memory(self) -> GuestMemoryProtocol: ...
-
-    @property
-    def mmio(self) -> Bus: ...
-
-    @property
-    def cmdline(self) -> Cmdline: ...
-
-    @property
-    def main_loop(self) -> EventLoop: ...
-
-    @property
-    def api(self) -> Any: ...
-
-    def irq_line(self, gsi: int) -> IrqLine | Callable[[], None]: ...
 
 
 @dataclass
@@ -86,19 +64,36 @@ class Slot:
     plugged_id: str | None = None
 
 
-class VirtioSlots:
-    """Allocation of virtio-mmio windows for one machine."""
+IrqFactory = Callable[[int], "IrqLine | Callable[[], None]"]
 
-    def __init__(self, host: SlotHost) -> None:
-        self._host = host
+
+class VirtioSlots:
+    """Allocation of virtio-mmio windows for one machine.
+
+    What the windows need, passed in rather than read off the machine: the VM fd
+    (``None`` without KVM) for each transport's ioeventfds, guest memory for its
+    rings, the MMIO bus its window goes on, the kernel command line that announces
+    it, the interrupt line of each window's IRQ (``irq_line(gsi)``) and the main
+    loop, where placeholders serve their queues.  The hotplug drivers' callbacks
+    take the ``VmApi``: ``finish``, ``plug`` and ``unplug`` are given it.
+    """
+
+    def __init__(self, vm: VmFd | None, memory: GuestMemoryProtocol, mmio: Bus,
+                 cmdline: Cmdline, irq_line: IrqFactory, main_loop: EventLoop) -> None:
+        self._vm = vm
+        self._memory = memory
+        self._mmio = mmio
+        self._cmdline = cmdline
+        self._irq_line = irq_line
+        self._main_loop = main_loop
         self.slots: list[Slot | None] = [None] * layout.VIRTIO_MMIO_SLOTS
-        self._drivers: list[HotplugDriver] = []
-        self._held: dict[int, tuple[HotplugDriver, int]] = {}   # window → (driver, addr)
+        self._drivers: list[HotplugDriver[Any]] = []
+        self._held: dict[int, tuple[HotplugDriver[Any], int]] = {}   # window → (driver, addr)
         self._announced = False
 
     # -- building -------------------------------------------------------------------------------
 
-    def use_drivers(self, drivers: Iterable[HotplugDriver], reserve: bool) -> None:
+    def use_drivers(self, drivers: Iterable[HotplugDriver[Any]], reserve: bool) -> None:
         """Before the cold devices: know the hotplug drivers (their cold devices become
         slots) and, with ``reserve`` (a QMP socket), hold their slots' windows first."""
         self._drivers = list(drivers)
@@ -128,16 +123,16 @@ class VirtioSlots:
         slot.plugged_id = device.id
         return slot.transport
 
-    def finish(self) -> None:
+    def finish(self, api: VmApi) -> None:
         """After the cold devices: placeholders into reserved windows no cold device took,
         then every window on the kernel command line, in window order."""
         for index in sorted(self._held):
             driver, addr = self._held.pop(index)
-            device = driver.placeholder(self._host.api, addr)
-            self._place(index, device, self._host.main_loop, driver.driver, addr)
+            device = driver.placeholder(api, addr)
+            self._place(index, device, self._main_loop, driver.driver, addr)
         for slot in self.slots:
             if slot is not None:
-                self._host.cmdline.append(f"virtio_mmio.device=4K@{slot.base:#x}:{slot.irq}")
+                self._cmdline.append(f"virtio_mmio.device=4K@{slot.base:#x}:{slot.irq}")
         self._announced = True
 
     def _free_index(self) -> int | None:
@@ -160,7 +155,7 @@ class VirtioSlots:
         raise ConfigError(f"{what}: no free virtio-mmio slot (at most {layout.VIRTIO_MMIO_SLOTS}"
                           " virtio devices, hot-replace slots included)")
 
-    def _slot_for_cold(self, driver: HotplugDriver, what: str) -> tuple[int, int]:
+    def _slot_for_cold(self, driver: HotplugDriver[Any], what: str) -> tuple[int, int]:
         """The lowest reserved slot of ``driver``, else a new window as its next slot."""
         held = [(addr, index) for index, (d, addr) in self._held.items() if d is driver]
         if held:
@@ -172,11 +167,10 @@ class VirtioSlots:
 
     def _place(self, index: int, device: VirtioDevice, loop: EventLoop,
                hotplug_driver: str | None = None, addr: int = 0) -> Slot:
-        host = self._host
         base, irq = layout.virtio_mmio_window(index)
-        transport = VirtioMmioTransport(device, host.vm, host.memory, base, host.irq_line(irq),
-                                        loop)
-        host.mmio.insert(transport, base, layout.VIRTIO_MMIO_SIZE, f"virtio-mmio {device.id}")
+        transport = VirtioMmioTransport(device, self._vm, self._memory, base,
+                                        self._irq_line(irq), loop)
+        self._mmio.insert(transport, base, layout.VIRTIO_MMIO_SIZE, f"virtio-mmio {device.id}")
         slot = self.slots[index] = Slot(index, base, irq, transport, hotplug_driver, addr)
         where = f" ({hotplug_driver} slot {addr})" if hotplug_driver else ""
         log.info("virtio device %s (type %d) at %#x irq %d%s", device.id, device.DEVICE_TYPE,
@@ -190,7 +184,7 @@ class VirtioSlots:
         slots = [s for s in self.slots if s is not None and s.hotplug_driver == driver]
         return sorted(slots, key=lambda s: s.hotplug_addr)
 
-    def plug(self, driver: HotplugDriver, addr: int, device_id: str,
+    def plug(self, api: VmApi, driver: HotplugDriver[Any], addr: int, device_id: str,
              args: dict[str, Any]) -> VirtioDevice:
         """``device_add``: give the empty slot ``addr`` of ``driver`` a backend as
         ``device_id``."""
@@ -204,16 +198,17 @@ class VirtioSlots:
             raise HotplugError(f"{driver.driver}: the slot {addr:#x} is occupied by"
                                f" {slot.plugged_id!r}")
         device = slot.transport.device
-        driver.plug(self._host.api, device, args)
+        driver.plug(api, device, args)
         slot.plugged_id = device_id
         return device
 
-    def unplug(self, device_id: str, drivers: dict[str, HotplugDriver]) -> VirtioDevice:
+    def unplug(self, api: VmApi, device_id: str,
+               drivers: dict[str, HotplugDriver[Any]]) -> VirtioDevice:
         """``device_del``: empty the slot holding ``device_id`` (hot- or cold-plugged)."""
         for slot in self.slots:
             if slot is not None and slot.plugged_id == device_id and slot.hotplug_driver:
                 device = slot.transport.device
-                drivers[slot.hotplug_driver].unplug(self._host.api, device)
+                drivers[slot.hotplug_driver].unplug(api, device)
                 slot.plugged_id = None
                 return device
         raise HotplugError(f"no hot-replaceable device {device_id!r}", not_found=True)

@@ -2,9 +2,12 @@
 
 Device factories receive it while the VM is built (``BuildContext`` is the same
 type under the name the factories use), QMP handlers and lifecycle hooks
-while it runs.  It exposes what a device needs (guest memory, buses, IRQs, the
-event loops, the kernel command line, virtio slots, events, named fds) and
-nothing of KVM itself.
+while it runs.  It exposes what a device needs (guest memory, IRQs, the event
+loops, the kernel command line, the recorded devices, events, named fds) and
+nothing of KVM itself.  Devices do not attach themselves: a factory returns its
+device and the core attaches and records it (``stratovmm.machine.devicetable``).
+
+It reads the machine only through ``Machine``, the list of what it needs.
 """
 
 from __future__ import annotations
@@ -12,18 +15,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stratovmm.errors import ConfigError, HostError
 from stratovmm.host.eventloop import EventLoop
-from stratovmm.machine.bus import BusDevice
 from stratovmm.machine.irq import IrqLine
-from stratovmm.qmp.events import EventThrottle
+from stratovmm.qmp.events import EventBus, EventThrottle
 
 if TYPE_CHECKING:
     from stratovmm.boot.cmdline import Cmdline
-    from stratovmm.machine.microvm import MicroVm
-    from stratovmm.memory import GuestMemory
+    from stratovmm.machine.devicetable import DeviceTable
+    from stratovmm.machine.slots import VirtioSlots
+    from stratovmm.memory import GuestMemoryProtocol
     from stratovmm.registry import HotplugDriver
 
 log = logging.getLogger(__name__)
@@ -31,10 +34,46 @@ log = logging.getLogger(__name__)
 MAX_NAMED_FDS = 64      # names QMP getfd may hold at once
 
 
+class Machine(Protocol):
+    """What ``VmApi`` reads of the machine (``MicroVm`` has all of it)."""
+
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def run_state(self) -> str: ...
+    @property
+    def vcpu_count(self) -> int: ...
+    @property
+    def memory(self) -> GuestMemoryProtocol: ...
+    @property
+    def cmdline(self) -> Cmdline: ...
+    @property
+    def main_loop(self) -> EventLoop: ...
+    @property
+    def devices(self) -> DeviceTable: ...
+    @property
+    def virtio(self) -> VirtioSlots: ...
+    @property
+    def hotplug_drivers(self) -> dict[str, HotplugDriver[Any]]: ...
+    @property
+    def events(self) -> EventBus: ...
+    @property
+    def named_fds(self) -> dict[str, int]: ...
+    @property
+    def plugin_state(self) -> dict[str, dict[str, Any]]: ...
+
+    def loop_for(self, iothread: str | None) -> EventLoop: ...
+    def irq_line(self, gsi: int) -> IrqLine: ...
+    def vcpu_thread_ids(self) -> list[int | None]: ...
+    def pause(self) -> bool: ...
+    def resume(self) -> bool: ...
+    def shutdown(self, reason: str, detail: str = "") -> None: ...
+
+
 class VmApi:
     """The VM as plugins see it."""
 
-    def __init__(self, machine: MicroVm) -> None:
+    def __init__(self, machine: Machine) -> None:
         self._machine = machine
 
     # -- identity and state ------------------------------------------------------
@@ -42,15 +81,15 @@ class VmApi:
     @property
     def name(self) -> str | None:
         """The ``-name`` of the guest."""
-        return self._machine.config.runtime.name
+        return self._machine.name
 
     @property
     def state(self) -> str:
         """``prelaunch``, ``running``, ``paused`` or ``shutdown``."""
-        return self._machine.state.value
+        return self._machine.run_state
 
     @property
-    def memory(self) -> GuestMemory:
+    def memory(self) -> GuestMemoryProtocol:
         """Guest RAM with checked access."""
         return self._machine.memory
 
@@ -62,12 +101,12 @@ class VmApi:
     @property
     def vcpu_count(self) -> int:
         """Number of vCPUs."""
-        return self._machine.config.machine.vcpus
+        return self._machine.vcpu_count
 
     def vcpu_thread_ids(self) -> list[int | None]:
         """The host thread id (``gettid``) of each vCPU's thread, by vCPU index (None
         before the threads start)."""
-        return [vcpu.native_id for vcpu in self._machine.vcpus]
+        return self._machine.vcpu_thread_ids()
 
     # -- event loops ---------------------------------------------------------------
 
@@ -77,38 +116,16 @@ class VmApi:
         return self._machine.main_loop
 
     def loop_for(self, iothread: str | None) -> EventLoop:
-        """The named iothread's loop, or the main loop for None."""
-        if iothread is None:
-            return self._machine.main_loop
-        try:
-            return self._machine.iothreads[iothread]
-        except KeyError:
-            raise ConfigError(
-                f"iothread {iothread!r} is not defined (add -iothread id=NAME)") from None
+        """The named iothread's loop, or the main loop for None (``ConfigError`` naming an
+        undefined iothread)."""
+        return self._machine.loop_for(iothread)
 
     # -- devices -------------------------------------------------------------------
 
-    def add_pio_device(self, device: BusDevice, base: int, length: int, name: str) -> None:
-        """Claim I/O ports [base, base+length)."""
-        self._machine.pio.insert(device, base, length, name)
-
-    def add_mmio_device(self, device: BusDevice, base: int, length: int, name: str) -> None:
-        """Claim guest physical [base, base+length) outside RAM."""
-        self._machine.mmio.insert(device, base, length, name)
-
     def irq_line(self, gsi: int) -> IrqLine:
-        """An interrupt line to GSI ``gsi`` (irqfd-backed)."""
+        """An interrupt line to GSI ``gsi`` (irqfd-backed), for a device that is not virtio
+        (a virtio device's window comes with its own)."""
         return self._machine.irq_line(gsi)
-
-    def add_device(self, device_id: str, device: Any) -> None:
-        """Record a device under its id (QMP lookup, counters, close at exit)."""
-        if device_id in self._machine.devices:
-            raise ConfigError(f"duplicate device id {device_id!r}")
-        self._machine.devices[device_id] = device
-
-    def remove_device(self, device_id: str) -> Any:
-        """Forget a device (hot-unplug); returns it."""
-        return self._machine.devices.pop(device_id)
 
     def device(self, device_id: str) -> Any | None:
         """The device recorded under ``device_id``."""
@@ -116,7 +133,7 @@ class VmApi:
 
     def devices(self) -> Iterator[tuple[str, Any]]:
         """Every recorded (id, device)."""
-        return iter(list(self._machine.devices.items()))
+        return iter(self._machine.devices.items())
 
     def state_for(self, owner: str) -> dict[str, Any]:
         """A dict private to ``owner`` (a plugin) that lives as long as the VM.
@@ -126,24 +143,28 @@ class VmApi:
         """
         return self._machine.plugin_state.setdefault(owner, {})
 
-    # -- hot-replace ------------------------------------------------------------------
+    # -- hot-replace (QMP device_add / device_del) ---------------------------------------
 
-    def hotplug_drivers(self) -> dict[str, HotplugDriver]:
+    def hotplug_drivers(self) -> dict[str, HotplugDriver[Any]]:
         """Every registered ``device_add`` driver."""
-        return self._machine.registry.devices.hotplug_drivers
+        return self._machine.hotplug_drivers
 
-    def hotplug_plug(self, driver: HotplugDriver, addr: int, device_id: str,
+    def hotplug_plug(self, driver: HotplugDriver[Any], addr: int, device_id: str,
                      args: dict[str, Any]) -> Any:
-        """Fill the reserved slot ``addr`` of ``driver``; returns the device."""
-        return self._machine.virtio.plug(driver, addr, device_id, args)
+        """Fill the reserved slot ``addr`` of ``driver`` and record its device as
+        ``device_id``; returns the device."""
+        if self._machine.devices.get(device_id) is not None:
+            raise ConfigError(f"id {device_id!r} is already in use")
+        device = self._machine.virtio.plug(self, driver, addr, device_id, args)
+        self._machine.devices.record(device_id, device)
+        return device
 
     def hotplug_unplug(self, device_id: str) -> Any:
-        """Empty the slot holding hot-plugged ``device_id``; returns the device."""
-        return self._machine.virtio.unplug(device_id, self.hotplug_drivers())
-
-    def add_virtio_device(self, device: Any, iothread: str | None = None) -> Any:
-        """Put a ``VirtioDevice`` on the next free virtio-mmio slot; returns its transport."""
-        return self._machine.virtio.attach(device, self.loop_for(iothread))
+        """Empty the slot holding ``device_id`` (hot- or cold-plugged) and forget the
+        device; returns it."""
+        device = self._machine.virtio.unplug(self, device_id, self.hotplug_drivers())
+        self._machine.devices.forget(device_id)
+        return device
 
     # -- events --------------------------------------------------------------------
 
@@ -177,7 +198,8 @@ class VmApi:
     def request_shutdown(self, reason: str, detail: str = "") -> None:
         """End the VM (``SHUTDOWN`` with ``reason``, exit status 0) once the main loop has
         finished what it is doing, e.g. sent the reply to QMP ``quit``."""
-        self._machine.main_loop.call_soon(lambda: self._machine.shutdown(reason, detail))
+        machine = self._machine
+        machine.main_loop.call_soon(lambda: machine.shutdown(reason, detail))
 
     # -- named fds (QMP getfd) -------------------------------------------------------
 

@@ -1,12 +1,18 @@
 """From a parsed request to a reply: envelope checks, flow control, command lookup,
 argument schema, handler.
 
-The order is the contract (SPEC §3): nothing a command does happens before its
+The order is the contract: nothing a command does happens before its
 arguments passed its JSON schema, and every reply — errors included — carries
 the request's ``id`` when the request was an object that had one.  Commands
 are looked up in the ``QmpRegistry`` at call time, so whatever the core or a
 plugin registers (``device_add`` from the core's hotplug code, ``blockdev-add``
 from the blk plugin) is dispatched the same way with no change here.
+
+Flow control comes first, as in StratoVirt (its ``LeakBucket``): one token bucket per
+VM (``TokenBucket``: ``rate`` commands per second, bursts of up to one second's worth)
+admits each request, whichever client sent it; a request that finds it empty is
+answered ``OperationThrottled`` and takes nothing, so a client that keeps to the rate
+is never refused and a flood gets exactly the rate through.
 
 Handlers run on the main loop thread, one at a time.  A handler that needs the
 connection the request came on (``getfd`` takes the fd the client passed with
@@ -25,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
-from stratovmm.config.schema import Validator as StrictValidator
+from stratovmm.config import schema
+from stratovmm.config.model import QMP_COMMANDS_PER_SECOND
+from stratovmm.devices.ratelimit import TokenBucket
 from stratovmm.errors import StratoVmmError
 from stratovmm.qmp.errors import CommandNotFound, GenericError, OperationThrottled, QmpError
-from stratovmm.qmp.flowcontrol import LeakyBucket
 from stratovmm.qmp.framing import BadInput, Frame
 
 if TYPE_CHECKING:
@@ -92,38 +99,14 @@ def encode_line(obj: Mapping[str, Any]) -> bytes:
     return text.encode() + b"\r\n"
 
 
-def describe_schema_error(error: jsonschema.ValidationError) -> str:
-    """A jsonschema failure in QMP's words (QEMU's messages where there is one)."""
-    path = ".".join(str(p) for p in error.absolute_path)
-    prefix = f"{path}." if path else ""
-    instance = error.instance
-    if error.validator == "additionalProperties" and isinstance(instance, dict):
-        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
-        extra = sorted(k for k in instance if k not in known)
-        if extra:
-            return f"Parameter '{prefix}{extra[0]}' is unexpected"
-    if error.validator == "required" and isinstance(instance, dict):
-        missing = [k for k in error.validator_value if k not in instance]
-        if missing:
-            return f"Parameter '{prefix}{missing[0]}' is missing"
-    if error.validator == "type":
-        expected = error.validator_value
-        if isinstance(expected, list):
-            expected = " or ".join(expected)
-        return f"Invalid parameter type for '{path or 'arguments'}', expected: {expected}"
-    if path:
-        return f"Invalid parameter '{path}': {error.message}"
-    return f"Invalid arguments: {error.message}"
-
-
 class Dispatcher:
     """Runs requests against the registered commands of one VM."""
 
-    def __init__(self, registry: QmpRegistry, vm: VmApi, bucket: LeakyBucket | None = None
+    def __init__(self, registry: QmpRegistry, vm: VmApi, bucket: TokenBucket | None = None
                  ) -> None:
         self.registry = registry
         self.vm = vm
-        self.bucket = bucket or LeakyBucket()
+        self.bucket = bucket or TokenBucket(QMP_COMMANDS_PER_SECOND)
         self._validators: dict[str, jsonschema.protocols.Validator] = {}
 
     def handle(self, frame: Frame, session: Session) -> bytes:
@@ -147,7 +130,7 @@ class Dispatcher:
             return self._error_reply(GenericError("QMP input must be a JSON object"), _NO_ID)
         request_id = request.get("id", _NO_ID)
         try:
-            if not self.bucket.admit():
+            if not self.bucket.take(1):
                 raise OperationThrottled("QMP flow control: more than"
                                          f" {self.bucket.rate:g} commands per second")
             command, arguments = self._check_request(request)
@@ -174,17 +157,17 @@ class Dispatcher:
         command = self.registry.commands.get(name)
         if command is None:
             raise CommandNotFound(f"The command {name} has not been found")
-        error = jsonschema.exceptions.best_match(self._validator(command).iter_errors(arguments))
-        if error is not None:
-            raise GenericError(describe_schema_error(error))
+        message = schema.problem(self._validator(command), arguments, schema.under(name))
+        if message is not None:
+            raise GenericError(message)
         return command, arguments
 
     def _validator(self, command: QmpCommand) -> jsonschema.protocols.Validator:
         validator = self._validators.get(command.name)
         if validator is None:
-            # integers are Python ints: JSON Schema lets 1.0 through as an integer, and a
-            # float would reach handlers that index or count with it
-            validator = StrictValidator(command.schema)
+            # the config's validator: integers are Python ints (a float would reach
+            # handlers that index or count with it)
+            validator = schema.Validator(command.schema)
             self._validators[command.name] = validator
         return validator
 

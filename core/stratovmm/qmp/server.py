@@ -1,7 +1,7 @@
 """The QMP server: a unix socket on the main event loop, several clients at once.
 
-Each connection gets the greeting at once (SPEC §3: commands work right after
-it), then its bytes go through a ``JsonStreamSplitter`` and each value through
+Each connection gets the greeting at once (commands work right after it, as in
+StratoVirt), then its bytes go through a ``JsonStreamSplitter`` and each value through
 the ``Dispatcher``; replies and events are single ``\\r\\n``-terminated lines.
 
 Nothing here blocks the main loop, and nothing a client does grows memory
@@ -30,26 +30,17 @@ from __future__ import annotations
 
 import array
 import collections
-import errno
 import logging
-import os
 import select
 import socket
-import stat
 import time
-from typing import TYPE_CHECKING
 
-from stratovmm.errors import ConfigError, HostError
 from stratovmm.host.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
-from stratovmm.host.unixsock import private_listener
+from stratovmm.host.unixsock import UnixListener
 from stratovmm.qmp.commands import version_info
 from stratovmm.qmp.dispatch import MAX_RECEIVED_FDS, Dispatcher, Session, encode_line
-from stratovmm.qmp.events import Event
-from stratovmm.qmp.flowcontrol import LeakyBucket
+from stratovmm.qmp.events import Event, EventBus
 from stratovmm.qmp.framing import Frame, JsonStreamSplitter
-
-if TYPE_CHECKING:
-    from stratovmm.machine.microvm import MicroVm
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +52,6 @@ LISTEN_BACKLOG = 16
 SHUTDOWN_FLUSH_SECONDS = 1.0
 _FD_SIZE = array.array("i").itemsize
 _CMSG_SPACE = socket.CMSG_SPACE(MAX_RECEIVED_FDS * _FD_SIZE)
-_UNIX_PATH_MAX = 107
 
 
 def greeting() -> bytes:
@@ -95,74 +85,26 @@ class QmpServer:
         self.loop = loop
         self.dispatcher = dispatcher
         self.clients: dict[int, QmpClient] = {}
-        self._listener: socket.socket | None = None
+        self._listener: UnixListener | None = None
         self._flush_epoll: select.epoll | None = None
-        self._path_identity: tuple[int, int] | None = None
         self._greeting = greeting()
         self._serial = 0
 
     # -- listening -----------------------------------------------------------------
 
     def start(self) -> None:
-        """Bind and listen (a stale socket file left by a dead VMM is replaced)."""
-        if len(os.fsencode(self.path)) > _UNIX_PATH_MAX:
-            raise ConfigError(f"-api-channel: {self.path!r} is longer than {_UNIX_PATH_MAX}"
-                              " bytes")
-        self._remove_stale_socket()
-        listener = None
-        try:
-            listener = private_listener(self.path, LISTEN_BACKLOG)   # 0600: QMP controls the VM
-            st = os.stat(self.path)
-        except OSError as exc:
-            if listener is not None:
-                listener.close()
-            raise HostError(f"-api-channel: cannot listen on {self.path}: {exc.strerror}"
-                            ) from exc
-        self._listener = listener
-        self._path_identity = (st.st_dev, st.st_ino)
+        """Listen (0600: QMP controls the VM; a stale socket left by a dead VMM is
+        replaced, a live one refused)."""
+        self._listener = UnixListener(self.path, self.loop, self._accept, "-api-channel",
+                                      LISTEN_BACKLOG)
         self._flush_epoll = select.epoll()
-        self.loop.register(listener.fileno(), EPOLLIN, self._on_listener)
         log.info("QMP listening on %s", self.path)
 
-    def _remove_stale_socket(self) -> None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise ConfigError(f"-api-channel: {self.path}: {exc.strerror}") from exc
-        if not stat.S_ISSOCK(st.st_mode):
-            raise ConfigError(f"-api-channel: {self.path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            probe.connect(self.path)
-        except ConnectionRefusedError:
-            os.unlink(self.path)
-            return
-        except OSError as exc:
-            raise HostError(f"-api-channel: {self.path}: {exc.strerror}") from exc
-        finally:
-            probe.close()
-        raise HostError(f"-api-channel: {self.path} is in use by another process")
-
-    def _on_listener(self, _events: int) -> None:
-        assert self._listener is not None
-        for _ in range(LISTEN_BACKLOG):
-            try:
-                sock, _addr = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.warning("QMP accept failed: %s", exc)
-                return
-            if len(self.clients) >= MAX_CLIENTS:
-                log.warning("QMP: refusing a connection, %d clients already", MAX_CLIENTS)
-                sock.close()
-                continue
-            self._accept(sock)
-
     def _accept(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
+        if len(self.clients) >= MAX_CLIENTS:
+            log.warning("QMP: refusing a connection, %d clients already", MAX_CLIENTS)
+            sock.close()
+            return
         self._serial += 1
         client = QmpClient(sock, f"qmp-client-{self._serial}")
         self.clients[client.fd] = client
@@ -326,29 +268,18 @@ class QmpServer:
             self._close_client(client, "server closing")
         if self._listener is None:
             return
-        self.loop.unregister(self._listener.fileno())
         self._listener.close()
         self._listener = None
         if self._flush_epoll is not None:
             self._flush_epoll.close()
             self._flush_epoll = None
-        try:
-            st = os.stat(self.path)
-            if (st.st_dev, st.st_ino) == self._path_identity:
-                os.unlink(self.path)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                log.warning("QMP: cannot remove %s: %s", self.path, exc)
 
 
-def start_qmp_server(machine: MicroVm) -> QmpServer | None:
-    """Serve QMP on ``-api-channel`` (if given), listening before the VM runs."""
-    path = machine.config.runtime.api_channel
-    if path is None:
-        return None
-    server = QmpServer(path, machine.main_loop,
-                       Dispatcher(machine.registry.qmp, machine.api,
-                                  LeakyBucket(rate=machine.config.runtime.qmp_rate)))
+def serve_qmp(path: str, loop: EventLoop, dispatcher: Dispatcher, events: EventBus
+              ) -> QmpServer:
+    """Listen on ``path`` (before the VM runs) and send every event of ``events``, the VM's
+    bus, to the clients; its ``SHUTDOWN`` flushes them and closes the server."""
+    server = QmpServer(path, loop, dispatcher)
     server.start()
-    machine.events.subscribe(server.publish)
+    events.subscribe(server.publish)
     return server

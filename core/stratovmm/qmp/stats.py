@@ -1,8 +1,8 @@
 """QMP ``query-stats``: the counters of every device in the VM, plugins' devices included.
 
-Every device the core or a plugin recorded with ``VmApi.add_device`` is walked;
-a device that has a ``stats()`` method (every ``VirtioDevice`` has one, and
-non-virtio devices offer the same method) reports what it returns: a flat
+Every device the VM recorded (``vm.devices()``: what the factories returned, and
+the devices ``device_add`` filled) is walked; each has a ``stats()`` method
+(the ``Device`` protocol) and reports what it returns: a flat
 ``{name: integer}`` dict whose common names are ``requests``, ``bytes_read``,
 ``bytes_written``, ``errors`` and ``guest_faults``, plus any of the device's own.
 

@@ -75,6 +75,18 @@ class MockSplitQueue:
         self.avail_idx = (self.avail_idx + 1) & 0xFFFF
         self.memory.write_u16(self.avail_ring + 2, self.avail_idx)
 
+    def skip_descriptors(self, count: int) -> None:
+        """Start the next chain ``count`` entries later: the test wrote those descriptors
+        itself (``write_descriptor``)."""
+        self._next_free = (self._next_free + count) % self.size
+
+    def start_at(self, index: int) -> None:
+        """Both rings at ``index``, as after ``index`` requests (tests of the 16-bit wrap);
+        the device side's queue must be told the same (``last_avail``, ``next_used``)."""
+        self.avail_idx = self._used_seen = index & 0xFFFF
+        self.memory.write_u16(self.avail_ring + 2, self.avail_idx)
+        self.memory.write_u16(self.used_ring + 2, self.avail_idx)
+
     def add_chain(self, buffers: Sequence[Buffer]) -> int:
         """Post a well-formed chain of ``buffers``; returns its head index."""
         indices = [(self._next_free + i) % self.size for i in range(len(buffers))]

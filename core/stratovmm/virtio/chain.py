@@ -1,13 +1,24 @@
-"""Walking one descriptor chain, with every check of virtio 1.2 §2.7.5 and §2.7.5.3.
+"""Walking one descriptor chain, with every check of virtio 1.2 §2.7.5 and §2.7.5.3,
+and the helpers that cut a chain's buffers into iovecs.
 
 A chain is validated whole before a device sees it: a device never acts on
 half of a bad request.  ``ChainError`` (a ``GuestError``) means "this request is
 bad": the queue completes it with length 0 and the device keeps running.
+
+Devices move data with one ``readv``/``pwritev``/``recvmsg_into`` over memoryviews
+of the guest's buffers; ``skip_views`` and ``trim_views`` cut such a list (past a
+header, up to a length), ``scatter`` and ``gather`` copy between it and a host
+buffer (a bounce buffer), ``DescriptorChain.write_all`` scatters host bytes into
+the writable buffers at an offset, and ``DescriptorChain.trim_writable`` offers
+fewer bytes than the driver gave (a rate limit).  Every device uses these; none
+keeps its own slicing loop.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from stratovmm.errors import GuestError
@@ -17,6 +28,7 @@ from stratovmm.virtio.constants import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRIT
 DESC_SIZE = 16
 _DESC = struct.Struct("<QIHH")
 MAX_CHAIN_BYTES = 1 << 32       # total length must fit the used ring's u32
+IOV_MAX = os.sysconf("SC_IOV_MAX")   # buffers one readv/recvmsg takes (Linux: 1024)
 
 
 class ChainError(GuestError):
@@ -67,16 +79,62 @@ class DescriptorChain:
             out += memory.read(d.addr, min(d.length, limit - len(out)))
         return bytes(out)
 
-    def write_all(self, memory: GuestMemoryProtocol, data: bytes | memoryview) -> int:
-        """Scatter ``data`` over the writable buffers; returns how many bytes fit."""
+    def write_all(self, memory: GuestMemoryProtocol, data: bytes | memoryview,
+                  offset: int = 0) -> int:
+        """Scatter ``data`` over the writable buffers from byte ``offset`` of them (a status
+        byte at the end, a header field); returns how many bytes fit."""
         done = 0
         for d in self.writable:
             if done >= len(data):
                 break
-            n = min(d.length, len(data) - done)
-            memory.write(d.addr, data[done : done + n])
+            if offset >= d.length:
+                offset -= d.length
+                continue
+            n = min(d.length - offset, len(data) - done)
+            memory.write(d.addr + offset, data[done : done + n])
             done += n
+            offset = 0
         return done
+
+    def trim_writable(self, limit: int) -> DescriptorChain:
+        """This chain offering at most ``limit`` writable bytes (same head): the device may
+        fill less than the driver gave, e.g. what a rate limit grants (§2.7.8: the used
+        length is what the device wrote)."""
+        if self.writable_len <= limit:
+            return self
+        kept: list[Descriptor] = []
+        for d in self.writable:
+            if limit <= 0:
+                break
+            kept.append(Descriptor(d.addr, min(d.length, limit), True))
+            limit -= kept[-1].length
+        return DescriptorChain(self.head, self.readable, tuple(kept))
+
+
+def skip_views(views: Sequence[memoryview], offset: int) -> list[memoryview]:
+    """``views`` without their first ``offset`` bytes (past a header, past what a short
+    write took); empty views are dropped."""
+    out = []
+    for view in views:
+        if offset >= len(view):
+            offset -= len(view)
+            continue
+        out.append(view[offset:])
+        offset = 0
+    return out
+
+
+def trim_views(views: Sequence[memoryview], limit: int) -> list[memoryview]:
+    """The first ``limit`` bytes of ``views`` (a request cap, a credit window); empty views
+    are dropped."""
+    out = []
+    for view in views:
+        if limit <= 0:
+            break
+        if view:
+            out.append(view[:limit])
+            limit -= len(out[-1])
+    return out
 
 
 def read_descriptor(memory: GuestMemoryProtocol, table: int,
@@ -148,3 +206,29 @@ def walk_chain(memory: GuestMemoryProtocol, desc_table: int, queue_size: int,
         if not flags & DESC_F_NEXT:
             return DescriptorChain(head, tuple(readable), tuple(writable))
         index = next_index
+
+
+def scatter(views: Sequence[memoryview], data: bytes | memoryview, offset: int = 0) -> int:
+    """Copy ``data`` into ``views`` from byte ``offset`` of them (a bounce buffer back into
+    guest buffers); returns the bytes copied."""
+    done = 0
+    for view in skip_views(views, offset):
+        n = min(len(view), len(data) - done)
+        if n <= 0:
+            break
+        view[:n] = data[done : done + n]
+        done += n
+    return done
+
+
+def gather(views: Sequence[memoryview], out: memoryview, offset: int = 0) -> int:
+    """Fill ``out`` from ``views`` starting at byte ``offset`` of them (guest buffers into a
+    bounce buffer); returns the bytes copied."""
+    done = 0
+    for view in skip_views(views, offset):
+        n = min(len(view), len(out) - done)
+        if n <= 0:
+            break
+        out[done : done + n] = view[:n]
+        done += n
+    return done

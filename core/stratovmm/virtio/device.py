@@ -3,15 +3,27 @@
 A subclass sets ``DEVICE_TYPE`` (§5 device id) and ``QUEUE_SIZES`` (the maximum
 size of each queue), offers its feature bits in ``device_features()``, exposes
 its configuration space in ``config_space()``, and handles a kicked queue in
-``handle_queue(index)``, usually by giving ``drain`` its per-chain handler.
+``handle_queue(index)`` by giving ``serve`` its per-request handler.
 Everything else — feature negotiation, queue setup, ioeventfd/irqfd, reset — is
 the transport's job.
 
-``drain`` is the one serving loop: a budget of chains per loop turn (the rest is
-served on a later turn, so one guest cannot starve QMP or the other devices of
-its loop), an optional gate (a rate limiter, a full host buffer), bad-chain
-accounting, notification re-enabling, one interrupt per batch, and a request
-that raises ``GuestError`` completed with length 0 instead of lost.
+``serve`` is the one serving loop, for every queue of every device.  Per item (a
+request, a packet, a received frame) it admits the item — a budget of items per
+loop turn (the rest waits for a later turn, so one guest cannot starve QMP or
+the other devices of its loop), rate limiters, an optional gate — takes the
+chains the item needs, calls the device's handler, and completes the chains;
+after the batch it counts the bad chains and interrupts the driver once, if it
+asked (§2.7.7).  When the ring runs dry it re-enables the driver's notifications
+and looks again (§2.7.10).  A receive path whose host side has nothing yet keeps
+its chains: ``serve`` holds them and offers them first when the device serves
+the queue again, on host data.  A handler that raises ``GuestError`` completes
+its chain with length 0 instead of losing it.
+
+Two calls carry the per-chain work and are the seams for a faster
+implementation (a C helper) under this loop: ``SplitQueue.pop`` walks and checks
+one chain (§2.7.5), ``SplitQueue.add_used_batch`` writes one item's used
+elements and publishes ``used->idx`` once (§2.7.8).  Nothing else here touches
+the rings, except the notification re-enable and the interrupt decision.
 
 Threading: ``activate``, ``handle_queue`` and ``reset`` run on the device's own
 loop (the main loop or its ``iothread``); ``read_config``/``write_config`` and
@@ -20,32 +32,120 @@ loop (the main loop or its ``iothread``); ``read_config``/``write_config`` and
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from stratovmm.devices.counters import DeviceCounters
 from stratovmm.errors import GuestError
 from stratovmm.host.eventloop import EventLoop, Timer
 from stratovmm.memory import GuestMemoryProtocol
-from stratovmm.virtio.chain import DescriptorChain
+from stratovmm.virtio.chain import IOV_MAX, DescriptorChain
 from stratovmm.virtio.constants import F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1
 from stratovmm.virtio.queue import QueueProtocolError, SplitQueue
 
-log = logging.getLogger(__name__)
-
 BASE_FEATURES = (1 << F_VERSION_1) | (1 << F_INDIRECT_DESC) | (1 << F_EVENT_IDX)
-DRAIN_BUDGET = 64       # chains one queue may complete per loop turn
+SERVE_BUDGET = 64       # items one queue may complete per loop turn
 STOP = math.inf         # a gate's answer: stop now; whoever unblocks the queue serves it again
 
-# ``drain``'s handler: the bytes written into the chain, or None to keep the chain (e.g. an
-# rx buffer with nothing to carry yet): it is handed to the handler again next time.
+
+class HeldChains:
+    """The chains ``serve`` took from one queue for items not yet done, oldest first: receive
+    buffers waiting for host data.  ``room`` (writable bytes) and ``descriptors`` (buffers)
+    are kept as chains come and go, so a frame handler sizes its ``readv`` without a walk."""
+
+    def __init__(self) -> None:
+        self._chains: collections.deque[DescriptorChain] = collections.deque()
+        self._views: collections.deque[list[memoryview] | None] = collections.deque()
+        self.room = 0
+        self.descriptors = 0
+
+    def __len__(self) -> int:
+        return len(self._chains)
+
+    def __iter__(self) -> Iterator[DescriptorChain]:
+        return iter(self._chains)
+
+    def __getitem__(self, position: int) -> DescriptorChain:
+        return self._chains[position]
+
+    def after(self, count: int) -> list[DescriptorChain]:
+        """The held chains past the first ``count``."""
+        return list(itertools.islice(self._chains, count, None))
+
+    def write_views(self, memory: GuestMemoryProtocol, count: int) -> list[memoryview]:
+        """The writable buffers of the first ``count`` held chains as one iovec list; each
+        chain's views are made once, the first time they are asked for (a chain held for
+        many frames is not sliced again for each)."""
+        out: list[memoryview] = []
+        for position in range(count):
+            views = self._views[position]
+            if views is None:
+                views = self._views[position] = self._chains[position].write_views(memory)
+            out += views
+        return out
+
+    def append(self, chain: DescriptorChain) -> None:
+        """Hold ``chain`` behind the others."""
+        self._chains.append(chain)
+        self._views.append(None)
+        self.room += chain.writable_len
+        self.descriptors += _descriptors(chain)
+
+    def take(self, count: int) -> list[DescriptorChain]:
+        """Remove and return the first ``count`` chains (the ones an item used)."""
+        taken = [self._chains.popleft() for _ in range(count)]
+        for _ in range(count):
+            self._views.popleft()
+        self.room -= sum(chain.writable_len for chain in taken)
+        self.descriptors -= sum(_descriptors(chain) for chain in taken)
+        return taken
+
+
+def _descriptors(chain: DescriptorChain) -> int:
+    return len(chain.readable) + len(chain.writable)
+
+
+# ``serve``'s handler for one chain: the bytes written into it, or None to keep it (a receive
+# buffer with nothing to carry yet): ``serve`` holds it and offers it first next time.
 ChainHandler = Callable[[DescriptorChain], "int | None"]
-# ``drain``'s gate, asked before each chain: None to go on, or seconds until the queue is
+# a ``Frames`` handler: the bytes written into each of the first held chains (used in order),
+# or None to keep them all.
+FrameHandler = Callable[[HeldChains], "Sequence[int] | None"]
+# ``serve``'s gate, asked before each item: None to go on, or seconds until the queue is
 # worth serving again (``STOP``: do not retry on a timer).
 Gate = Callable[[], "float | None"]
+
+
+@dataclass(frozen=True)
+class Frames:
+    """``serve``'s form for items that span several chains: virtio-net's receive frames, which
+    fill as many buffers as they need with VIRTIO_NET_F_MRG_RXBUF (§5.1.6.4).
+
+    Before each item ``serve`` takes chains while ``wants(held)`` says so and the ring has
+    them: ``check(chain)`` names why the device cannot use a chain (it is completed with
+    length 0 and counted), and the held buffers stay below ``IOV_MAX`` (one is left for a
+    host buffer), so one ``readv`` takes them all.  Then ``handler(held)`` says what the
+    item wrote into the first held chains, or None (nothing to carry yet) to keep them.
+    An empty answer is an item that used no chain (a dropped frame).
+    """
+
+    handler: FrameHandler
+    wants: Callable[[HeldChains], bool]
+    check: Callable[[DescriptorChain], str | None] | None = None
+
+
+class RateLimiter(Protocol):
+    """What ``serve`` asks of a rate limiter (``stratovmm.devices.ratelimit.TokenBucket``)."""
+
+    def available(self) -> int: ...
+    def take(self, wanted: int) -> int: ...
+    def delay_for(self, wanted: int) -> float: ...
 
 
 class Interrupt(Protocol):
@@ -61,7 +161,7 @@ class VirtioDevice(DeviceCounters):
 
     DEVICE_TYPE = 0
     QUEUE_SIZES: tuple[int, ...] = ()
-    DRAIN_BUDGET = DRAIN_BUDGET       # chains per queue per loop turn, unless drain is told
+    SERVE_BUDGET = SERVE_BUDGET       # items per queue per loop turn, unless serve is told
 
     def __init__(self, device_id: str) -> None:
         self.id = device_id
@@ -72,9 +172,10 @@ class VirtioDevice(DeviceCounters):
         self.interrupt: Interrupt | None = None
         self.loop: EventLoop | None = None
         self.active = False
-        # (prefixed: subclasses have their own ``_held``, ``_pending``, ...)
-        self._drain_held: dict[int, DescriptorChain] = {}   # queue -> chain its handler kept
-        self._drain_retries: dict[int, object] = {}         # queue -> its one pending retry
+        # (prefixed, so that a subclass's own attributes cannot clash with them)
+        self._serve_held: dict[int, HeldChains] = {}    # queue -> chains taken, not yet used
+        self._serve_retries: dict[int, object] = {}     # queue -> its one pending retry
+        self._serve_spent: dict[int, tuple[int, int]] = {}  # queue -> (loop turn, items)
         self.init_counters()
 
     # -- what subclasses describe ---------------------------------------------------
@@ -134,11 +235,12 @@ class VirtioDevice(DeviceCounters):
     def reset(self) -> None:
         """The driver reset the device: forget every queue, held chain and pending retry."""
         self.active = False
-        for token in self._drain_retries.values():
+        for token in self._serve_retries.values():
             if isinstance(token, Timer):
                 token.cancel()
-        self._drain_retries.clear()
-        self._drain_held.clear()
+        self._serve_retries.clear()
+        self._serve_held.clear()
+        self._serve_spent.clear()
         self.on_reset()
         self.queues = []
         self.acked_features = 0
@@ -168,10 +270,9 @@ class VirtioDevice(DeviceCounters):
             self._stop()
         except Exception:
             self.counters["internal_errors"] += 1
-            if "internal" not in self._logged:
-                self._logged.add("internal")
-                log.exception("%s: serving queue %d failed; the device needs a reset (logged"
-                              " once; counted in internal_errors)", self.id, index)
+            self.log_once("internal", logging.ERROR, "%s: serving queue %d failed; the device"
+                          " needs a reset (logged once; counted in internal_errors)", self.id,
+                          index, exc_info=True)
             self._stop()
 
     def _stop(self) -> None:
@@ -181,80 +282,136 @@ class VirtioDevice(DeviceCounters):
             self.interrupt.needs_reset()
 
     def handle_queue(self, index: int) -> None:
-        """Serve queue ``index`` (subclasses)."""
+        """Serve queue ``index`` (subclasses: through ``serve``)."""
 
-    def drain(self, index: int, handler: ChainHandler, budget: int | None = None,
+    def serve(self, index: int, handler: ChainHandler | Frames, *, budget: int | None = None,
+              ops_limit: RateLimiter | None = None, byte_limit: RateLimiter | None = None,
               gate: Gate | None = None) -> int:
-        """Serve queue ``index``: complete up to ``budget`` (default ``DRAIN_BUDGET``) chains
-        with ``handler(chain)`` bytes written, then interrupt the driver if it asked
-        (§2.7.10); returns chains completed.
+        """Serve queue ``index``: up to ``budget`` items (default ``SERVE_BUDGET``), each one
+        chain given to ``handler(chain)`` — or several, with ``Frames`` — and completed with
+        the bytes the handler wrote; then one interrupt, if the driver asked (§2.7.7).
+        Returns the items served.
 
-        ``gate`` is asked before each chain: a delay stops the batch and serves the queue
-        again after it (``STOP``: not on a timer).  When the budget runs out with chains
-        still waiting, the queue is served again on a later loop turn, after the loop
-        has polled its other fds.  A handler that raises ``GuestError`` completes its
-        chain with length 0 (counted) and the batch goes on; bad chains are completed by
-        the queue and counted in ``guest_faults``.
+        Before each item: the budget, shared by every call in one loop turn (spent: the
+        queue is served again on a later turn, after the loop has polled its fds), the
+        rate limiters (empty: again on a timer) and ``gate`` (a delay: again after it;
+        ``STOP``: not on a timer).  ``ops_limit`` takes one token per item (blk's iops);
+        ``byte_limit`` one per byte written to the guest, and a chain is offered to the
+        handler trimmed to the tokens at hand (rng's bytes_per_sec).  A handler that
+        returns None keeps its chain: it is held (``held_chains``) and offered first when
+        the device serves the queue again, e.g. when host data arrives.  A handler that
+        raises ``GuestError`` completes its chain with length 0 (counted) and the batch
+        goes on; bad chains are completed by the queue and counted in ``guest_faults``.
         """
         queue = self.queues[index]
         assert queue is not None
-        budget = self.DRAIN_BUDGET if budget is None else budget
-        served = 0
+        held = self._serve_held.get(index)
+        if held is None:
+            held = self._serve_held[index] = HeldChains()
+        frames = handler if isinstance(handler, Frames) else None
+        turn = self.loop.turns if self.loop is not None else 0
+        spent_turn, spent = self._serve_spent.get(index, (turn, 0))
+        served = earlier = spent if spent_turn == turn else 0     # by every call this turn
+        budget = self.SERVE_BUDGET if budget is None else budget
         bad_before, used_before = queue.bad_chains, queue.completed
         while self.active:
             if served >= budget:
-                if (index in self._drain_held or queue.has_available()
+                if (held or queue.has_available()
                         or queue.set_notification(True)):   # else the driver must kick again
                     self.serve_later(index)
                 break
-            if gate is not None and (wait := gate()) is not None:
+            wait = _admission(ops_limit, byte_limit, gate)
+            if wait is not None:
                 if wait != STOP:
                     self.serve_later(index, wait)
                 break
-            chain = self._drain_held.pop(index, None) or queue.pop()
-            if chain is None:
-                if queue.set_notification(True):
-                    continue               # the driver added one meanwhile (§2.7.10)
+            if not self._take_chains(index, queue, held, frames):
                 break
-            written = self._serve_chain(index, chain, handler)
-            if written is None:
-                self._drain_held[index] = chain
+            lengths = self._serve_item(index, held, handler, byte_limit)
+            if lengths is None:
                 break
-            queue.add_used(chain.head, written)
+            used = held.take(len(lengths))
+            queue.add_used_batch([(chain.head, n) for chain, n in zip(used, lengths, strict=True)])
+            if ops_limit is not None:
+                ops_limit.take(1)
+            if byte_limit is not None:
+                byte_limit.take(sum(lengths))
             served += 1
+        self._serve_spent[index] = (turn, served)
         bad = queue.bad_chains - bad_before
         if bad:
             self.guest_fault("chain", f"queue {index}: {queue.errors[-1] if queue.errors else ''}",
                              count=bad)
         if queue.completed != used_before and queue.needs_interrupt():
             self.signal_used()
-        return served
+        return served - earlier
 
-    def _serve_chain(self, index: int, chain: DescriptorChain,
-                     handler: ChainHandler) -> int | None:
+    def _take_chains(self, index: int, queue: SplitQueue, held: HeldChains,
+                     frames: Frames | None) -> bool:
+        """Hold the chains the next item needs: one, or as many as ``frames.wants``, each
+        walked and checked whole by ``queue.pop`` (§2.7.5).  False when none is held and the
+        ring is empty, after asking the driver to notify us of its next buffer (§2.7.10)."""
+        while frames.wants(held) if frames is not None else not held:
+            chain = queue.pop()
+            if chain is None:
+                if queue.set_notification(True):
+                    continue               # the driver added one meanwhile (§2.7.10)
+                break
+            if frames is not None:
+                fault = frames.check(chain) if frames.check is not None else None
+                if fault is not None:
+                    self.guest_fault("unusable-chain", f"queue {index}: {fault}")
+                    queue.add_used(chain.head, 0)
+                    continue
+                if held and held.descriptors + _descriptors(chain) >= IOV_MAX:
+                    queue.unpop()          # for a later item: one readv could not take it
+                    break
+            held.append(chain)
+        return bool(held)
+
+    def _serve_item(self, index: int, held: HeldChains, handler: ChainHandler | Frames,
+                    byte_limit: RateLimiter | None) -> Sequence[int] | None:
+        """The handler's lengths for the first held chains, or None to keep them."""
         try:
-            return handler(chain)
+            if isinstance(handler, Frames):
+                return handler.handler(held)
+            chain = held[0]
+            if byte_limit is not None:
+                chain = chain.trim_writable(byte_limit.available())
+            written = handler(chain)
+            return None if written is None else (written,)
         except QueueProtocolError:
             raise
         except GuestError as exc:
-            self.guest_fault("request", f"queue {index}: request at head {chain.head}: {exc}")
-            return 0
+            self.guest_fault("request", f"queue {index}: request at head {held[0].head}: {exc}")
+            return (0,)
+
+    def held_chains(self, index: int) -> int:
+        """Chains of queue ``index`` taken and not yet used (receive buffers kept for host
+        data): every chain the device took is used, held, or the device needs a reset."""
+        held = self._serve_held.get(index)
+        return len(held) if held is not None else 0
 
     def serve_later(self, index: int, delay: float = 0.0) -> None:
         """Serve queue ``index`` again on a later loop turn (``delay`` seconds from now, or
-        as soon as the loop has polled its fds); at most one retry per queue is pending,
-        however often this is asked, and a reset cancels it."""
+        as soon as the loop has polled its fds again); at most one retry per queue is
+        pending, however often this is asked, and a reset cancels it."""
         loop = self.loop
-        if index in self._drain_retries or loop is None:
+        if index in self._serve_retries or loop is None:
             return
+        turn = loop.turns
 
         def again() -> None:
-            if self._drain_retries.get(index) is token:
-                del self._drain_retries[index]
-                self.process_queue(index)
+            if self._serve_retries.get(index) is not token:
+                return
+            if loop.turns == turn:
+                loop.call_soon(again)     # asked while this turn's fds ran: after the next poll
+                return
+            del self._serve_retries[index]
+            self.process_queue(index)
 
         token: object = loop.call_later(delay, again) if delay > 0 else object()
-        self._drain_retries[index] = token
+        self._serve_retries[index] = token
         if not isinstance(token, Timer):
             loop.call_soon(again)
 
@@ -262,3 +419,12 @@ class VirtioDevice(DeviceCounters):
         """Raise the used-buffer interrupt."""
         if self.interrupt is not None:
             self.interrupt.signal_used()
+
+
+def _admission(ops_limit: RateLimiter | None, byte_limit: RateLimiter | None,
+               gate: Gate | None) -> float | None:
+    """None when the next item may go; else seconds until it is worth asking again."""
+    for limiter in (ops_limit, byte_limit):
+        if limiter is not None and limiter.available() < 1:
+            return max(limiter.delay_for(1), 0.001)
+    return gate() if gate is not None else None

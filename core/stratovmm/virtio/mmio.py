@@ -4,7 +4,8 @@ Registers are accessed from vCPU threads (under ``self._lock``); the device
 runs on its own loop.  On DRIVER_OK the transport registers one ioeventfd per
 ready queue (a write of the queue index to QueueNotify then signals the
 eventfd inside KVM, with no exit to userspace) and hands the queues to the
-device on its loop; interrupts leave through an irqfd (``IrqLine``).
+device on its loop; interrupts leave through ``Interrupt.trigger`` (the machine
+passes an irqfd line, tests a plain callable).
 
 Guest mistakes (bad register access, impossible status transition, feature
 set we never offered, bad queue addresses) are logged once and counted; they
@@ -35,11 +36,12 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from stratovmm.devices.logonce import LogOnce
 from stratovmm.errors import HostError
 from stratovmm.host.eventloop import EPOLLIN, EventLoop
 from stratovmm.kvm.fds import VmFd
-from stratovmm.machine.irq import IrqLine
 from stratovmm.memory import GuestMemoryProtocol
 from stratovmm.virtio import constants as c
 from stratovmm.virtio.device import VirtioDevice
@@ -60,16 +62,23 @@ VALID_TRANSITIONS: dict[int, frozenset[int]] = {
 }
 
 
+class Interrupt(Protocol):
+    """The window's interrupt line: one edge per ``trigger`` (any thread).  The machine's
+    irqfd line (``stratovmm.machine.irq.IrqLine``) is one."""
+
+    def trigger(self) -> None: ...
+
+
 class VirtioMmioTransport:
     """One virtio-mmio window (4 KiB) bound to a ``VirtioDevice``."""
 
     def __init__(self, device: VirtioDevice, vm: VmFd | None, memory: GuestMemoryProtocol,
-                 base: int, irq: IrqLine | Callable[[], None], loop: EventLoop) -> None:
+                 base: int, irq: Interrupt | Callable[[], None], loop: EventLoop) -> None:
         self.device = device
         self.base = base
         self._vm = vm
         self._memory = memory
-        self._trigger = irq.trigger if isinstance(irq, IrqLine) else irq
+        self._trigger = irq if callable(irq) else irq.trigger
         self._loop = loop
         # reentrant: the device is activated under it, and may interrupt from inside
         self._lock = threading.RLock()
@@ -94,7 +103,7 @@ class VirtioMmioTransport:
         self._kicks: set[int] = set()
         self._kicks_queued = False
         self.faults = 0
-        self._logged: set[str] = set()
+        self._log_once = LogOnce(log)
 
     # -- interrupts (any thread) ---------------------------------------------------------------
 
@@ -359,10 +368,8 @@ class VirtioMmioTransport:
 
     def _host_failure(self, kind: str, message: str) -> None:
         self.device.counters["errors"] += 1
-        if "host-" + kind not in self._logged:
-            self._logged.add("host-" + kind)
-            log.error("%s: %s; the device needs a reset (logged once; counted in errors)",
-                      self.device.id, message)
+        self._log_once("host-" + kind, logging.ERROR, "%s: %s; the device needs a reset"
+                       " (logged once; counted in errors)", self.device.id, message)
 
     def _kick_handler(self, index: int, efd: int) -> Callable[[int], None]:
         def handler(_events: int) -> None:
@@ -442,10 +449,8 @@ class VirtioMmioTransport:
     def _fault(self, kind: str, message: str) -> None:
         self.faults += 1
         self.device.counters["guest_faults"] += 1
-        if kind not in self._logged:
-            self._logged.add(kind)
-            log.warning("%s: bad driver access (%s): %s (logged once; counted after)",
-                        self.device.id, kind, message)
+        self._log_once(kind, logging.WARNING, "%s: bad driver access (%s): %s (logged once;"
+                       " counted after)", self.device.id, kind, message)
 
 
 _QUEUE_REGISTERS: dict[int, tuple[str, bool]] = {

@@ -8,26 +8,25 @@ kernel records (``/proc/self/stat`` field 22, in clock ticks since host boot),
 so Python's start-up is counted too.  The resolution is one clock tick
 (``SC_CLK_TCK``, 10 ms on Linux).
 
-Guest input is hostile: a write anywhere else, of another value or of an odd
-width, is a guest fault (counted, logged once), never an error.  Only the first
-magic write is reported; later ones are counted, so a guest cannot flood QMP
-clients with events.  ``write`` runs on a vCPU thread and does as little as it
-can there: it takes the time and hands the report to ``on_boot``.
+The device is a ``RegisterDevice`` (the core's base for register windows): it
+takes the lock, counts every access and turns the ``GuestError`` that
+``write_register`` raises for a write anywhere else, of another value or of an
+odd width, into a guest fault (counted, logged once), never an error.  Only the
+first magic write is reported; later ones are counted (``signals``), so a guest
+cannot flood QMP clients with events.  ``write`` runs on a vCPU thread and does
+as little as it can there: it takes the time and hands the report to ``on_boot``.
 """
 
 from __future__ import annotations
 
-import collections
-import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-log = logging.getLogger(__name__)
+from stratovmm.api import GuestError, RegisterDevice
 
 MAGIC = 123                # Firecracker's MAGIC_VALUE_SIGNAL_GUEST_BOOT_COMPLETE
 WINDOW = 0x1000            # the register window the device claims
@@ -72,60 +71,33 @@ class ProcessClock:
         return time.process_time_ns() // 1000
 
 
-class BootTimer:
+class BootTimer(RegisterDevice):
     """The register window; ``on_boot(boot_time)`` is called once, on the vCPU thread that
     made the first magic write."""
 
     def __init__(self, device_id: str, on_boot: Callable[[BootTime], None],
                  clock: Clock | None = None) -> None:
-        self.id = device_id
+        super().__init__(device_id, WINDOW)
         self._on_boot = on_boot
         self._clock: Clock = clock if clock is not None else ProcessClock()
-        self._lock = threading.Lock()
-        self._logged: set[str] = set()
-        self.counters: collections.Counter[str] = collections.Counter()
         self.boot_time: BootTime | None = None
 
-    # -- guest side (vCPU threads) ---------------------------------------------------------
+    @property
+    def signals(self) -> int:
+        """Magic writes so far (the first one was reported)."""
+        return self.counters["signals"]
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read_register(self, offset: int, size: int) -> bytes:
         """The register is write-only: reads return zeros (as Firecracker's)."""
         return bytes(size)
 
-    def write(self, offset: int, data: bytes) -> None:
-        """A guest store into the window: the magic value at offset 0 stops the timer."""
+    def write_register(self, offset: int, data: bytes) -> None:
+        """The magic value at offset 0 stops the timer; any other write is a guest fault."""
         value = int.from_bytes(data, "little")
         if offset != 0 or len(data) not in WIDTHS or value != MAGIC:
-            self.guest_fault("write", f"{len(data)}-byte write of {value:#x} at offset"
-                                      f" {offset:#x} (expected {MAGIC} at offset 0)")
-            return
-        boot = BootTime(self._clock.elapsed_us(), self._clock.cpu_us())
-        with self._lock:
-            self.counters["requests"] += 1
-            self.counters["bytes_written"] += len(data)
-            first = self.boot_time is None
-            if first:
-                self.boot_time = boot
-        if first:
-            self._on_boot(boot)
-
-    # -- accounting --------------------------------------------------------------------------
-
-    def guest_fault(self, kind: str, message: str) -> None:
-        """Count bad guest input; log each kind once."""
-        with self._lock:
-            self.counters["guest_faults"] += 1
-            first = kind not in self._logged
-            self._logged.add(kind)
-        if first:
-            log.warning("%s: bad guest input (%s): %s (logged once; counted after)", self.id,
-                        kind, message)
-
-    def stats(self) -> dict[str, int]:
-        """The counters every device reports (QMP ``query-stats``): ``requests`` are magic
-        writes, ``bytes_written`` their bytes, ``guest_faults`` every other write."""
-        with self._lock:
-            out = {"requests": 0, "bytes_read": 0, "bytes_written": 0, "errors": 0,
-                   "guest_faults": 0}
-            out.update(self.counters)
-        return out
+            raise GuestError(f"{value:#x} is not the boot signal ({MAGIC} at offset 0, in one"
+                             " 1-, 2-, 4- or 8-byte store)")
+        self.counters["signals"] += 1
+        if self.boot_time is None:
+            self.boot_time = BootTime(self._clock.elapsed_us(), self._clock.cpu_us())
+            self._on_boot(self.boot_time)    # under the device lock: it only queues a call

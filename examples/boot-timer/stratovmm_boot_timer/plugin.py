@@ -4,7 +4,7 @@
 The guest writes 123 to ``ADDR`` (default 0xd1000000, above the virtio-mmio
 windows) once it has booted; the VMM logs ``Guest-boot-time = N us`` (at info
 level, as Firecracker) and emits ``BOOT_TIMER {"elapsed_us", "cpu_us"}`` to every
-QMP client.  Uses only the plugin API: no core change is needed.
+QMP client.  Uses only the plugin API (``stratovmm.api``): no core change is needed.
 """
 
 from __future__ import annotations
@@ -12,18 +12,22 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from stratovmm.errors import ConfigError
-from stratovmm.machine.vmapi import BuildContext, VmApi
-from stratovmm.plugin import hookimpl
-from stratovmm.qmp.errors import DeviceNotFound
-from stratovmm.registry import (
+from stratovmm.api import (
+    PLUGIN_MMIO_END,
+    PLUGIN_MMIO_START,
+    BuildContext,
+    ConfigError,
+    DeviceNotFound,
     DeviceRegistry,
     DeviceType,
+    MmioWindow,
     OptionSpec,
     QmpCommand,
     QmpRegistry,
     SeccompRules,
     SubOption,
+    VmApi,
+    hookimpl,
 )
 
 from stratovmm_boot_timer.device import WINDOW, BootTime, BootTimer
@@ -33,7 +37,7 @@ from stratovmm_boot_timer.schema import (
     QUERY_BOOT_TIME_RETURNS,
 )
 
-STRATOVMM_API = "1.0"
+STRATOVMM_API = "1.1"
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +45,6 @@ DEVICE_ID = "boot-timer"          # the id under which query-stats reports it
 EVENT = "BOOT_TIMER"
 DEFAULT_ADDR = 0xD100_0000
 WHERE = "-device boot-timer addr"
-
-# DESIGN.md §3: the MMIO hole is [0xD000_0000, 4 GiB); its first 16 pages are the
-# virtio-mmio windows and the IOAPIC sits at 0xFEC0_0000.  Anywhere else in between
-# is free for a device window (RAM is never there, so every access exits to us).
-MMIO_HOLE_START = 0xD000_0000
-VIRTIO_WINDOWS_END = MMIO_HOLE_START + 16 * 0x1000
-IOAPIC = 0xFEC0_0000
 
 BOOT_TIMER_OPTION = OptionSpec(
     "device", "boot timer: the guest writes 123 at ADDR when booted (QMP BOOT_TIMER)",
@@ -63,29 +60,26 @@ def parse_addr(value: int | str) -> int:
 
 
 def check_addr(addr: int) -> None:
-    """A window the guest can reach: page aligned, in the MMIO hole, clear of the virtio
-    windows and the IOAPIC."""
+    """A window the guest can reach: page aligned, in the part of the MMIO hole left free
+    for plugins (past the virtio-mmio windows, below the IOAPIC; RAM is never there, so
+    every access exits to the VMM)."""
     if addr % WINDOW:
         raise ConfigError(f"{WHERE}: {addr:#x} is not 4 KiB aligned")
-    if not (addr >= VIRTIO_WINDOWS_END and addr + WINDOW <= IOAPIC):
+    if not (addr >= PLUGIN_MMIO_START and addr + WINDOW <= PLUGIN_MMIO_END):
         raise ConfigError(f"{WHERE}: {addr:#x} is outside the free MMIO range"
-                          f" [{VIRTIO_WINDOWS_END:#x}, {IOAPIC:#x})")
+                          f" [{PLUGIN_MMIO_START:#x}, {PLUGIN_MMIO_END:#x})")
 
 
-def create_boot_timer(ctx: BuildContext, item: dict[str, Any]) -> None:
-    """Claim the window and record the device; the report goes through the main loop."""
+def create_boot_timer(ctx: BuildContext, item: dict[str, Any]) -> MmioWindow:
+    """The timer and its window (the core claims it and records the device); the report
+    goes through the main loop."""
     addr = parse_addr(item.get("addr", DEFAULT_ADDR))
 
     def on_boot(boot: BootTime) -> None:        # on the vCPU thread: hand over, return
         ctx.main_loop.call_soon(lambda: announce(ctx, boot))
 
-    timer = BootTimer(DEVICE_ID, on_boot)
-    try:
-        ctx.add_mmio_device(timer, addr, WINDOW, DEVICE_ID)
-    except ValueError as exc:        # the bus refuses a window overlapping another one
-        raise ConfigError(f"{WHERE}: {exc}") from None
-    ctx.add_device(DEVICE_ID, timer)
     log.info("boot timer at %#x: the guest writes 123 there when booted", addr)
+    return MmioWindow(BootTimer(DEVICE_ID, on_boot), addr, WINDOW)
 
 
 def announce(vm: VmApi, boot: BootTime) -> None:
@@ -101,7 +95,7 @@ def query_boot_time(vm: VmApi, _args: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(timer, BootTimer):
         raise DeviceNotFound("no boot timer in this VM (start it with -device boot-timer)")
     boot = timer.boot_time
-    out: dict[str, Any] = {"booted": boot is not None, "signals": timer.stats()["requests"]}
+    out: dict[str, Any] = {"booted": boot is not None, "signals": timer.signals}
     if boot is not None:
         out.update(elapsed_us=boot.elapsed_us, cpu_us=boot.cpu_us)
     return out

@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stratovmm.errors import ConfigError
-from stratovmm.qmp.errors import DeviceNotFound
-from stratovmm.registry import SeccompRules
+from stratovmm.api import ConfigError, DeviceNotFound, SeccompRules
 from stratovmm.testing.config import parse_config, plugin_registry
 
 from stratovmm_boot_timer import plugin

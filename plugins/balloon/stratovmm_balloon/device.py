@@ -17,7 +17,7 @@ work: the guest's next touch of a discarded page faults in a zero page.
 
 Hostile guests (§2.7): a request is capped at ``MAX_PFNS_PER_REQUEST`` page
 numbers, and a queue is served about ``PFN_BUDGET`` numbers per loop turn (the
-gate of the core's ``drain``); the rest waits for the next turn (after the loop
+gate of the core's ``serve``); the rest waits for the next turn (after the loop
 has polled its other fds), with one retry pending however often the guest
 kicks, so a guest flooding the queues cannot hold up the other devices sharing
 the loop.
@@ -26,19 +26,19 @@ the loop.
 from __future__ import annotations
 
 import array
-import logging
 import struct
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
-from stratovmm.errors import GuestMemoryError
-from stratovmm.host.eventloop import EventLoop
-from stratovmm.memory import GuestMemory, Region
-from stratovmm.virtio.chain import DescriptorChain
-from stratovmm.virtio.constants import ID_BALLOON
-from stratovmm.virtio.device import VirtioDevice
-
-log = logging.getLogger(__name__)
+from stratovmm.api import (
+    ID_BALLOON,
+    DescriptorChain,
+    EventLoop,
+    GuestMemoryError,
+    GuestMemoryProtocol,
+    Region,
+    VirtioDevice,
+)
 
 PAGE_SHIFT = 12                  # §5.5.6: page numbers count 4096-byte pages
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -71,8 +71,7 @@ class BalloonDevice(VirtioDevice):
         self._target = 0             # the last requested num_pages, guarded by self.lock
         self._target_queued = False  # _set_target waits on the loop
         self._actual = 0             # guarded by self.lock
-        self._ram: GuestMemory | None = None
-        self._host_errors_logged = False
+        self._ram: GuestMemoryProtocol | None = None
         self._turn_pfns = 0          # page numbers examined in this loop turn
 
     # -- features and config (§5.5.3, §5.5.4) ------------------------------------------------
@@ -152,9 +151,9 @@ class BalloonDevice(VirtioDevice):
     # -- lifecycle -----------------------------------------------------------------------------
 
     def on_activate(self) -> None:
-        """Keep the RAM object that can give pages back (``GuestMemory.discard``)."""
-        memory = self.memory
-        self._ram = memory if isinstance(memory, GuestMemory) else None
+        """Keep the RAM object that gives pages back (``GuestMemoryProtocol.discard``), region
+        by region."""
+        self._ram = self.memory
 
     def on_reset(self) -> None:
         """After a reset the guest owns all its RAM again and a new driver starts with an
@@ -172,7 +171,7 @@ class BalloonDevice(VirtioDevice):
     def handle_queue(self, index: int) -> None:
         """Serve inflate or deflate requests, ``PFN_BUDGET`` page numbers per loop turn."""
         self._turn_pfns = 0
-        self.drain(index, self._inflate if index == INFLATEQ else self._deflate,
+        self.serve(index, self._inflate if index == INFLATEQ else self._deflate,
                    gate=self._pfn_gate)
 
     def _pfn_gate(self) -> float | None:
@@ -249,11 +248,8 @@ class BalloonDevice(VirtioDevice):
                 raise OSError("guest memory cannot give pages back (no GuestMemory.discard)")
             ram.discard(start << PAGE_SHIFT, count << PAGE_SHIFT)
         except (OSError, GuestMemoryError) as exc:
-            self.counters["errors"] += 1
-            if not self._host_errors_logged:
-                self._host_errors_logged = True
-                log.error("%s: cannot return pages %#x+%d to the host: %s (logged once;"
-                          " counted in errors)", self.id, start, count, exc)
+            self.host_error("discard", f"cannot return pages {start:#x}+{count} to the host:"
+                            f" {exc}")
             return
         self.counters["discarded_pages"] += count
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from stratovmm.machine.vmapi import BuildContext, VmApi
-from stratovmm.plugin import hookimpl
-from stratovmm.qmp.errors import DeviceNotActive
-from stratovmm.registry import (
+from stratovmm.api import (
+    BuildContext,
+    DeviceNotActive,
     DeviceRegistry,
     DeviceType,
     OptionSpec,
@@ -23,6 +22,8 @@ from stratovmm.registry import (
     SeccompRules,
     SubOption,
     ValueKind,
+    VmApi,
+    hookimpl,
 )
 from stratovmm_balloon.device import PAGE_SHIFT, BalloonDevice
 from stratovmm_balloon.schema import (
@@ -33,7 +34,7 @@ from stratovmm_balloon.schema import (
     QUERY_BALLOON_SCHEMA,
 )
 
-STRATOVMM_API = "1.0"
+STRATOVMM_API = "1.1"
 
 DEVICE_ID = "balloon"
 EVENT = "BALLOON_CHANGED"
@@ -47,8 +48,8 @@ BALLOON_OPTION = OptionSpec(
 )
 
 
-def create_balloon(ctx: BuildContext, item: dict[str, Any]) -> None:
-    """Attach the balloon (id ``balloon``) on the main loop."""
+def create_balloon(ctx: BuildContext, item: dict[str, Any]) -> BalloonDevice:
+    """Build the balloon (id ``balloon``), served on the main loop."""
     ram_size = ctx.memory.size
     # the guest writes actual at will: coalesced to the latest value, one event per second
     changed = ctx.throttled_event(EVENT)
@@ -57,10 +58,8 @@ def create_balloon(ctx: BuildContext, item: dict[str, Any]) -> None:
         # write_config runs on a vCPU thread: the event leaves from the main loop
         changed.emit({"actual": ram_size - (pages << PAGE_SHIFT)})
 
-    device = BalloonDevice(DEVICE_ID, ram_size, ctx.main_loop,
-                           item.get("deflate_on_oom", False), actual_changed)
-    ctx.add_virtio_device(device)
-    ctx.add_device(DEVICE_ID, device)
+    return BalloonDevice(DEVICE_ID, ram_size, ctx.main_loop, item.get("deflate_on_oom", False),
+                         actual_changed)
 
 
 def _balloon(vm: VmApi) -> BalloonDevice:

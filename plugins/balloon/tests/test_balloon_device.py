@@ -17,11 +17,10 @@ from stratovmm_balloon.device import (
     page_runs,
 )
 
-from stratovmm.host.eventloop import EventLoop
-from stratovmm.memory import Region
+from stratovmm.api import EventLoop, Region
+from stratovmm.testing import spec as c
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
-from stratovmm.virtio import constants as c
 
 RAM = 8 << 20                      # 2048 pages; the harness's rings live below 1 MiB
 RAM_PAGES = RAM // PAGE_SIZE
@@ -37,9 +36,8 @@ class Rig:
         self.changes: list[int] = []
         self.device = BalloonDevice("balloon", RAM, self.loop, deflate_on_oom,
                                     self.changes.append)
-        self.h = DeviceHarness(self.device, memory_size=RAM, queue_size=queue_size)
-        self.h.loop = self.loop
-        self.h.transport._loop = self.loop
+        self.h = DeviceHarness(self.device, memory_size=RAM, queue_size=queue_size,
+                               loop=self.loop)
         self.discards: list[tuple[int, int]] = []
         real_discard = self.h.memory.discard
 
@@ -280,7 +278,7 @@ def test_target_requests_are_coalesced_on_the_loop() -> None:
     before = rig.h.interrupts
     for pages in range(1000):
         rig.device.request_target(pages)
-    assert len(rig.loop._pending) == 1
+    assert rig.loop.pending_calls() == 1
     rig.loop.run_once(0)
     assert rig.config()[0] == 999
     assert rig.h.interrupts == before + 1

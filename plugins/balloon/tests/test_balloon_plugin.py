@@ -12,32 +12,26 @@ import pytest
 from stratovmm_balloon import plugin
 from stratovmm_balloon.device import PAGE_SIZE, BalloonDevice
 
-from stratovmm import cli
-from stratovmm.config.load import load_config
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EventLoop
-from stratovmm.plugin import PluginHost
-from stratovmm.qmp.dispatch import Dispatcher, Session
-from stratovmm.qmp.events import EventThrottle
-from stratovmm.registry import Registry
+from stratovmm.api import ConfigError, EventLoop, EventThrottle
+from stratovmm.testing import spec as c
+from stratovmm.testing.config import parse_config, plugin_registry, run_main
+from stratovmm.testing.dispatch import execute_qmp
+from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.memory import BytearrayGuestMemory
-from stratovmm.virtio import constants as c
 
 RAM = 256 << 20
 
 
-def registry() -> Registry:
-    """The core's options and commands plus this plugin's."""
-    return PluginHost({"balloon": plugin}).register(cli.core_registry())
+PLUGINS = {"balloon": plugin}
 
 
 def load(*argv: str) -> dict[str, Any]:
     """The merged JSON document for ``argv`` (a kernel path added)."""
-    return load_config(["-kernel", "k", *argv], registry().devices).document
+    return parse_config(["-kernel", "k", *argv], PLUGINS).document
 
 
 class FakeVm:
-    """What the plugin uses of ``VmApi``: memory size, loops, devices, events, slots."""
+    """What the plugin uses of ``VmApi``: memory size, the main loop, devices, events."""
 
     def __init__(self) -> None:
         self.memory = BytearrayGuestMemory(1 << 20)
@@ -45,16 +39,7 @@ class FakeVm:
         self.main_loop = EventLoop("fake-main")
         self.devices: dict[str, Any] = {}
         self.events: list[tuple[str, dict[str, Any] | None]] = []
-        self.virtio: list[Any] = []
         self.event_interval: float | None = None    # a test's stand-in for 1 s
-
-    def add_virtio_device(self, device: Any, iothread: str | None = None) -> None:
-        self.virtio.append(device)
-
-    def add_device(self, device_id: str, device: Any) -> None:
-        if device_id in self.devices:
-            raise ConfigError(f"duplicate device id {device_id!r}")
-        self.devices[device_id] = device
 
     def device(self, device_id: str) -> Any | None:
         return self.devices.get(device_id)
@@ -69,19 +54,15 @@ class FakeVm:
 
 def qmp(vm: FakeVm, name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
     """One request through the real dispatcher (schema check, error classes)."""
-    request: dict[str, Any] = {"execute": name, "id": 1}
-    if arguments is not None:
-        request["arguments"] = arguments
-    dispatcher = Dispatcher(registry().qmp, cast(Any, vm))
-    return dispatcher.execute(request, Session("test"))
+    return execute_qmp(PLUGINS, vm, name, arguments)
 
 
 def balloon_vm(deflate_on_oom: bool = False) -> tuple[FakeVm, BalloonDevice]:
-    """A fake VM with the balloon created by the plugin's own factory."""
+    """A fake VM holding the balloon the plugin's own factory built, under its id."""
     vm = FakeVm()
-    plugin.create_balloon(cast(Any, vm), {"deflate_on_oom": deflate_on_oom})
-    device = vm.devices["balloon"]
-    assert vm.virtio == [device]
+    device = plugin.create_balloon(cast(Any, vm), {"deflate_on_oom": deflate_on_oom})
+    assert device.id == "balloon"
+    vm.devices[device.id] = device
     return vm, device
 
 
@@ -129,11 +110,9 @@ def test_bad_json_is_refused(tmp_path: Path, item: Any) -> None:
         load("-config", str(path))
 
 
-def test_cli_exits_non_zero_on_bad_option(monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_exits_non_zero_on_bad_option(capsys: pytest.CaptureFixture[str]) -> None:
     """stratovmm refuses -balloon deflate-on-oom=2 with a message and exit status 2."""
-    monkeypatch.setattr("stratovmm.plugin.discover", lambda: {"balloon": plugin})
-    rc = cli.main(["-kernel", "k", "-balloon", "deflate-on-oom=2"])
+    rc = run_main(["-kernel", "k", "-balloon", "deflate-on-oom=2"], PLUGINS)
     assert rc == 2 and "deflate-on-oom" in capsys.readouterr().err
 
 
@@ -209,8 +188,7 @@ def test_actual_storm_is_coalesced_and_rate_limited() -> None:
     throttles it the same way); the main loop is not flooded with callbacks."""
     vm = FakeVm()
     vm.event_interval = 3600.0      # nothing may leave on the interval's timer meanwhile
-    plugin.create_balloon(cast(Any, vm), {})
-    device = vm.devices["balloon"]
+    device = plugin.create_balloon(cast(Any, vm), {})
     for i in range(10_000):
         device.write_config(4, struct.pack("<I", 1 + i % 2))
     device.write_config(4, struct.pack("<I", 300))
@@ -225,19 +203,15 @@ def test_actual_storm_is_coalesced_and_rate_limited() -> None:
 
 def test_event_and_commands_are_declared() -> None:
     """balloon, query-balloon and BALLOON_CHANGED appear in the QMP registry."""
-    qmp_registry = registry().qmp
+    qmp_registry = plugin_registry(PLUGINS).qmp
     assert {"balloon", "query-balloon"} <= set(qmp_registry.commands)
     assert "BALLOON_CHANGED" in qmp_registry.events
 
 
 def test_target_change_reaches_the_driver_as_config_interrupt() -> None:
     """QMP balloon on a running driver raises a config-change interrupt carrying num_pages."""
-    from stratovmm.testing.harness import DeviceHarness
-
     vm, device = balloon_vm()
-    harness = DeviceHarness(device, memory_size=1 << 20)
-    harness.transport._loop = vm.main_loop
-    harness.loop = vm.main_loop
+    harness = DeviceHarness(device, memory_size=1 << 20, loop=vm.main_loop)
     harness.start()
     before = harness.interrupts
     qmp(vm, "balloon", {"value": RAM // 2})

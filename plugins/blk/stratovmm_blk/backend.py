@@ -20,7 +20,12 @@ import mmap
 import os
 import stat
 
-from stratovmm.errors import ConfigError
+from stratovmm.api import (
+    ConfigError,
+    gather,
+    scatter,
+    skip_views,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +96,7 @@ class BlockBackend:
                 n = min(BOUNCE_CHUNK, length - pos)
                 got = min(n, _loop_io(os.preadv, self.fd, [bounce[:_round_up(n)]], offset + pos))
                 bounce[got:n] = bytes(n - got)
-                _scatter(views, pos, bounce[:n])
+                scatter(views, bounce[:n], pos)
                 pos += n
         return length
 
@@ -102,7 +107,7 @@ class BlockBackend:
         with memoryview(self._bounce_buffer()) as bounce:
             while done < length:
                 n = min(BOUNCE_CHUNK, length - done)
-                _gather(views, done, bounce[:n])
+                gather(views, bounce[:n], done)
                 wrote = _loop_io(os.pwritev, self.fd, [bounce[:n]], offset + done)
                 done += wrote
                 if wrote < n:
@@ -179,7 +184,7 @@ def _loop_io(op: object, fd: int, views: list[memoryview], offset: int) -> int:
     total = sum(len(v) for v in views)
     done = 0
     while done < total:
-        rest = _skip(views, done)
+        rest = skip_views(views, done)
         n = op(fd, rest, offset + done)  # type: ignore[operator]
         if n <= 0:
             break
@@ -187,39 +192,6 @@ def _loop_io(op: object, fd: int, views: list[memoryview], offset: int) -> int:
     return done
 
 
-def _skip(views: list[memoryview], count: int) -> list[memoryview]:
-    out = []
-    for view in views:
-        if count >= len(view):
-            count -= len(view)
-            continue
-        out.append(view[count:])
-        count = 0
-    return out
-
-
 def _zero_tail(views: list[memoryview], done: int) -> None:
-    for view in _skip(views, done):
+    for view in skip_views(views, done):
         view[:] = bytes(len(view))
-
-
-def _scatter(views: list[memoryview], offset: int, data: memoryview) -> None:
-    """Copy ``data`` to byte ``offset`` of the concatenated ``views``."""
-    done = 0
-    for view in _skip(views, offset):
-        n = min(len(view), len(data) - done)
-        if n <= 0:
-            break
-        view[:n] = data[done : done + n]
-        done += n
-
-
-def _gather(views: list[memoryview], offset: int, out: memoryview) -> None:
-    """Fill ``out`` from byte ``offset`` of the concatenated ``views``."""
-    done = 0
-    for view in _skip(views, offset):
-        n = min(len(view), len(out) - done)
-        if n <= 0:
-            break
-        out[done : done + n] = view[:n]
-        done += n

@@ -14,18 +14,19 @@ sector must not fill the log; they do not stop the device.
 
 from __future__ import annotations
 
-import logging
 import struct
 
-from stratovmm.devices.ratelimit import TokenBucket
-from stratovmm.host.eventloop import EventLoop
-from stratovmm.memory import GuestMemoryProtocol
-from stratovmm.virtio.chain import DescriptorChain
-from stratovmm.virtio.constants import ID_BLOCK
-from stratovmm.virtio.device import VirtioDevice
+from stratovmm.api import (
+    ID_BLOCK,
+    DescriptorChain,
+    EventLoop,
+    GuestMemoryProtocol,
+    TokenBucket,
+    VirtioDevice,
+    skip_views,
+    trim_views,
+)
 from stratovmm_blk.backend import SECTOR, BlockBackend
-
-log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
 # §5.2.3 feature bits
@@ -86,23 +87,8 @@ class BlockDevice(VirtioDevice):
     # -- requests ------------------------------------------------------------------------------
 
     def handle_queue(self, index: int) -> None:
-        """Serve requests (a budget per loop turn), pausing when the iops bucket is empty."""
-        if self._bucket is None:
-            self.drain(index, self._request)
-        else:
-            self.drain(index, self._metered_request, gate=self._iops_gate)
-
-    def _iops_gate(self) -> float | None:
-        """None while the bucket has a token; else how long until it has one."""
-        assert self._bucket is not None
-        if self._bucket.available() > 0:
-            return None
-        return max(self._bucket.delay_for(1), 0.001)
-
-    def _metered_request(self, chain: DescriptorChain) -> int:
-        assert self._bucket is not None
-        self._bucket.take(1)
-        return self._request(chain)
+        """Serve requests (a budget per loop turn), pausing while the iops bucket is empty."""
+        self.serve(index, self._request, ops_limit=self._bucket)
 
     def _request(self, chain: DescriptorChain) -> int:
         """Execute one request; returns the bytes written to the guest (data + status)."""
@@ -123,9 +109,9 @@ class BlockDevice(VirtioDevice):
         if kind == T_FLUSH:
             return self._finish(memory, chain, self._flush(), 0)
         if kind == T_GET_ID:
-            views = _data_views(memory, chain, writable=True)
-            written = _scatter(views, self.serial.ljust(ID_BYTES, b"\0")[:ID_BYTES])
-            return self._finish(memory, chain, S_OK, written)
+            # the id goes before the status byte, as much of it as fits (§5.2.6)
+            ident = self.serial.ljust(ID_BYTES, b"\0")[: chain.writable_len - 1]
+            return self._finish(memory, chain, S_OK, chain.write_all(memory, ident))
         self.guest_fault("type", f"unsupported request type {kind}")
         return self._finish(memory, chain, S_UNSUPP, 0)
 
@@ -182,24 +168,14 @@ class BlockDevice(VirtioDevice):
 
     def _host_failure(self, what: str, exc: OSError) -> None:
         """Count a failed host operation; log each (operation, errno) once per drive."""
-        self.counters["errors"] += 1
-        kind = f"host-{what}-{exc.errno}"
-        if kind not in self._logged:
-            self._logged.add(kind)
-            log.error("%s: host %s failed: %s (logged once per kind; counted in errors)",
-                      self.id, what, exc)
+        self.host_error(f"{what}-{exc.errno}", f"host {what} failed: {exc}")
 
     @staticmethod
     def _finish(memory: GuestMemoryProtocol, chain: DescriptorChain, status: int,
                 data_written: int) -> int:
-        """Store the status byte (the chain's last writable byte); returns the used length."""
-        last = chain.writable[-1]
-        while last.length == 0:
-            index = chain.writable.index(last)
-            if index == 0:
-                return data_written
-            last = chain.writable[index - 1]
-        memory.write(last.addr + last.length - 1, bytes([status]))
+        """Store the status byte (the chain's last writable byte, §5.2.6); returns the used
+        length."""
+        chain.write_all(memory, bytes([status]), offset=chain.writable_len - 1)
         return data_written + 1
 
     def close(self) -> None:
@@ -208,34 +184,11 @@ class BlockDevice(VirtioDevice):
             self.backend.close()
 
 
+
 def _data_views(memory: GuestMemoryProtocol, chain: DescriptorChain,
                 writable: bool) -> list[memoryview]:
     """The data part of a request: readable bytes after the header, or writable bytes
     before the status byte (any framing, §5.2.6)."""
-    views: list[memoryview] = []
     if writable:
-        descriptors = list(chain.writable)
-        skip_front, skip_back = 0, 1
-    else:
-        descriptors = list(chain.readable)
-        skip_front, skip_back = HEADER.size, 0
-    total = sum(d.length for d in descriptors) - skip_front - skip_back
-    pos = 0
-    for d in descriptors:
-        start = max(0, skip_front - pos)
-        end = min(d.length, skip_front + total - pos)
-        pos += d.length
-        if end > start:
-            views.append(memory.slice(d.addr + start, end - start))
-    return views
-
-
-def _scatter(views: list[memoryview], data: bytes) -> int:
-    done = 0
-    for view in views:
-        n = min(len(view), len(data) - done)
-        if n <= 0:
-            break
-        view[:n] = data[done : done + n]
-        done += n
-    return done
+        return trim_views(chain.write_views(memory), chain.writable_len - 1)
+    return skip_views(chain.read_views(memory), HEADER.size)

@@ -5,23 +5,27 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from stratovmm.config.model import RuntimeOptions
-from stratovmm.errors import ConfigError, HotplugError
-from stratovmm.machine.hotplug import BackendTable
-from stratovmm.machine.vmapi import BuildContext, VmApi
-from stratovmm.plugin import hookimpl
-from stratovmm.qmp.errors import GenericError
-from stratovmm.registry import (
+from stratovmm.api import (
     ArgCondition,
+    BackendTable,
+    BuildContext,
+    ConfigError,
     DeviceRegistry,
     DeviceType,
+    GenericError,
     HotplugDriver,
+    HotplugError,
     OptionSpec,
     QmpCommand,
     QmpRegistry,
+    RuntimeOptions,
     SeccompRules,
     SubOption,
     ValueKind,
+    VirtioDevice,
+    VirtioSlot,
+    VmApi,
+    hookimpl,
 )
 from stratovmm_blk.backend import BlockBackend
 from stratovmm_blk.device import BlockDevice
@@ -32,7 +36,7 @@ from stratovmm_blk.schema import (
     DRIVE_SCHEMA,
 )
 
-STRATOVMM_API = "1.0"
+STRATOVMM_API = "1.1"
 
 DRIVE_OPTION = OptionSpec(
     "drive", "virtio-blk disk on a host file (repeatable)", "drive", repeatable=True,
@@ -50,17 +54,17 @@ DRIVE_OPTION = OptionSpec(
 )
 
 
-def create_drive(ctx: BuildContext, item: dict[str, Any]) -> None:
-    """Open the image and attach a virtio-blk device for one ``drive`` item.  ``direct``
-    absent is v0.3's default: on, where the file system allows it."""
+def create_drive(ctx: BuildContext, item: dict[str, Any]) -> VirtioSlot:
+    """Open the image and build a virtio-blk device for one ``drive`` item, served on its
+    ``iothread``.  ``direct`` absent is v0.3's default: on, where the file system allows
+    it."""
     backend = BlockBackend(item["path_on_host"], item.get("read_only", False),
                            item.get("direct"))
     iothread = item.get("iothread")
     device = BlockDevice(item["drive_id"], backend, item.get("serial_num", ""),
                          ctx.loop_for(iothread), item.get("iops"))
-    ctx.add_virtio_device(device, iothread)
-    ctx.add_device(item["drive_id"], device)
     _nodes(ctx).attach_cold(item["drive_id"], device)
+    return VirtioSlot(device, iothread)
 
 
 # -- hot-replace (QMP blockdev-add / blockdev-del + device_add virtio-blk-mmio) ------------
@@ -112,12 +116,12 @@ def placeholder(vm: VmApi, addr: int) -> BlockDevice:
     return BlockDevice(f"virtio-blk-slot{addr}", None, "", vm.main_loop)
 
 
-def takes_cold(device: Any) -> bool:
+def takes_cold(device: VirtioDevice) -> bool:
     """Every ``-drive`` goes into a blk slot (StratoVirt's ``add_block_device``)."""
     return isinstance(device, BlockDevice)
 
 
-def plug(vm: VmApi, device: Any, args: dict[str, Any]) -> None:
+def plug(vm: VmApi, device: BlockDevice, args: dict[str, Any]) -> None:
     """Give the slot's device the node named by ``drive`` (default: the device ``id``)."""
     node = args.get("drive", args["id"])
     backend = _nodes(vm).attach(node, device)
@@ -126,7 +130,7 @@ def plug(vm: VmApi, device: Any, args: dict[str, Any]) -> None:
     device.replace_backend(backend, args.get("serial", ""))
 
 
-def unplug(vm: VmApi, device: Any) -> None:
+def unplug(vm: VmApi, device: BlockDevice) -> None:
     """Take the image away and close it (its node is gone); the guest sees capacity 0."""
     _nodes(vm).detach(device)
     old = device.replace_backend(None)
@@ -164,22 +168,14 @@ def vmm_vm_shutdown(vm: VmApi, reason: str) -> None:
 OPEN_EXISTING = ArgCondition(2, "masked_eq", 0, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
                              | os.O_APPEND | os.O_TMPFILE)
 
-_qmp = {"blockdev-add": False}     # set by vmm_check_config: can QMP open images later?
-
 
 @hookimpl
-def vmm_check_config(runtime: RuntimeOptions) -> None:
-    """Remember whether blockdev-add can run (it opens images after the filter is on)."""
-    _qmp["blockdev-add"] = runtime.api_channel is not None
-
-
-@hookimpl
-def vmm_seccomp_rules(rules: SeccompRules) -> None:
+def vmm_seccomp_rules(rules: SeccompRules, runtime: RuntimeOptions) -> None:
     """Zero-copy vectored I/O, flush, and the anonymous maps of O_DIRECT bounce buffers;
     with QMP, blockdev-add opens (existing files only, see ``OPEN_EXISTING``), checks and
     locks images after the filter is on."""
     rules.allow("preadv", "pwritev", "preadv2", "pwritev2", "fdatasync", "mmap", "munmap",
                 "lseek", "close")
-    if _qmp["blockdev-add"]:
+    if runtime.api_channel is not None:
         rules.allow("openat", when=[OPEN_EXISTING])
         rules.allow("newfstatat", "fstat", "flock")

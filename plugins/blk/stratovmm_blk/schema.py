@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stratovmm.config.core_options import ITEM_ID_SCHEMA
+from stratovmm.api import ITEM_ID_SCHEMA
 
 SERIAL_MAX = 20     # VIRTIO_BLK_ID_BYTES
 

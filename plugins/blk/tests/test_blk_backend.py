@@ -15,7 +15,7 @@ import pytest
 from stratovmm_blk import backend as backend_mod
 from stratovmm_blk.backend import BlockBackend
 
-from stratovmm.errors import ConfigError
+from stratovmm.api import ConfigError
 
 
 def image(tmp_path: Path) -> str:

@@ -21,8 +21,7 @@ from stratovmm_blk.device import (
     BlockDevice,
 )
 
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EventLoop
+from stratovmm.api import ConfigError, EventLoop
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
 
@@ -180,7 +179,7 @@ def test_iops_limit_defers_requests_to_a_timer(tmp_path: Path) -> None:
         q.add_chain([Buffer(hdr, 16), Buffer(h.alloc(1), 1, True)])
     h.kick(0)
     assert len(q.used_elements()) == 2
-    assert h.loop._timers, "a timer must be armed for the rest"
+    assert h.loop.pending_timers(), "a timer must be armed for the rest"
 
 
 def test_capacity_in_config_space(tmp_path: Path) -> None:

@@ -1,13 +1,13 @@
 """The host side of a console: a unix socket server with one client and a bounded
 output buffer.
 
-Policy (SPEC §2 console; where it is silent we follow StratoVirt v0.3 or say why):
+Policy (StratoVirt v0.3's where it has one, else the reason is given):
 
-- The socket is created at start-up with mode 0600 (StratoVirt also limits its
-  permission): whoever connects gets the guest's console.  A socket file left
-  at the path by an earlier run is replaced; anything else there is refused,
-  so a typo never deletes a user's file.  The file is removed at exit if it is
-  still ours.
+- The socket is the core's ``UnixListener``: created at start-up with mode 0600
+  (whoever connects gets the guest's console); a socket file left at the path by
+  an earlier run is replaced, a live one or anything else there is refused, so a
+  typo never deletes a user's file; removed at exit if it is still ours; an
+  ``accept`` failure (out of fds) backs off instead of spinning.
 - One client at a time; **the newest client wins**: a new connection replaces
   the current one, which is closed (as StratoVirt, whose listener simply takes
   the new stream).  A user whose terminal died can always reattach; the old
@@ -32,44 +32,23 @@ Everything runs on the device's event loop with non-blocking fds.
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import stat
 from collections.abc import Callable, Sequence
 
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Timer
-from stratovmm.host.unixsock import private_listener
+from stratovmm.api import (
+    EPOLLERR,
+    EPOLLHUP,
+    EPOLLIN,
+    EPOLLOUT,
+    EventLoop,
+    UnixListener,
+    skip_views,
+)
 
 log = logging.getLogger(__name__)
 
 OUTPUT_BUFFER = 64 * 1024      # guest output kept while no client can take it
-SUN_PATH_MAX = 107             # sizeof(sockaddr_un.sun_path) - 1 for the NUL
 BACKLOG = 4
-ACCEPT_RETRY = 1.0             # seconds to wait after accept() failed (EMFILE...)
-
-
-def check_socket_path(path: str, where: str) -> str:
-    """The absolute form of ``path`` if a socket can be created there; ``ConfigError`` naming
-    ``where`` otherwise (the checks that need no side effect; ``bind`` may still fail)."""
-    full = os.path.abspath(path)
-    if len(os.fsencode(full)) > SUN_PATH_MAX:
-        raise ConfigError(f"{where}: {full}: longer than {SUN_PATH_MAX} bytes (unix socket limit)")
-    try:
-        st = os.lstat(full)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise ConfigError(f"{where}: {full}: {exc.strerror}") from None
-    if st is not None and not stat.S_ISSOCK(st.st_mode):
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a file that is not a socket"
-        raise ConfigError(f"{where}: {full} exists and is {kind} (not replaced)")
-    parent = os.path.dirname(full)
-    if not os.path.isdir(parent):
-        raise ConfigError(f"{where}: {full}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{where}: {full}: directory {parent} is not writable")
-    return full
 
 
 class ConsoleSocket:
@@ -81,7 +60,6 @@ class ConsoleSocket:
 
     def __init__(self, path: str, loop: EventLoop, where: str = "-chardev path",
                  capacity: int = OUTPUT_BUFFER) -> None:
-        self.path = check_socket_path(path, where)
         self._loop = loop
         self._capacity = capacity
         self.on_input: Callable[[], None] = lambda: None
@@ -90,28 +68,16 @@ class ConsoleSocket:
         self._client_events = -1
         self._input_open = False       # the client may still send (no EOF seen)
         self._want_input = False
-        self._retry: Timer | None = None
-        self.stats = {"output_dropped": 0, "connections": 0, "disconnections": 0,
-                      "accept_errors": 0}
-        self._listener = self._listen(where)
-        st = os.lstat(self.path)              # the file bind() made (not the socket's inode)
-        self._file_id = (st.st_dev, st.st_ino)
-        self._loop.register(self._listener.fileno(), EPOLLIN, self._on_listener)
-
-    # -- set-up ---------------------------------------------------------------------------
-
-    def _listen(self, where: str) -> socket.socket:
-        try:
-            try:
-                if stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                    os.unlink(self.path)            # stale socket of an earlier run
-            except FileNotFoundError:
-                pass
-            return private_listener(self.path, BACKLOG)     # 0600, whatever the umask
-        except OSError as exc:
-            raise ConfigError(f"{where}: {self.path}: {exc.strerror or exc}") from None
+        self._stats = {"output_dropped": 0, "connections": 0, "disconnections": 0}
+        self._listener = UnixListener(path, loop, self._on_connect, where, BACKLOG)
+        self.path = self._listener.path
 
     # -- state seen by the device ------------------------------------------------------------
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Output dropped, connections, disconnections and failed accepts so far."""
+        return {**self._stats, "accept_errors": self._listener.accept_errors}
 
     @property
     def connected(self) -> bool:
@@ -146,17 +112,13 @@ class ConsoleSocket:
     def _buffer(self, views: Sequence[memoryview], skip: int, total: int) -> None:
         keep = min(total - skip, self._capacity)
         start = total - keep                 # only the newest ``capacity`` bytes can survive
-        self.stats["output_dropped"] += start - skip
-        pos = 0
-        for view in views:
-            end = pos + len(view)
-            if end > start:
-                self._pending += view[max(start - pos, 0):]
-            pos = end
+        self._stats["output_dropped"] += start - skip
+        for view in skip_views(views, start):
+            self._pending += view
         excess = len(self._pending) - self._capacity
         if excess > 0:
             del self._pending[:excess]
-            self.stats["output_dropped"] += excess
+            self._stats["output_dropped"] += excess
 
     def _sendmsg(self, views: list[memoryview]) -> int:
         """Write what the client takes without blocking; 0 (and the client dropped) on error."""
@@ -201,32 +163,16 @@ class ConsoleSocket:
 
     # -- clients ---------------------------------------------------------------------------------
 
-    def _on_listener(self, _events: int) -> None:
-        try:
-            conn, _addr = self._listener.accept()
-        except BlockingIOError:
-            return
-        except OSError as exc:               # EMFILE/ENFILE: back off instead of spinning
-            self.stats["accept_errors"] += 1
-            log.error("console %s: accept failed: %s; retrying in %.0f s", self.path,
-                      exc.strerror or exc, ACCEPT_RETRY)
-            self._loop.unregister(self._listener.fileno())
-            self._retry = self._loop.call_later(ACCEPT_RETRY, self._rearm_listener)
-            return
-        conn.setblocking(False)
+    def _on_connect(self, conn: socket.socket) -> None:
         if self._client is not None:
             self._drop_client("replaced by a new client")
         self._client = conn
         self._client_events = -1
         self._input_open = True
-        self.stats["connections"] += 1
+        self._stats["connections"] += 1
         log.info("console %s: client connected", self.path)
         self._flush()
         self._update_events()
-
-    def _rearm_listener(self) -> None:
-        self._retry = None
-        self._loop.register(self._listener.fileno(), EPOLLIN, self._on_listener)
 
     def _on_client(self, events: int) -> None:
         if events & EPOLLIN and self._want_input and self._input_open:
@@ -263,7 +209,7 @@ class ConsoleSocket:
         client.close()
         self._client_events = -1
         self._input_open = False
-        self.stats["disconnections"] += 1
+        self._stats["disconnections"] += 1
         log.info("console %s: client %s", self.path, why)
 
     # -- teardown --------------------------------------------------------------------------------
@@ -271,13 +217,4 @@ class ConsoleSocket:
     def close(self) -> None:
         """Close the client and the listener; remove the socket file if it is still ours."""
         self._drop_client("closed: the VM is ending")
-        if self._retry is not None:
-            self._retry.cancel()
-        self._loop.unregister(self._listener.fileno())
         self._listener.close()
-        try:
-            st = os.lstat(self.path)
-            if (st.st_dev, st.st_ino) == self._file_id:
-                os.unlink(self.path)
-        except OSError:
-            pass

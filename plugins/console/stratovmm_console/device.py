@@ -7,10 +7,11 @@ offered: ``F_SIZE`` needs a terminal size a socket does not have, and Linux
 never uses ``F_EMERG_WRITE``.  The config space still reads as §5.3.4 lays it
 out (cols, rows, max_nr_ports = 1, emerg_wr).
 
-Transmit buffers are returned at once, always (see ``backend``: Linux spins
-until they come back).  A receive buffer is popped only when input might
-arrive, then *held* until the client sends bytes, which are read straight into
-it (``recvmsg_into`` on the chain's memoryviews); when the guest has no
+Both queues are served by the core's ``serve`` (a budget of buffers per loop
+turn).  Transmit buffers are returned at once, always (see ``backend``: Linux
+spins until they come back).  A receive buffer is taken when the guest posts it
+and *held* by ``serve`` until the client sends bytes, which are read straight
+into it (``recvmsg_into`` on the chain's memoryviews); when the guest has no
 receive buffer left, the socket is no longer read until the driver posts more
 and kicks.
 """
@@ -19,11 +20,11 @@ from __future__ import annotations
 
 import struct
 
-from stratovmm.errors import GuestError
-from stratovmm.virtio.chain import DescriptorChain
-from stratovmm.virtio.constants import ID_CONSOLE
-from stratovmm.virtio.device import VirtioDevice
-from stratovmm.virtio.queue import SplitQueue
+from stratovmm.api import (
+    ID_CONSOLE,
+    DescriptorChain,
+    VirtioDevice,
+)
 from stratovmm_console.backend import ConsoleSocket
 
 QUEUE_SIZE = 256
@@ -32,8 +33,6 @@ RECEIVEQ, TRANSMITQ = 0, 1
 F_SIZE, F_MULTIPORT, F_EMERG_WRITE = 0, 1, 2
 # §5.3.4 struct virtio_console_config: cols u16, rows u16, max_nr_ports u32, emerg_wr u32
 CONFIG = struct.Struct("<HHII")
-RX_BATCH = 64          # receive buffers filled per loop turn, so one busy console cannot
-                       # starve the other devices on the same loop
 
 
 class ConsoleDevice(VirtioDevice):
@@ -45,7 +44,6 @@ class ConsoleDevice(VirtioDevice):
     def __init__(self, device_id: str, port: ConsoleSocket) -> None:
         super().__init__(device_id)
         self.port = port
-        self._held: DescriptorChain | None = None     # a receive buffer waiting for input
         port.on_input = self._on_input
 
     def config_space(self) -> bytes:
@@ -57,7 +55,7 @@ class ConsoleDevice(VirtioDevice):
         if index == RECEIVEQ:
             self._receive()
         elif index == TRANSMITQ:
-            self.drain(TRANSMITQ, self._transmit)
+            self.serve(TRANSMITQ, self._transmit)
 
     # -- guest → host -----------------------------------------------------------------------
 
@@ -88,63 +86,35 @@ class ConsoleDevice(VirtioDevice):
         self.process_queue(RECEIVEQ)
 
     def _receive(self) -> None:
-        """Fill receive buffers from the client until it has nothing more, the guest has no
-        buffer left (then stop reading the socket), or this turn's batch is done."""
-        if not self.active or len(self.queues) <= RECEIVEQ or self.queues[RECEIVEQ] is None:
-            self.port.want_input(False)
-            return
-        queue = self.queues[RECEIVEQ]
-        assert queue is not None and self.memory is not None
-        bad_before, completed_before = queue.bad_chains, queue.completed
-        filled = 0
+        """Fill receive buffers from the client until it has nothing more (the buffer in hand
+        is held for its next bytes), the guest has no buffer left, or this turn's budget is
+        spent; watch the socket only while the guest has a buffer for what it reads."""
+        wanted = False           # a broken ring raises: no more reading until a reset
         try:
-            while filled < RX_BATCH:
-                chain = self._held if self._held is not None else self._next_rx_chain(queue)
-                self._held = None
-                if chain is None:
-                    self.port.want_input(False)      # re-enabled by the driver's next kick
-                    break
-                n = self.port.recv_into(chain.write_views(self.memory))
-                if n is None:
-                    self._held = chain
-                    self.port.want_input(True)
-                    break
-                queue.add_used(chain.head, n)
-                self.counters["bytes_read"] += n
-                filled += 1
-        except GuestError:
-            self.port.want_input(False)   # a broken ring: no more reading until a reset
-            raise
+            self.serve(RECEIVEQ, self._fill)
+            queue = self.queues[RECEIVEQ]
+            assert queue is not None
+            wanted = self.active and (self.held_chains(RECEIVEQ) > 0 or queue.has_available())
         finally:
-            bad = queue.bad_chains - bad_before
-            if bad:
-                self.guest_fault("chain", f"receiveq: {queue.errors[-1] if queue.errors else ''}",
-                                 count=bad)
-            if queue.completed != completed_before and queue.needs_interrupt():
-                self.signal_used()
+            self.port.want_input(wanted)
 
-    def _next_rx_chain(self, queue: SplitQueue) -> DescriptorChain | None:
-        """The next usable receive buffer, or None when the driver has none (notifications
-        enabled first, so its next buffer kicks us: §2.7.10)."""
-        while True:
-            chain = queue.pop()
-            if chain is None:
-                if not queue.set_notification(True):
-                    return None
-                continue
-            if chain.readable or not chain.writable_len:
-                # §5.3.6.1: the driver MUST NOT put a device-readable buffer in a receiveq
-                self.guest_fault("rx-readable", f"receive chain at head {chain.head} has "
-                                 "device-readable buffers or no room (§5.3.6.1)")
-                queue.add_used(chain.head, 0)
-                continue
-            return chain
+    def _fill(self, chain: DescriptorChain) -> int | None:
+        """Client bytes into one receive buffer; None keeps it while the client has none."""
+        assert self.memory is not None
+        if chain.readable or not chain.writable_len:
+            # §5.3.6.1: the driver MUST NOT put a device-readable buffer in a receiveq
+            self.guest_fault("rx-readable", f"receive chain at head {chain.head} has "
+                             "device-readable buffers or no room (§5.3.6.1)")
+            return 0
+        n = self.port.recv_into(chain.write_views(self.memory))
+        if n is not None:
+            self.counters["bytes_read"] += n
+        return n
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def on_reset(self) -> None:
-        """The held buffer belonged to the old queue: forget it and stop reading input."""
-        self._held = None
+        """The held buffer went with the old queue: stop reading input."""
         self.port.want_input(False)
 
     def close(self) -> None:

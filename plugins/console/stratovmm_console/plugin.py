@@ -5,23 +5,24 @@ from __future__ import annotations
 import termios
 from typing import Any
 
-from stratovmm.config.model import RuntimeOptions
-from stratovmm.errors import ConfigError
-from stratovmm.machine.vmapi import BuildContext
-from stratovmm.plugin import hookimpl
-from stratovmm.registry import (
+from stratovmm.api import (
+    BuildContext,
+    ConfigError,
     DeviceRegistry,
     DeviceType,
     OptionSpec,
+    RuntimeOptions,
     SeccompRules,
     SubOption,
     ValueKind,
+    check_socket_path,
+    hookimpl,
 )
-from stratovmm_console.backend import ConsoleSocket, check_socket_path
+from stratovmm_console.backend import ConsoleSocket
 from stratovmm_console.device import ConsoleDevice
 from stratovmm_console.schema import CONSOLE_SCHEMA
 
-STRATOVMM_API = "1.0"
+STRATOVMM_API = "1.1"
 
 # Linux's hvc tty driver has 8 lines (HVC_ALLOC_TTY_ADAPTERS): /dev/hvc0 .. /dev/hvc7.
 MAX_CONSOLES = 8
@@ -40,16 +41,11 @@ def _where(item: dict[str, Any]) -> str:
     return f"-chardev path (console {item['console_id']!r})"
 
 
-def create_console(ctx: BuildContext, item: dict[str, Any]) -> None:
-    """Listen on the socket and attach a virtio-console for one ``console`` item."""
+def create_console(ctx: BuildContext, item: dict[str, Any]) -> ConsoleDevice:
+    """Listen on the socket and build a virtio-console for one ``console`` item (closing
+    the device closes the socket)."""
     port = ConsoleSocket(item["socket_path"], ctx.main_loop, _where(item))
-    device = ConsoleDevice(item["console_id"], port)
-    try:
-        ctx.add_virtio_device(device)
-        ctx.add_device(item["console_id"], device)
-    except Exception:
-        port.close()
-        raise
+    return ConsoleDevice(item["console_id"], port)
 
 
 @hookimpl

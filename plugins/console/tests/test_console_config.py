@@ -10,25 +10,15 @@ from typing import Any
 import pytest
 import stratovmm_console.plugin as plugin
 
-from stratovmm import cli
-from stratovmm.config.help import render_help
-from stratovmm.config.load import load_config
-from stratovmm.errors import ConfigError
-from stratovmm.plugin import PluginHost
-from stratovmm.registry import Registry, SeccompRules
+from stratovmm.api import ConfigError, SeccompRules
+from stratovmm.testing.config import help_text, parse_config
 
-
-def setup() -> tuple[PluginHost, Registry]:
-    host = PluginHost({"console": plugin})
-    return host, host.register(cli.core_registry())
+PLUGINS = {"console": plugin}
 
 
 def check(argv: list[str]) -> dict[str, Any]:
     """Parse, validate and run the plugin's config check; returns the merged document."""
-    host, registry = setup()
-    config = load_config(["-kernel", "/boot/none", *argv], registry.devices)
-    host.check_config(config.document, config.runtime)
-    return config.document
+    return parse_config(["-kernel", "/boot/none", *argv], PLUGINS).document
 
 
 def test_chardev_becomes_console_items(tmp_path: Path) -> None:
@@ -51,8 +41,7 @@ def test_json_console_key_and_cmdline_override(tmp_path: Path) -> None:
 
 def test_help_lists_chardev() -> None:
     """--help shows the plugin's option with its syntax."""
-    _host, registry = setup()
-    assert "-chardev id=ID,path=SOCKET" in render_help(registry.devices)
+    assert "-chardev id=ID,path=SOCKET" in help_text(PLUGINS)
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -127,8 +116,9 @@ def test_seccomp_rules_name_real_syscalls() -> None:
     """The plugin's seccomp rules are syscalls the core's filter builder accepts."""
     import pyseccomp
 
-    rules = SeccompRules()
+    rules = SeccompRules("console")
     plugin.vmm_seccomp_rules(rules)
+    assert set(rules.owners["accept4"]) == {"console"}
     for name in rules.syscalls:
         assert int(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)) >= 0
     assert rules.ioctls

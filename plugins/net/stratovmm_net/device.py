@@ -12,32 +12,39 @@ and counted; a tap that cannot take a frame right now drops it, as a NIC would.
 
 Receive (§5.1.6.3, §5.1.6.4): the tap fd is registered on the device's loop
 (``EPOLLIN``) only while the driver has receive buffers for it, so an idle or
-starved device costs nothing.  With VIRTIO_NET_F_MRG_RXBUF a frame may fill
-several chains: the device pops chains until it holds room for the largest
-frame (or the ring is empty), reads one frame into all of them with a single
-``readv`` (plus a host overflow buffer behind them), uses as many as the frame
-needed and keeps the rest for the next frame.  A frame larger than the buffers
-held spills into the overflow buffer and waits, tap reads paused, until the
-driver posts enough buffers for the rest (``_Pending``).
+starved device costs nothing.  Both queues are served by the core's ``serve``
+(a budget of frames per loop turn); receive in its ``Frames`` form, because
+with VIRTIO_NET_F_MRG_RXBUF a frame may fill several chains: ``serve`` holds
+chains until they have room for the largest frame (or the ring is empty), the
+device reads one frame into all of them with a single ``readv`` (plus a host
+overflow buffer behind them) and uses as many as the frame needed; the rest
+stay held for the next frame.  A frame larger than the buffers held spills into
+the overflow buffer and waits, tap reads paused, until the driver posts enough
+buffers for the rest (``_Spill``).
 """
 
 from __future__ import annotations
 
-import collections
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import re
 import struct
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EPOLLIN, EventLoop
-from stratovmm.virtio.chain import DescriptorChain
-from stratovmm.virtio.constants import ID_NET
-from stratovmm.virtio.device import VirtioDevice
-from stratovmm.virtio.queue import SplitQueue
+from stratovmm.api import (
+    EPOLLIN,
+    ID_NET,
+    ConfigError,
+    DescriptorChain,
+    EventLoop,
+    Frames,
+    HeldChains,
+    VirtioDevice,
+)
 from stratovmm_net.tap import (
     TUN_F_CSUM,
     TUN_F_TSO4,
@@ -73,9 +80,6 @@ ETH_HLEN = 14
 MAX_FRAME = 65550                 # Ethernet frame after the header (64 KiB GSO + headers),
 MAX_PACKET = VNET_HDR_LEN + MAX_FRAME   # the same bound as Firecracker's 65562-byte buffer
 
-RX_BATCH = 64         # frames per wake-up before other fds of the loop get their turn
-TX_BATCH = 256        # chains per loop turn (the core's drain budget for the tx queue)
-IOV_MAX = os.sysconf("SC_IOV_MAX")     # iovecs one readv takes (1024); one is the overflow
 
 # TUNSETOFFLOAD bit for each guest receive offload (§5.1.3: GUEST_* = "driver can receive")
 _GUEST_OFFLOADS = ((F_GUEST_TSO4, TUN_F_TSO4), (F_GUEST_TSO6, TUN_F_TSO6),
@@ -154,27 +158,26 @@ def format_mac(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 
-# -- receive buffers ----------------------------------------------------------------------------
+# -- receive ----------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
-class _RxBuffer:
-    """One popped receive chain: its writable buffers as memoryviews of guest RAM."""
+class _Spill:
+    """A frame larger than the held buffers: its first ``len(lengths)`` chains are filled
+    (``room`` writable bytes), ``tail`` waits for the buffers the driver posts next."""
 
-    head: int
-    views: list[memoryview]
-    capacity: int
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A frame whose first part filled ``buffers`` and whose ``tail`` waits for more."""
-
-    buffers: list[_RxBuffer]
-    lengths: list[int]
-    tail: bytes
     size: int
-    views: int = field(default=0)
+    tail: bytes
+    lengths: list[int]
+    room: int
+
+
+def _rx_buffer_problem(chain: DescriptorChain) -> str | None:
+    """Why ``chain`` cannot take a received frame, or None."""
+    if chain.readable or chain.writable_len < VNET_HDR_LEN:
+        return (f"receive chain {chain.head} must be device-writable and hold the"
+                f" {VNET_HDR_LEN}-byte header (§5.1.6.3.1)")
+    return None
 
 
 class NetDevice(VirtioDevice):
@@ -193,11 +196,10 @@ class NetDevice(VirtioDevice):
                                           else PLACEHOLDER_OFFLOADS)
         self._armed = False
         self._tap_broken = False
-        self._held: collections.deque[_RxBuffer] = collections.deque()
-        self._held_capacity = 0
-        self._held_views = 0
-        self._pending: _Pending | None = None
+        self._spill: _Spill | None = None
         self._overflow = memoryview(bytearray(MAX_PACKET + 1))
+        self._frames = Frames(self._receive_frame, wants=self._wants_chain,
+                              check=_rx_buffer_problem)
 
     # -- features and config space (§5.1.3, §5.1.4) -------------------------------------------
 
@@ -230,11 +232,10 @@ class NetDevice(VirtioDevice):
         self._apply_offloads()
 
     def on_reset(self) -> None:
-        """Forget every popped buffer and stop reading the tap (§2.1.2: rings are gone)."""
+        """Forget a spilled frame and stop reading the tap (§2.1.2: the rings are gone, and
+        the core forgets the buffers it held)."""
         self._arm(False)
-        self._held.clear()
-        self._held_capacity = self._held_views = 0
-        self._pending = None
+        self._spill = None
 
     def close(self) -> None:
         """Detach from the tap."""
@@ -273,12 +274,12 @@ class NetDevice(VirtioDevice):
         self._config_changed()
 
     def detach_tap(self) -> Tap | None:
-        """Take the tap away (link down); returns it.  A frame half delivered is dropped."""
+        """Take the tap away (link down); returns it.  A frame half delivered is dropped (its
+        buffers stay held for the next tap's frames)."""
         self._arm(False)
         with self.lock:
             old, self.tap = self.tap, None
-        if self._pending is not None:
-            self._recycle_pending()
+        self._spill = None
         self._config_changed()
         return old
 
@@ -294,19 +295,7 @@ class NetDevice(VirtioDevice):
         if index == RX:
             self._receive()
         elif index == TX:
-            self.drain(TX, self._transmit_chain, budget=TX_BATCH)
-
-    def _queue(self, index: int) -> SplitQueue:
-        queue = self.queues[index]
-        assert queue is not None
-        return queue
-
-    def _count_bad_chains(self, queue: SplitQueue, index: int, before: int) -> int:
-        bad = queue.bad_chains - before
-        if bad:
-            self.guest_fault("chain", f"queue {index}: {queue.errors[-1] if queue.errors else ''}",
-                             count=bad)
-        return bad
+            self.serve(TX, self._transmit_chain)
 
     # -- transmit (§5.1.6.2) -----------------------------------------------------------------------
 
@@ -397,29 +386,16 @@ class NetDevice(VirtioDevice):
     def _mergeable(self) -> bool:
         return self.has_feature(F_MRG_RXBUF)
 
-    def _receive(self) -> None:
-        """Frames from the tap into receive buffers until the tap is empty, the driver has
-        no buffers left, or RX_BATCH frames were handled; then (dis)arm the tap."""
-        queue = self._queue(RX)
-        before_bad, before_used = queue.bad_chains, queue.completed
-        handled = 0
-        while handled < RX_BATCH and self._receive_one(queue):
-            handled += 1
-        if handled == RX_BATCH:
-            self.serve_later(RX)   # the tap may be disarmed below (no buffer held): come back
-        # a spilled frame took every held buffer, so the tap also rests while it is pending
-        self._arm(self.tap is not None and not self._tap_broken and bool(self._held))
-        self._count_bad_chains(queue, RX, before_bad)
-        if queue.completed != before_used and queue.needs_interrupt():
-            self.signal_used()
+    def _tap_usable(self) -> bool:
+        return self.tap is not None and not self._tap_broken
 
-    def _receive_one(self, queue: SplitQueue) -> bool:
-        """Finish the spilled frame or read the next one; False when nothing more can move."""
-        if self._pending is not None:
-            return self._place_pending(queue)
-        if self.tap is None or self._tap_broken or not self._top_up(queue):
-            return False
-        return self._read_frame(queue)
+    def _receive(self) -> None:
+        """Frames from the tap into receive buffers, a budget per loop turn (``serve``); then
+        watch the tap only while held buffers wait for a frame (a spilled frame waits for
+        buffers instead: the driver's kick brings them)."""
+        if self._tap_usable() or self._spill is not None:
+            self.serve(RX, self._frames)
+        self._arm(self._tap_usable() and self._spill is None and self.held_chains(RX) > 0)
 
     def _arm(self, on: bool) -> None:
         """Watch the tap for frames only while they have somewhere to go (no busy polling)."""
@@ -438,148 +414,99 @@ class NetDevice(VirtioDevice):
         if not self.active:            # the ring broke (needs reset): stop watching
             self._arm(False)
 
-    def _pop_rx(self, queue: SplitQueue) -> _RxBuffer | bool | None:
-        """The next usable receive chain; None when the ring is empty; False for a bad one."""
-        chain = queue.pop()
-        if chain is None:
+    def _wants_chain(self, held: HeldChains) -> bool:
+        """Hold room for the largest frame (with MRG_RXBUF, §5.1.6.4) or one chain; a spilled
+        frame wants room for its tail, up to a whole ring of chains."""
+        spill = self._spill
+        if spill is not None:
+            return held.room - spill.room < len(spill.tail) and len(held) < self._rx_size()
+        if not self._mergeable:
+            return not held
+        return held.room <= MAX_PACKET
+
+    def _rx_size(self) -> int:
+        queue = self.queues[RX]
+        assert queue is not None
+        return queue.size
+
+    def _receive_frame(self, held: HeldChains) -> Sequence[int] | None:
+        """One frame from the tap into the held buffers: the bytes each used chain got
+        (§5.1.6.4), none for a dropped frame, None when the tap has none or a spilled frame
+        waits for more buffers."""
+        if self._spill is not None:
+            return self._place_tail(held)
+        if not self._tap_usable():
             return None
         memory = self.memory
         assert memory is not None
-        if chain.readable or chain.writable_len < VNET_HDR_LEN:
-            self.guest_fault("rx-buffer", f"receive chain {chain.head} must be device-writable"
-                             f" and hold the {VNET_HDR_LEN}-byte header (§5.1.6.3.1)")
-            queue.add_used(chain.head, 0)
-            return False
-        return _RxBuffer(chain.head, chain.write_views(memory), chain.writable_len)
-
-    def _top_up(self, queue: SplitQueue) -> bool:
-        """Hold enough receive buffers for the largest frame (mergeable) or one chain;
-        False when none is held and the ring is empty (the driver will kick)."""
-        popped = False
-        while self._wants_more():
-            buf = self._pop_rx(queue)
-            if buf is None:
-                if self._held:
-                    return True
-                if not queue.set_notification(True):
-                    return False
-                continue
-            if buf is False:
-                continue
-            assert isinstance(buf, _RxBuffer)
-            if self._held and self._held_views + len(buf.views) >= IOV_MAX:
-                # with the overflow buffer the next readv would exceed IOV_MAX (EINVAL): the
-                # chain goes back to the ring for a later frame.  Alone it always fits: a
-                # chain has at most 2 * QUEUE_SIZE - 1 buffers (an indirect table after
-                # direct descriptors, §2.7.5.3).
-                queue.unpop()
-                break
-            self._held.append(buf)
-            self._held_capacity += buf.capacity
-            self._held_views += len(buf.views)
-            popped = True
-        if popped and self._mergeable:
-            queue.set_notification(False)     # enough held: no kick needed until we run low
-        return True
-
-    def _wants_more(self) -> bool:
+        count = len(held) if self._mergeable else 1
+        capacity = held.room if self._mergeable else held[0].writable_len
+        iov = held.write_views(memory, count)
+        iov.append(self._overflow[: max(1, MAX_PACKET + 1 - capacity)])
+        size = self._read_tap(iov)
+        if size is None:
+            return None
+        if size < VNET_HDR_LEN + ETH_HLEN or size > MAX_PACKET:
+            self.counters["rx_dropped"] += 1
+            return []
+        if size <= capacity:
+            lengths, left = [], size
+            for chain in itertools.islice(held, count):
+                lengths.append(min(chain.writable_len, left))
+                left -= lengths[-1]
+                if not left:
+                    break
+            return self._frame_done(held, lengths, size)
         if not self._mergeable:
-            return not self._held
-        return self._held_capacity <= MAX_PACKET and self._held_views < IOV_MAX - 1
+            self.counters["rx_dropped"] += 1    # larger than the driver's buffer (§5.1.6.3.1)
+            return []
+        self._spill = _Spill(size, bytes(self._overflow[: size - capacity]),
+                             [chain.writable_len for chain in held], capacity)
+        return self._place_tail(held)
 
-    def _read_frame(self, queue: SplitQueue) -> bool:
-        """Read one frame into the held buffers; False when the tap has none."""
+    def _read_tap(self, iov: list[memoryview]) -> int | None:
+        """One frame from the tap into ``iov``: its size, or None when there is none."""
         tap = self.tap
         assert tap is not None
-        held = list(self._held) if self._mergeable else [self._held[0]]
-        capacity = sum(b.capacity for b in held)
-        iov = [view for b in held for view in b.views]
-        iov.append(self._overflow[: max(1, MAX_PACKET + 1 - capacity)])
         try:
             size = os.readv(tap.fd, iov)
         except (BlockingIOError, InterruptedError):
-            return False
+            return None
         except OSError as exc:
             self._tap_failed("read", exc)
-            return False
+            return None
         if size == 0:              # a tap never reads 0 bytes: the other side is gone
             self._tap_failed("read", OSError(errno.EPIPE, "end of file"))
-            return False
-        if size < VNET_HDR_LEN + ETH_HLEN or size > MAX_PACKET:
-            self.counters["rx_dropped"] += 1
-            return True
-        if size <= capacity:
-            self._deliver(queue, size)
-            return True
-        if not self._mergeable:
-            self.counters["rx_dropped"] += 1    # larger than the driver's buffer (§5.1.6.3.1)
-            return True
-        lengths = [b.capacity for b in self._held]
-        self._pending = _Pending(list(self._held), lengths,
-                                 bytes(self._overflow[: size - capacity]), size,
-                                 self._held_views)
-        self._held.clear()
-        self._held_capacity = self._held_views = 0
-        return True
+            return None
+        return size
 
-    def _deliver(self, queue: SplitQueue, size: int) -> None:
-        """The frame fits in the first held buffers: hand them back (§5.1.6.4)."""
-        used: list[tuple[_RxBuffer, int]] = []
-        remaining = size
-        while remaining > 0:
-            buf = self._held.popleft()
-            self._held_capacity -= buf.capacity
-            self._held_views -= len(buf.views)
-            n = min(buf.capacity, remaining)
-            used.append((buf, n))
-            remaining -= n
-        self._complete(queue, used, size)
-
-    def _complete(self, queue: SplitQueue, used: list[tuple[_RxBuffer, int]], size: int) -> None:
+    def _frame_done(self, held: HeldChains, lengths: list[int], size: int) -> list[int]:
         """Set num_buffers in the first header (§5.1.6.4: the number of chains used; 1
-        without MRG_RXBUF) and put the chains in the used ring."""
-        _scatter(used[0][0].views, NUM_BUFFERS_OFFSET, NUM_BUFFERS.pack(len(used)))
-        for buf, length in used:
-            queue.add_used(buf.head, length)
+        without MRG_RXBUF); the chains are used together by ``serve``."""
+        assert self.memory is not None
+        held[0].write_all(self.memory, NUM_BUFFERS.pack(len(lengths)), offset=NUM_BUFFERS_OFFSET)
         self.counters["rx_packets"] += 1
         self.counters["rx_bytes"] += size - VNET_HDR_LEN
+        return lengths
 
-    def _place_pending(self, queue: SplitQueue) -> bool:
-        """Copy the rest of a spilled frame into new buffers; False while waiting for them."""
-        pending = self._pending
-        assert pending is not None
-        while pending.tail:
-            if len(pending.buffers) >= queue.size or pending.views >= queue.size:
-                self.counters["rx_dropped"] += 1     # every descriptor is ours: nothing
-                self._recycle_pending()              # more can come, so give up the frame
-                return True
-            buf = self._pop_rx(queue)
-            if buf is None:
-                if not queue.set_notification(True):
-                    return False
-                continue
-            if buf is False:
-                continue
-            assert isinstance(buf, _RxBuffer)
-            n = _scatter(buf.views, 0, pending.tail)
-            pending.tail = pending.tail[n:]
-            pending.buffers.append(buf)
-            pending.lengths.append(n)
-            pending.views += len(buf.views)
-        self._pending = None
-        used = list(zip(pending.buffers, pending.lengths, strict=True))
-        self._complete(queue, used, pending.size)
-        return True
-
-    def _recycle_pending(self) -> None:
-        """Drop the spilled frame; its buffers go back to the held ones for the next frame."""
-        pending = self._pending
-        assert pending is not None
-        self._pending = None
-        for buf in reversed(pending.buffers):
-            self._held.appendleft(buf)
-            self._held_capacity += buf.capacity
-            self._held_views += len(buf.views)
+    def _place_tail(self, held: HeldChains) -> list[int] | None:
+        """Copy the rest of a spilled frame into the chains held after it; None while
+        waiting for more."""
+        spill = self._spill
+        assert spill is not None and self.memory is not None
+        for chain in held.after(len(spill.lengths)):
+            n = chain.write_all(self.memory, spill.tail)
+            spill.tail = spill.tail[n:]
+            spill.lengths.append(n)
+            spill.room += chain.writable_len
+            if not spill.tail:
+                self._spill = None
+                return self._frame_done(held, spill.lengths, spill.size)
+        if len(held) >= self._rx_size() or held.descriptors >= self._rx_size():
+            self.counters["rx_dropped"] += 1     # every descriptor is ours: nothing more
+            self._spill = None                   # can come, so give up the frame; its
+            return []                            # buffers stay held for the next one
+        return None
 
     def _tap_failed(self, what: str, exc: OSError) -> None:
         """The tap is unusable (e.g. its interface was deleted): stop, link down, say so."""
@@ -592,20 +519,4 @@ class NetDevice(VirtioDevice):
         with self.lock:
             self._tap_broken = True
         self._config_changed()
-
-
-def _scatter(views: list[memoryview], offset: int, data: bytes) -> int:
-    """Write ``data`` at byte ``offset`` of the concatenated ``views``; returns bytes written."""
-    done = 0
-    for view in views:
-        if offset >= len(view):
-            offset -= len(view)
-            continue
-        n = min(len(view) - offset, len(data) - done)
-        view[offset : offset + n] = data[done : done + n]
-        done += n
-        offset = 0
-        if done == len(data):
-            break
-    return done
 

@@ -7,22 +7,26 @@ import logging
 import os
 from typing import Any
 
-from stratovmm.config.model import RuntimeOptions
-from stratovmm.errors import ConfigError, HotplugError
-from stratovmm.machine.hotplug import BackendTable
-from stratovmm.machine.vmapi import BuildContext, VmApi
-from stratovmm.plugin import hookimpl
-from stratovmm.qmp.errors import GenericError
-from stratovmm.registry import (
+from stratovmm.api import (
+    BackendTable,
+    BuildContext,
+    ConfigError,
     DeviceRegistry,
     DeviceType,
+    GenericError,
     HotplugDriver,
+    HotplugError,
     OptionSpec,
     QmpCommand,
     QmpRegistry,
+    RuntimeOptions,
     SeccompRules,
     SubOption,
     ValueKind,
+    VirtioDevice,
+    VirtioSlot,
+    VmApi,
+    hookimpl,
 )
 from stratovmm_net import tap as tap_mod
 from stratovmm_net.device import NetDevice, generated_mac, parse_mac
@@ -61,19 +65,9 @@ HOTPLUG_SLOTS = 2     # as StratoVirt reserves for net
 TUN_POOL = 8          # netdev_add ifname=... per VM under seccomp (fds=... has no limit)
 
 
-class _Settings:
-    """What ``vmm_check_config`` learnt that later hooks need (one VM per process)."""
-
-    qmp = False       # a QMP socket exists, so netdev_add may attach taps after set-up
-    seccomp = True    # the filter forbids opening /dev/net/tun after set-up
-    vhost = False     # some NIC uses vhost-net: its rings are set up when the driver is ready
-
-
-_settings = _Settings()
-
-
-def create_net(ctx: BuildContext, item: dict[str, Any]) -> None:
-    """Attach to the tap and add a virtio-net device for one ``net`` item."""
+def create_net(ctx: BuildContext, item: dict[str, Any]) -> VirtioSlot:
+    """Attach to the tap and build a virtio-net device for one ``net`` item, served on its
+    ``iothread``."""
     iface = item["iface_id"]
     option = f"-netdev id={iface}"
     if "mac" in item:
@@ -92,13 +86,8 @@ def create_net(ctx: BuildContext, item: dict[str, Any]) -> None:
         raise
     device = (NetDevice(iface, tap, mac, loop) if vhost is None
               else VhostNetDevice(iface, tap, mac, loop, vhost))
-    try:
-        ctx.add_virtio_device(device, iothread)
-        ctx.add_device(iface, device)
-    except ConfigError:
-        device.close()
-        raise
     _netdevs(ctx).attach_cold(iface, device)
+    return VirtioSlot(device, iothread)
 
 
 # -- QMP netdev_add and hot-replace (device_add virtio-net-mmio) ---------------------------------
@@ -118,17 +107,18 @@ def _netdevs(vm: VmApi) -> BackendTable[Tap]:
     return netdevs
 
 
-def _tun_pool(vm: VmApi) -> list[int]:
-    """Unattached /dev/net/tun fds opened before the seccomp filter, for netdev_add ifname."""
-    pool: list[int] = vm.state_for("net").setdefault("tun_fds", [])
+def _tun_pool(vm: VmApi) -> list[int] | None:
+    """Unattached /dev/net/tun fds opened before the seccomp filter, for netdev_add ifname;
+    None when ``vmm_vm_created`` opened none (no QMP, or no filter to forbid the open)."""
+    pool: list[int] | None = vm.state_for("net").get("tun_fds")
     return pool
 
 
 def _open_by_name(vm: VmApi, ifname: str) -> Tap:
     option = "netdev_add ifname"
-    if not _settings.seccomp:
-        return Tap.open(ifname, option)
     pool = _tun_pool(vm)
+    if pool is None:
+        return Tap.open(ifname, option)
     if not pool:
         raise ConfigError(f"{option}: the {TUN_POOL} /dev/net/tun fds opened before the seccomp"
                           " filter are used up; pass an open tap fd with getfd and"
@@ -190,7 +180,7 @@ def netdev_del(vm: VmApi, args: dict[str, Any]) -> None:
     _netdevs(vm).delete(args["id"])
 
 
-def takes_cold(device: Any) -> bool:
+def takes_cold(device: VirtioDevice) -> bool:
     """A ``-netdev`` NIC goes into a net slot unless vhost serves it (StratoVirt gives a
     vhost NIC a window of its own)."""
     return type(device) is NetDevice
@@ -203,7 +193,7 @@ def placeholder(vm: VmApi, addr: int) -> NetDevice:
     return device
 
 
-def plug(vm: VmApi, device: Any, args: dict[str, Any]) -> None:
+def plug(vm: VmApi, device: NetDevice, args: dict[str, Any]) -> None:
     """Give the slot the netdev named by ``netdev`` (default: the device ``id``, as v0.3)."""
     netdev_id = args.get("netdev", args["id"])
     mac = parse_mac(args["mac"], "device_add mac") if "mac" in args else None
@@ -213,7 +203,7 @@ def plug(vm: VmApi, device: Any, args: dict[str, Any]) -> None:
     device.attach_tap(tap, mac)
 
 
-def unplug(vm: VmApi, device: Any) -> None:
+def unplug(vm: VmApi, device: NetDevice) -> None:
     """Take the tap away (closed, its netdev gone); the guest sees the link go down."""
     _netdevs(vm).detach(device)
     old = device.detach_tap()
@@ -244,20 +234,14 @@ def vmm_register_qmp_commands(registry: QmpRegistry) -> None:
 
 
 @hookimpl
-def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
-    """Remember whether QMP can hot-plug NICs and whether vhost is used (seccomp rules)."""
-    _settings.qmp = runtime.api_channel is not None
-    _settings.seccomp = runtime.seccomp
-    _settings.vhost = any(item.get("vhost_type") for item in config.get("net", []))
-
-
-@hookimpl
-def vmm_vm_created(vm: VmApi) -> None:
-    """With QMP, open the /dev/net/tun fds netdev_add ifname=... will attach later: after
-    this hook the filter allows no read-write open (the core's openat rule)."""
-    if not (_settings.qmp and _settings.seccomp):
+def vmm_vm_created(vm: VmApi, runtime: RuntimeOptions) -> None:
+    """With QMP and the seccomp filter, open the /dev/net/tun fds netdev_add ifname=... will
+    attach later: after this hook the filter allows no read-write open (the core's openat
+    rule)."""
+    if runtime.api_channel is None or not runtime.seccomp:
         return
-    pool = _tun_pool(vm)
+    pool: list[int] = []
+    vm.state_for("net")["tun_fds"] = pool
     try:
         for _ in range(TUN_POOL):
             pool.append(tap_mod.open_tun("netdev_add"))
@@ -266,14 +250,16 @@ def vmm_vm_created(vm: VmApi) -> None:
 
 
 @hookimpl
-def vmm_seccomp_rules(rules: SeccompRules) -> None:
-    """Frames move with readv/writev; TUNSETOFFLOAD (and the vhost ring set-up) run
-    when a driver becomes ready; with QMP, netdev_add attaches taps (TUNSETIFF...)."""
+def vmm_seccomp_rules(rules: SeccompRules, config: dict[str, Any],
+                      runtime: RuntimeOptions) -> None:
+    """Frames move with readv/writev; TUNSETOFFLOAD (and, when a NIC uses vhost-net, the
+    ring set-up) run when a driver becomes ready; with QMP, netdev_add attaches taps
+    (TUNSETIFF...)."""
     rules.allow("readv", "writev")
     rules.allow_ioctl(tap_mod.TUNSETOFFLOAD)
-    if _settings.qmp:
+    if runtime.api_channel is not None:
         rules.allow_ioctl(*tap_mod.IOCTLS)
-    if _settings.vhost:
+    if any(item.get("vhost_type") for item in config.get("net", [])):
         rules.allow_ioctl(*RUNTIME_IOCTLS)
 
 
@@ -281,6 +267,6 @@ def vmm_seccomp_rules(rules: SeccompRules) -> None:
 def vmm_vm_shutdown(vm: VmApi, reason: str) -> None:
     """Close taps that netdev_add opened and no device_add claimed, and spare tun fds."""
     _netdevs(vm).close()
-    pool = _tun_pool(vm)
+    pool = _tun_pool(vm) or []
     while pool:
         os.close(pool.pop())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stratovmm.config.core_options import ITEM_ID_SCHEMA, whole_string
+from stratovmm.api import ITEM_ID_SCHEMA, whole_string
 
 MAC_PATTERN = whole_string(r"[0-9A-Fa-f]{2}([:-])([0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}")
 MAC_SCHEMA: dict[str, Any] = {"type": "string", "pattern": MAC_PATTERN,

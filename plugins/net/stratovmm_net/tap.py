@@ -30,7 +30,7 @@ import fcntl
 import os
 import struct
 
-from stratovmm.errors import ConfigError
+from stratovmm.api import ConfigError
 
 TUN_PATH = "/dev/net/tun"
 IFNAMSIZ = 16

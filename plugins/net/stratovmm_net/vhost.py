@@ -3,7 +3,7 @@
 Used only when ``/dev/vhost-net`` exists; otherwise ``vhost=on`` is refused with
 a message that says so (``check_vhost``).  The VMM keeps feature negotiation,
 config space (MAC, link) and the tap's offloads; the rings are handed over
-with the core's vhost-kernel protocol (``stratovmm.devices.vhost``: memory table, ring
+with the core's vhost-kernel protocol (``stratovmm.virtio.vhost``: memory table, ring
 addresses, kicks relayed through the device's loop, calls raised as virtio-mmio
 interrupts), and the tap becomes each ring's backend (``VHOST_NET_SET_BACKEND``).
 
@@ -17,11 +17,18 @@ import logging
 import os
 import struct
 
-from stratovmm.devices.vhost import RING_IOCTLS, VhostBackend, VhostRings, vhost_iow
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EventLoop
-from stratovmm.virtio.constants import F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1
-from stratovmm.virtio.device import BASE_FEATURES
+from stratovmm.api import (
+    BASE_FEATURES,
+    F_EVENT_IDX,
+    F_INDIRECT_DESC,
+    F_VERSION_1,
+    RING_IOCTLS,
+    ConfigError,
+    EventLoop,
+    VhostBackend,
+    VhostRings,
+    vhost_iow,
+)
 from stratovmm_net.device import F_MRG_RXBUF, NetDevice
 from stratovmm_net.tap import Tap
 

@@ -45,11 +45,10 @@ from stratovmm_net.tap import (
     Tap,
 )
 
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EventLoop
+from stratovmm.api import ConfigError, EventLoop
+from stratovmm.testing import spec as c
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
-from stratovmm.virtio import constants as c
 
 pytestmark = pytest.mark.unit
 
@@ -90,9 +89,7 @@ class Rig:
             ours.close()
         self.loop = EventLoop("net-test")
         self.device = NetDevice("n0", self.tap, MAC, self.loop)
-        self.h = DeviceHarness(self.device, memory_size=8 << 20, queue_size=64)
-        self.h.loop = self.loop
-        self.h.transport._loop = self.loop
+        self.h = DeviceHarness(self.device, memory_size=8 << 20, queue_size=64, loop=self.loop)
         assert self.h.start(features, event_idx=event_idx) & c.STATUS_DRIVER_OK
 
     @property
@@ -139,7 +136,7 @@ class Rig:
 
     def armed(self) -> bool:
         assert self.tap is not None
-        return self.tap.fd in self.loop._handlers
+        return self.loop.watching(self.tap.fd)
 
 
 def ether(payload: bytes) -> bytes:
@@ -437,7 +434,7 @@ def test_attach_and_detach_tap_toggle_link_with_config_interrupts() -> None:
         assert r.device.detach_tap() is tap
         assert r.h.transport.interrupt_status & c.INT_CONFIG
         assert struct.unpack("<H", r.h.read_config(6, 2))[0] == 0
-        assert tap.fd not in r.loop._handlers
+        assert not r.loop.watching(tap.fd)
     finally:
         r.close()
         ours.close()

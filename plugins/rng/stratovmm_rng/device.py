@@ -2,11 +2,12 @@
 buffers and the device fills them with entropy from the host file.
 
 Data goes straight from the file into guest memory (``os.readv`` on the
-chain's memoryviews).  Requests are served by the core's ``drain`` (a budget of
-requests per loop turn); ``bytes_per_sec`` is a token bucket, its gate: when it
-is empty the device stops popping requests until enough tokens have accrued
-(one loop timer), so a greedy guest neither spins the host nor starves others.
-A regular file is read in a loop (back to its start at EOF).
+chain's memoryviews).  Requests are served by the core's ``serve`` (a budget of
+requests per loop turn); ``bytes_per_sec`` is its byte limit, a token bucket:
+each request is offered at most the bytes the bucket holds, and when it is empty
+the queue waits for tokens on one loop timer, so a greedy guest neither spins
+the host nor starves others.  A regular file is read in a loop (back to its
+start at EOF).
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ from __future__ import annotations
 import logging
 import os
 
-from stratovmm.devices.ratelimit import TokenBucket
-from stratovmm.host.eventloop import EventLoop
-from stratovmm.virtio.chain import DescriptorChain
-from stratovmm.virtio.constants import ID_RNG
-from stratovmm.virtio.device import VirtioDevice
+from stratovmm.api import (
+    ID_RNG,
+    DescriptorChain,
+    EventLoop,
+    TokenBucket,
+    VirtioDevice,
+    skip_views,
+    trim_views,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +48,13 @@ class RngDevice(VirtioDevice):
     def handle_queue(self, index: int) -> None:
         """Serve requests until the queue is empty, this turn's budget is spent or the rate
         limit says wait."""
-        self.drain(index, self._fill, gate=self._tokens_gate)
-
-    def _tokens_gate(self) -> float | None:
-        """None while the bucket has a token; else how long until it has one."""
-        bucket = self._bucket
-        if bucket is None or bucket.available() > 0:
-            return None
-        return max(bucket.delay_for(1), 0.001)
+        self.serve(index, self._fill, byte_limit=self._bucket)
 
     def _fill(self, chain: DescriptorChain) -> int:
+        """Fill one request with at most ``MAX_REQUEST`` bytes (§5.4.6.2: the device may use
+        less than the whole buffer)."""
         assert self.memory is not None
-        want = min(chain.writable_len, MAX_REQUEST)
-        if self._bucket is not None:
-            want = self._bucket.take(want)
-        views = []
-        for view in chain.write_views(self.memory):
-            if want <= 0:
-                break
-            views.append(view[:want])
-            want -= len(views[-1])
-        done = self._read_into(views)
+        done = self._read_into(trim_views(chain.write_views(self.memory), MAX_REQUEST))
         self.counters["requests"] += 1
         self.counters["bytes_read"] += done
         return done
@@ -72,7 +63,7 @@ class RngDevice(VirtioDevice):
         total = sum(len(v) for v in views)
         done = 0
         while done < total:
-            remaining = _skip(views, done)
+            remaining = skip_views(views, done)
             try:
                 n = os.readv(self._fd, remaining)
             except OSError as exc:
@@ -91,14 +82,3 @@ class RngDevice(VirtioDevice):
         """Close the entropy file."""
         os.close(self._fd)
 
-
-def _skip(views: list[memoryview], offset: int) -> list[memoryview]:
-    """The views with the first ``offset`` bytes removed."""
-    out = []
-    for view in views:
-        if offset >= len(view):
-            offset -= len(view)
-            continue
-        out.append(view[offset:])
-        offset = 0
-    return out

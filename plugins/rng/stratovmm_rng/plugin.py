@@ -5,21 +5,21 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from stratovmm.errors import ConfigError
-from stratovmm.machine.vmapi import BuildContext
-from stratovmm.plugin import hookimpl
-from stratovmm.registry import (
+from stratovmm.api import (
+    BuildContext,
+    ConfigError,
     DeviceRegistry,
     DeviceType,
     OptionSpec,
     SeccompRules,
     SubOption,
     ValueKind,
+    hookimpl,
 )
 from stratovmm_rng.device import RngDevice
 from stratovmm_rng.schema import RNG_SCHEMA
 
-STRATOVMM_API = "1.0"
+STRATOVMM_API = "1.1"
 
 RNG_OPTION = OptionSpec(
     "rng", "virtio-rng fed from a host file", "rng",
@@ -31,8 +31,8 @@ RNG_OPTION = OptionSpec(
 )
 
 
-def create_rng(ctx: BuildContext, item: dict[str, Any]) -> None:
-    """Open the entropy file and attach the device (id ``rng``)."""
+def create_rng(ctx: BuildContext, item: dict[str, Any]) -> RngDevice:
+    """Open the entropy file and build the device (id ``rng``)."""
     path = item["random_file"]
     if not os.path.exists(path) or os.path.isdir(path):
         raise ConfigError(f"-rng random_file: {path!r} is not a readable file")
@@ -40,8 +40,7 @@ def create_rng(ctx: BuildContext, item: dict[str, Any]) -> None:
         device = RngDevice("rng", path, ctx.main_loop, item.get("bytes_per_sec"))
     except OSError as exc:
         raise ConfigError(f"-rng random_file: {path}: {exc.strerror}") from exc
-    ctx.add_virtio_device(device)
-    ctx.add_device("rng", device)
+    return device
 
 
 @hookimpl

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from stratovmm_rng.device import MAX_REQUEST, RngDevice
 
-from stratovmm.host.eventloop import EventLoop
+from stratovmm.api import EventLoop
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
 
@@ -68,4 +68,4 @@ def test_rate_limit_grants_at_most_the_bucket(tmp_path: Path) -> None:
     h.kick(0)
     used = q.used_elements()
     assert [length for _h, length in used] == [64]
-    assert h.loop._timers
+    assert h.loop.pending_timers()

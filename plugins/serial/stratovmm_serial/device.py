@@ -9,13 +9,21 @@ guest flooding THR in loopback costs the host nothing.
 The interrupt is an edge on the IRQ line each time a newly enabled condition
 becomes pending (data ready, transmitter empty), as Firecracker's serial does;
 IIR reports the highest-priority pending one.
+
+The UART is a ``RegisterDevice``: the base class locks, counts each register
+access (``requests``) and bounds the window; the interrupt, the output to the
+backend (stdout may block) and the "room for input again" notice run after the
+lock is released (``after_unlock``).  Its ``bytes_written``/``bytes_read`` are
+characters (guest → host through THR, host → guest queued for RBR), not register
+bytes: that is what a reader of ``query-stats`` wants to know about a console.
 """
 
 from __future__ import annotations
 
 import collections
-import threading
 from collections.abc import Callable
+
+from stratovmm.api import RegisterDevice
 
 # register offsets (DLAB=0 unless noted)
 RBR_THR, IER, IIR_FCR, LCR, MCR, LSR, MSR, SCR = range(8)
@@ -31,17 +39,23 @@ MSR_CTS, MSR_DSR, MSR_RI, MSR_DCD = 0x10, 0x20, 0x40, 0x80
 
 FIFO_CAPACITY = 64          # host input waiting for the guest
 LOOPBACK_FIFO = 16          # the 16550's receive FIFO, all loopback bytes can occupy
+WINDOW = 8                  # ports base..base+7
 
 
-class Uart16550:
-    """The UART's registers; ``out`` receives transmitted bytes, ``irq`` raises the line."""
+class Uart16550(RegisterDevice):
+    """The UART's registers; ``out`` receives transmitted bytes, ``irq`` raises the line,
+    ``on_rx_space`` hears that the guest drained a full input FIFO, ``on_close`` releases
+    the backend."""
 
     def __init__(self, out: Callable[[bytes], None], irq: Callable[[], None],
-                 on_rx_space: Callable[[], None] | None = None) -> None:
+                 on_rx_space: Callable[[], None] | None = None,
+                 on_close: Callable[[], None] | None = None, device_id: str = "serial"
+                 ) -> None:
+        super().__init__(device_id, WINDOW)
         self._out = out
         self._irq = irq
         self._on_rx_space = on_rx_space
-        self._lock = threading.Lock()
+        self._on_close = on_close
         self._rx: collections.deque[int] = collections.deque()
         self._ier = 0
         self._lcr = 0x03          # 8N1
@@ -55,16 +69,31 @@ class Uart16550:
         self.tx_bytes = 0
         self.rx_bytes = 0
 
+    def stats(self) -> dict[str, int]:
+        """Register accesses and guest faults, and characters each way under the common
+        names: ``bytes_written`` the guest sent to the host, ``bytes_read`` the host gave
+        it; ``loopback_overruns`` the loopback bytes a full FIFO lost."""
+        with self.lock:
+            out = super().stats()
+            out.update(bytes_written=self.tx_bytes, bytes_read=self.rx_bytes,
+                       loopback_overruns=self.loopback_overruns)
+        return out
+
+    def close(self) -> None:
+        """Release the backend (restore the terminal)."""
+        if self._on_close is not None:
+            self._on_close()
+
     # -- host side ------------------------------------------------------------------
 
     def rx_space(self) -> int:
         """How many bytes ``receive`` can take now."""
-        with self._lock:
+        with self.lock:
             return FIFO_CAPACITY - len(self._rx)
 
     def receive(self, data: bytes) -> int:
         """Queue input for the guest; returns how many bytes fit."""
-        with self._lock:
+        with self.lock:
             n = min(len(data), FIFO_CAPACITY - len(self._rx))
             self._rx.extend(data[:n])
             self.rx_bytes += n
@@ -73,26 +102,22 @@ class Uart16550:
             self._irq()
         return n
 
-    # -- guest side (vCPU threads) -------------------------------------------------------
+    # -- guest side (vCPU threads, under the lock) ----------------------------------------
 
-    def read(self, offset: int, size: int) -> bytes:
-        """A guest ``in`` from base + ``offset``."""
-        with self._lock:
-            value, freed = self._read_register(offset)
+    def read_register(self, offset: int, size: int) -> bytes:
+        """A guest ``in`` from base + ``offset`` (a wider access: the register, then zeros)."""
+        value, freed = self._read_register(offset)
         if freed and self._on_rx_space is not None:
-            self._on_rx_space()
+            self.after_unlock(self._on_rx_space)
         return bytes([value]) + bytes(size - 1)
 
-    def write(self, offset: int, data: bytes) -> None:
-        """A guest ``out`` to base + ``offset``."""
-        if not data:
-            return
-        with self._lock:
-            out, raise_irq = self._write_register(offset, data[0])
+    def write_register(self, offset: int, data: bytes) -> None:
+        """A guest ``out`` to base + ``offset`` (a wider access: its low byte)."""
+        out, raise_irq = self._write_register(offset, data[0])
         if out is not None:
-            self._out(out)
+            self.after_unlock(lambda: self._out(out))
         if raise_irq:
-            self._irq()
+            self.after_unlock(self._irq)
 
     def _read_register(self, offset: int) -> tuple[int, bool]:
         dlab = self._lcr & LCR_DLAB

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from stratovmm.errors import ConfigError
-from stratovmm.machine.vmapi import BuildContext
-from stratovmm.plugin import hookimpl
-from stratovmm.registry import DeviceRegistry, DeviceType, OptionSpec, SeccompRules, SubOption
-from stratovmm_serial.device import Uart16550
+from stratovmm.api import (
+    BuildContext,
+    ConfigError,
+    DeviceRegistry,
+    DeviceType,
+    OptionSpec,
+    PioWindow,
+    RuntimeOptions,
+    SeccompRules,
+    SubOption,
+    hookimpl,
+)
+from stratovmm_serial.device import WINDOW, Uart16550
 from stratovmm_serial.schema import SERIAL_SCHEMA
 from stratovmm_serial.stdio import StdioBackend
 
-STRATOVMM_API = "1.0"
+STRATOVMM_API = "1.1"
 
 PORT_BASE = 0x3F8   # COM1: what console=ttyS0 probes
-PORT_COUNT = 8
 IRQ = 4             # COM1's ISA IRQ (the MP table routes it to IOAPIC pin 4)
 
 SERIAL_OPTION = OptionSpec(
@@ -25,37 +32,19 @@ SERIAL_OPTION = OptionSpec(
 )
 
 
-class SerialDevice:
-    """The UART and its backend, recorded under the id ``serial``."""
-
-    def __init__(self, uart: Uart16550, backend: StdioBackend | None) -> None:
-        self.uart = uart
-        self.backend = backend
-
-    def stats(self) -> dict[str, int]:
-        """Bytes each way, under the names every device uses (QMP ``query-stats``):
-        ``bytes_written`` the guest sent to the host, ``bytes_read`` the host gave it."""
-        return {"bytes_written": self.uart.tx_bytes, "bytes_read": self.uart.rx_bytes}
-
-    def close(self) -> None:
-        """Restore the terminal."""
-        if self.backend is not None:
-            self.backend.close()
-
-
-def create_serial(ctx: BuildContext, item: dict[str, Any]) -> None:
-    """Build the UART on COM1 and, with ``stdio``, bind it to the terminal."""
+def create_serial(ctx: BuildContext, item: dict[str, Any]) -> PioWindow:
+    """Build the UART for COM1's ports and, with ``stdio``, bind it to the terminal."""
     irq = ctx.irq_line(IRQ)
     backend = StdioBackend(ctx.main_loop) if item["stdio"] else None
     uart = Uart16550(
         out=backend.write if backend else (lambda _data: None),
         irq=irq.trigger,
         on_rx_space=backend.rx_space_available if backend else None,
+        on_close=backend.close if backend else None,
     )
-    ctx.add_pio_device(uart, PORT_BASE, PORT_COUNT, "serial")
     if backend is not None:
         backend.attach(uart)
-    ctx.add_device("serial", SerialDevice(uart, backend))
+    return PioWindow(uart, PORT_BASE, WINDOW)
 
 
 @hookimpl
@@ -65,7 +54,7 @@ def vmm_register_devices(registry: DeviceRegistry) -> None:
 
 
 @hookimpl
-def vmm_check_config(config: dict[str, Any], runtime: Any) -> None:
+def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
     """``-daemonize`` closes stdio, so it cannot carry the serial console."""
     if runtime.daemonize and config.get("serial", {}).get("stdio"):
         raise ConfigError("-serial stdio: not allowed with -daemonize (stdio is closed)")

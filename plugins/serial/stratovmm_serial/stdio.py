@@ -15,7 +15,7 @@ import termios
 import tty
 from typing import Any
 
-from stratovmm.host.eventloop import EPOLLIN, EventLoop
+from stratovmm.api import EPOLLIN, EventLoop
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ Firecracker's "hybrid vsock" does it.
   to the unix socket ``PATH_P``; success is a RESPONSE, failure (no such socket,
   nobody listening, its backlog full) an RST.
 
-Everything runs on the device's event loop: the listener, the sockets waiting
+Everything runs on the device's event loop: the listener (the core's
+``UnixListener``: 0600, a stale socket replaced, a live one refused), the sockets waiting
 for their ``CONNECT`` line and the bridged sockets are non-blocking and
 registered with epoll only for the events that can make progress.  Resources
 are bounded: at most ``MAX_CONNECTIONS`` host sockets, ``buf_alloc`` buffered
@@ -24,16 +25,20 @@ the device stops reading the tx queue, virtio 1.2 §5.10.6.1).
 from __future__ import annotations
 
 import collections
-import errno
 import logging
-import os
 import socket
-import stat
 from collections.abc import Callable
 from typing import Protocol
 
-from stratovmm.host.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Timer
-from stratovmm.host.unixsock import private_listener
+from stratovmm.api import (
+    EPOLLERR,
+    EPOLLHUP,
+    EPOLLIN,
+    EPOLLOUT,
+    EventLoop,
+    Timer,
+    UnixListener,
+)
 from stratovmm_vsock.connection import Connection, ProtocolViolation, State
 from stratovmm_vsock.packet import (
     HOST_CID,
@@ -64,7 +69,6 @@ HANDSHAKE_TIMEOUT = 5.0
 MAX_CONNECT_LINE = 32               # "CONNECT 4294967295\n" is 19 bytes
 LOCAL_PORT_FIRST = 1 << 30          # host ports of host-initiated streams, as Firecracker
 LOCAL_PORT_LAST = (1 << 31) - 1
-ACCEPTS_PER_EVENT = 16
 
 
 class DeviceSide(Protocol):
@@ -75,30 +79,6 @@ class DeviceSide(Protocol):
 
     def pump_rx(self) -> None: ...
     def guest_fault(self, kind: str, message: str, count: int = 1) -> None: ...
-
-
-def listen_unix(path: str) -> socket.socket:
-    """A non-blocking listening socket at ``path``, mode 0600 whatever the umask.
-
-    A socket file left behind by a VMM that died is replaced; one that still has a
-    listener, or any other kind of file, is refused (``OSError``)."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        mode = None
-    if mode is not None:
-        if not stat.S_ISSOCK(mode):
-            raise FileExistsError(errno.EEXIST, "exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            probe.connect(path)
-        except ConnectionRefusedError:
-            os.unlink(path)
-        else:
-            raise FileExistsError(errno.EADDRINUSE, "another process is listening there")
-        finally:
-            probe.close()
-    return private_listener(path, 64)       # 0600: a way into the guest
 
 
 class HostClient:
@@ -141,7 +121,9 @@ class UnixBridge:
     def __init__(self, path: str, guest_cid: int, loop: EventLoop,
                  buf_alloc: int = CONN_BUF_SIZE, max_connections: int = MAX_CONNECTIONS,
                  connect_timeout: float = CONNECT_TIMEOUT,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 where: str = "-device vsock uds-path") -> None:
+        """Listens at ``path`` (``ConfigError`` naming ``where`` if it cannot)."""
         self.path = path
         self.guest_cid = guest_cid
         self.loop = loop
@@ -149,7 +131,6 @@ class UnixBridge:
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
-        self.listener = listen_unix(path)
         self.conns: dict[tuple[int, int], Connection] = {}
         self.clients: dict[int, HostClient] = {}
         self._rxq: collections.OrderedDict[tuple[int, int], None] = collections.OrderedDict()
@@ -157,7 +138,7 @@ class UnixBridge:
         self._local_ports: set[int] = set()
         self._next_port = LOCAL_PORT_FIRST
         self._device: DeviceSide | None = None
-        loop.register(self.listener.fileno(), EPOLLIN, self._on_accept)
+        self.listener = UnixListener(path, loop, self._on_accept, where, backlog=64)
 
     def attach(self, device: DeviceSide) -> None:
         """The device this bridge feeds."""
@@ -365,28 +346,19 @@ class UnixBridge:
                 self._refresh(conn)
         self.device.pump_rx()
 
-    def _on_accept(self, _events: int) -> None:
-        for _ in range(ACCEPTS_PER_EVENT):
-            try:
-                sock, _addr = self.listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:          # EMFILE and friends: the host's problem
-                log.warning("vsock: accept on %s failed: %s", self.path, exc)
-                return
-            if len(self.conns) + len(self.clients) >= self.max_connections:
-                log.warning("vsock: %d host connections already, refusing one",
-                            self.max_connections)
-                self.device.counters["refused"] += 1
-                sock.close()
-                continue
-            sock.setblocking(False)
-            client = HostClient(sock)
-            fd = sock.fileno()
-            self.clients[fd] = client
-            self.loop.register(fd, EPOLLIN, self._client_handler(fd))
-            client.timer = self.loop.call_later(self.handshake_timeout,
-                                                self._handshake_expired(fd, client))
+    def _on_accept(self, sock: socket.socket) -> None:
+        if len(self.conns) + len(self.clients) >= self.max_connections:
+            log.warning("vsock: %d host connections already, refusing one",
+                        self.max_connections)
+            self.device.counters["refused"] += 1
+            sock.close()
+            return
+        client = HostClient(sock)
+        fd = sock.fileno()
+        self.clients[fd] = client
+        self.loop.register(fd, EPOLLIN, self._client_handler(fd))
+        client.timer = self.loop.call_later(self.handshake_timeout,
+                                            self._handshake_expired(fd, client))
 
     def _client_handler(self, fd: int) -> Callable[[int], None]:
         def handler(_events: int) -> None:
@@ -442,13 +414,8 @@ class UnixBridge:
         self._rst.clear()
 
     def close(self) -> None:
-        """The VM ends: close every socket and remove ``PATH``."""
+        """The VM ends: close every socket and remove ``PATH`` (if it is still ours)."""
         self.reset()
         for fd in list(self.clients):
             self._drop_client(fd, close=True)
-        self.loop.unregister(self.listener.fileno())
         self.listener.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass

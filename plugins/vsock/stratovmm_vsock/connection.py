@@ -27,8 +27,14 @@ from __future__ import annotations
 import enum
 import socket
 
-from stratovmm.errors import GuestError
-from stratovmm.host.eventloop import EPOLLIN, EPOLLOUT, Timer
+from stratovmm.api import (
+    EPOLLIN,
+    EPOLLOUT,
+    GuestError,
+    Timer,
+    skip_views,
+    trim_views,
+)
 from stratovmm_vsock.packet import (
     HOST_CID,
     MAX_PAYLOAD,
@@ -43,8 +49,6 @@ from stratovmm_vsock.packet import (
     TYPE_STREAM,
     U32_MASK,
     Header,
-    skip_views,
-    trim_views,
 )
 
 SEND_FLAGS = socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT

@@ -5,9 +5,10 @@ a malformed one is dropped and counted (``guest_faults``), nothing else
 changes.  Packets for the guest are produced only when an rx buffer is at
 hand: the payload is read from the host socket straight into the guest
 buffer, then the header is written in front of it.  One popped rx buffer that
-found nothing to carry is kept for the next packet rather than returned empty.
-Both queues are served by the core's ``drain``, a budget of packets per loop
-turn, so a guest (or a host peer) that never runs dry cannot hold the loop.
+found nothing to carry is held by the core for the next packet rather than
+returned empty.  Both queues are served by the core's ``serve``, a budget of
+packets per loop turn, so a guest (or a host peer) that never runs dry cannot
+hold the loop.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from __future__ import annotations
 import logging
 import struct
 
-from stratovmm.virtio.chain import DescriptorChain
-from stratovmm.virtio.constants import ID_VSOCK
-from stratovmm.virtio.device import STOP, VirtioDevice
-from stratovmm.virtio.queue import SplitQueue
+from stratovmm.api import (
+    ID_VSOCK,
+    STOP,
+    DescriptorChain,
+    SplitQueue,
+    VirtioDevice,
+    skip_views,
+    trim_views,
+)
 from stratovmm_vsock.backend import UnixBridge
 from stratovmm_vsock.packet import (
     F_STREAM,
@@ -27,8 +33,6 @@ from stratovmm_vsock.packet import (
     OP_NAMES,
     OP_RW,
     Header,
-    skip_views,
-    trim_views,
 )
 
 log = logging.getLogger(__name__)
@@ -84,7 +88,7 @@ class VsockDevice(VirtioDevice):
         if self._queue(TX) is None:
             return
         self._tx_blocked = False
-        self.drain(TX, self._tx_chain, gate=self._tx_gate)
+        self.serve(TX, self._tx_chain, gate=self._tx_gate)
 
     def _tx_gate(self) -> float | None:
         """§5.10.6.1: tx is processed "so long as there are additional resources available
@@ -130,7 +134,7 @@ class VsockDevice(VirtioDevice):
     def _serve_rx(self) -> None:
         if self._queue(RX) is None:
             return
-        self.drain(RX, self._rx_chain, gate=self._rx_gate)
+        self.serve(RX, self._rx_chain, gate=self._rx_gate)
 
     def _rx_gate(self) -> float | None:
         """Pop rx buffers only while something may be owed to the guest."""

@@ -88,25 +88,3 @@ def reply_rst(to: Header) -> Header:
     return Header(to.dst_cid, to.src_cid, to.dst_port, to.src_port, 0, TYPE_STREAM, OP_RST,
                   0, 0, 0)
 
-
-def skip_views(views: list[memoryview], offset: int) -> list[memoryview]:
-    """``views`` without their first ``offset`` bytes."""
-    out = []
-    for view in views:
-        if offset >= len(view):
-            offset -= len(view)
-            continue
-        out.append(view[offset:])
-        offset = 0
-    return out
-
-
-def trim_views(views: list[memoryview], limit: int) -> list[memoryview]:
-    """The first ``limit`` bytes of ``views``."""
-    out = []
-    for view in views:
-        if limit <= 0:
-            break
-        out.append(view[:limit])
-        limit -= len(out[-1])
-    return out

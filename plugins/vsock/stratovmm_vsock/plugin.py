@@ -1,6 +1,6 @@
 """The hookimpls of the vsock plugin: ``-device vsock,id=ID,guest-cid=N[,uds-path=PATH]``.
 
-Backends (SPEC §2): with ``uds-path`` the userspace bridge of ``backend.py``
+Backends: with ``uds-path`` the userspace bridge of ``backend.py``
 (Firecracker's hybrid vsock), by choice even where ``/dev/vhost-vsock`` exists.
 Without it, vhost-vsock where ``/dev/vhost-vsock`` exists (``vhost.py``, as
 StratoVirt v0.3), else the userspace bridge at a default path
@@ -13,21 +13,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
 from typing import Any
 
-from stratovmm.config.model import RuntimeOptions
-from stratovmm.errors import ConfigError
-from stratovmm.machine.vmapi import BuildContext
-from stratovmm.plugin import hookimpl
-from stratovmm.registry import (
+from stratovmm.api import (
     ArgCondition,
+    BuildContext,
     DeviceRegistry,
     DeviceType,
     OptionSpec,
+    RuntimeOptions,
     SeccompRules,
     SubOption,
     ValueKind,
+    check_socket_path,
+    hookimpl,
 )
 from stratovmm_vsock import paths
 from stratovmm_vsock.backend import UnixBridge
@@ -60,23 +59,13 @@ VSOCK_OPTION = OptionSpec(
 WHERE = "-device vsock"
 
 
-@dataclass
-class _Settings:
-    """What ``vmm_check_config`` learned for the seccomp rules."""
-
-    vhost = False       # vhost-vsock's rings are set up when the driver is ready
-
-
-_settings = _Settings()
-
-
 def uses_vhost(item: dict[str, Any]) -> bool:
     """vhost-vsock serves the device: no ``uds_path`` and the host has the device."""
     return "uds_path" not in item and os.path.exists(VHOST_VSOCK_PATH)
 
 
-def create_vsock(ctx: BuildContext, item: dict[str, Any]) -> None:
-    """Attach the virtio-vsock device with its backend."""
+def create_vsock(ctx: BuildContext, item: dict[str, Any]) -> VhostVsockDevice | VsockDevice:
+    """Build the virtio-vsock device with its backend."""
     vsock_id, cid = item["vsock_id"], item["guest_cid"]
     if uses_vhost(item):
         vhost = open_vhost_vsock(cid, WHERE)
@@ -84,12 +73,7 @@ def create_vsock(ctx: BuildContext, item: dict[str, Any]) -> None:
                                                                   ctx.main_loop)
     else:
         device = VsockDevice(vsock_id, cid, _bridge(ctx, item))
-    try:
-        ctx.add_device(vsock_id, device)
-    except ConfigError:
-        device.close()
-        raise
-    ctx.add_virtio_device(device)
+    return device
 
 
 def _bridge(ctx: BuildContext, item: dict[str, Any]) -> UnixBridge:
@@ -99,11 +83,8 @@ def _bridge(ctx: BuildContext, item: dict[str, Any]) -> UnixBridge:
     else:
         path, where = paths.default_socket_path(ctx.name), WHERE
         paths.ensure_private_dir(os.path.dirname(path), where)
-    paths.check_socket_path(path, where)
-    try:
-        bridge = UnixBridge(path, item["guest_cid"], ctx.main_loop)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot listen on {path}: {exc.strerror or exc}") from exc
+    check_socket_path(path, where, paths.PORT_SUFFIX)
+    bridge = UnixBridge(path, item["guest_cid"], ctx.main_loop, where=where)
     if "uds_path" not in item:
         log.warning("%s: %s does not exist, so the guest's vsock is bridged to unix sockets:"
                     " CONNECT <port> on %s reaches the guest, guest connections to host port P"
@@ -120,11 +101,10 @@ def vmm_register_devices(registry: DeviceRegistry) -> None:
 
 @hookimpl
 def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
-    """A given socket path must be usable; remember whether vhost-vsock serves the device."""
+    """A given socket path must be usable."""
     item = config.get("vsock")
-    _settings.vhost = isinstance(item, dict) and uses_vhost(item)
     if isinstance(item, dict) and "uds_path" in item:
-        paths.check_socket_path(item["uds_path"], f"{WHERE} uds-path")
+        check_socket_path(item["uds_path"], f"{WHERE} uds-path", paths.PORT_SUFFIX)
 
 
 _SOCK_TYPE_MASK = 0xF     # the kernel's SOCK_TYPE_MASK: the type without NONBLOCK/CLOEXEC
@@ -137,11 +117,12 @@ UNIX_STREAM = (ArgCondition(0, "eq", socket.AF_UNIX),
 
 
 @hookimpl
-def vmm_seccomp_rules(rules: SeccompRules) -> None:
+def vmm_seccomp_rules(rules: SeccompRules, config: dict[str, Any]) -> None:
     """Guest-initiated streams open (``UNIX_STREAM`` only) and connect a unix socket while
     the VM runs; a guest SHUTDOWN(SEND) becomes ``shutdown(SHUT_WR)`` on the host socket.
     vhost-vsock's rings are handed over when the driver is ready."""
     rules.allow("socket", when=UNIX_STREAM)
     rules.allow("connect", "shutdown")
-    if _settings.vhost:
+    item = config.get("vsock")
+    if isinstance(item, dict) and uses_vhost(item):
         rules.allow_ioctl(*RUNTIME_IOCTLS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stratovmm.config.core_options import ITEM_ID_SCHEMA
+from stratovmm.api import ITEM_ID_SCHEMA
 
 MIN_CID = 3                     # 0, 1 reserved, 2 is the host (virtio 1.2 §5.10.4)
 MAX_CID = 2**32 - 2             # 0xffffffff is reserved (VMADDR_CID_ANY)

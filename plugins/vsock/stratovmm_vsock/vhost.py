@@ -5,7 +5,7 @@ Used where ``/dev/vhost-vsock`` exists and no ``uds-path`` is given.  At
 start-up: ``VHOST_SET_OWNER``, ``VHOST_GET_FEATURES`` and
 ``VHOST_VSOCK_SET_GUEST_CID`` (as QEMU does it at realize, so a CID that another
 VM on the host holds fails before the guest runs).  At DRIVER_OK the core's
-vhost-kernel hand-over (``stratovmm.devices.vhost``) gives vhost the memory table and
+vhost-kernel hand-over (``stratovmm.virtio.vhost``) gives vhost the memory table and
 the rx and tx rings, then ``VHOST_VSOCK_SET_RUNNING 1``; the event queue stays
 with the VMM, because vhost does not serve it (virtio 1.2 §5.10.2: its only
 event, TRANSPORT_RESET, follows a migration).  On a reset
@@ -22,11 +22,21 @@ import fcntl
 import logging
 import struct
 
-from stratovmm.devices.vhost import RING_IOCTLS, Ioctl, VhostBackend, VhostRings, vhost_iow
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EventLoop
-from stratovmm.virtio.constants import F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, ID_VSOCK
-from stratovmm.virtio.device import BASE_FEATURES, VirtioDevice
+from stratovmm.api import (
+    BASE_FEATURES,
+    F_EVENT_IDX,
+    F_INDIRECT_DESC,
+    F_VERSION_1,
+    ID_VSOCK,
+    RING_IOCTLS,
+    ConfigError,
+    EventLoop,
+    Ioctl,
+    VhostBackend,
+    VhostRings,
+    VirtioDevice,
+    vhost_iow,
+)
 from stratovmm_vsock.device import EVENT, QUEUE_SIZE
 from stratovmm_vsock.packet import F_STREAM
 

@@ -19,43 +19,33 @@ from stratovmm_vsock import paths, plugin
 from stratovmm_vsock.device import VsockDevice
 from stratovmm_vsock.vhost import RUNTIME_IOCTLS, VhostVsockDevice
 
-from stratovmm import cli
-from stratovmm.config.load import load_config
-from stratovmm.config.model import VmConfig, runtime_options
-from stratovmm.devices.vhost import VhostBackend
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EventLoop
-from stratovmm.plugin import PluginHost
-from stratovmm.registry import DeviceRegistry, SeccompRules
+from stratovmm.api import ConfigError, EventLoop, RuntimeOptions, SeccompRules, VhostBackend
+from stratovmm.testing.config import parse_config
 
-RUNTIME = runtime_options({})
+PLUGINS = {"vsock": plugin}
+RUNTIME = RuntimeOptions()
 
 
-@pytest.fixture
-def devices() -> DeviceRegistry:
-    """The core's options plus this plugin's."""
-    return PluginHost({"vsock": plugin}).register(cli.core_registry()).devices
+def parse(*argv: str) -> dict[str, Any]:
+    """The merged document for ``argv``, through the parser, the schema and the plugin's
+    ``vmm_check_config``."""
+    return parse_config(["-kernel", "/vmlinux", *argv], PLUGINS).document
 
 
-def parse(devices: DeviceRegistry, *argv: str) -> VmConfig:
-    return load_config(["-kernel", "/vmlinux", *argv], devices)
-
-
-def test_cmdline_fills_the_json_item(devices: DeviceRegistry) -> None:
+def test_cmdline_fills_the_json_item() -> None:
     """``-device vsock,id=,guest-cid=,uds-path=`` lands in ``"vsock"`` with JSON names."""
-    config = parse(devices, "-device", "vsock,id=v0,guest-cid=4294967294,uds-path=/run/v.sock")
-    assert config.document["vsock"] == {"vsock_id": "v0", "guest_cid": 2**32 - 2,
-                                        "uds_path": "/run/v.sock"}
+    document = parse("-device", "vsock,id=v0,guest-cid=4294967294,uds-path=/run/v.sock")
+    assert document["vsock"] == {"vsock_id": "v0", "guest_cid": 2**32 - 2,
+                                 "uds_path": "/run/v.sock"}
 
 
-def test_json_file_item(devices: DeviceRegistry, tmp_path: Path) -> None:
+def test_json_file_item(tmp_path: Path) -> None:
     """The JSON key ``"vsock"`` with ``vsock_id``/``guest_cid``/``uds_path`` is accepted."""
     path = tmp_path / "vm.json"
     path.write_text(json.dumps({"boot-source": {"kernel_image_path": "/vmlinux"},
                                 "vsock": {"vsock_id": "v0", "guest_cid": 3,
                                           "uds_path": "/tmp/v.sock"}}))
-    config = load_config(["-config", str(path)], devices)
-    assert config.document["vsock"]["guest_cid"] == 3
+    assert parse("-config", str(path))["vsock"]["guest_cid"] == 3
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
@@ -70,39 +60,37 @@ def test_json_file_item(devices: DeviceRegistry, tmp_path: Path) -> None:
      "-device vsock: given twice (at most one is allowed)"),
     (["vhost-vsock-pci,id=v0"], "unknown device driver 'vhost-vsock-pci'"),
 ])
-def test_bad_cmdline_is_refused(devices: DeviceRegistry, argv: list[str], needle: str) -> None:
+def test_bad_cmdline_is_refused(argv: list[str], needle: str) -> None:
     """Out-of-range CIDs, missing keys and a second vsock are refused with the option named."""
     with pytest.raises(ConfigError) as err:
-        parse(devices, "-device", *argv)
+        parse("-device", *argv)
     assert needle in str(err.value)
 
 
-def test_json_list_of_vsocks_is_refused(devices: DeviceRegistry, tmp_path: Path) -> None:
+def test_json_list_of_vsocks_is_refused(tmp_path: Path) -> None:
     """At most one vsock in the JSON file too: ``"vsock"`` is an object, not a list."""
     path = tmp_path / "vm.json"
     path.write_text(json.dumps({"boot-source": {"kernel_image_path": "/vmlinux"},
                                 "vsock": [{"vsock_id": "a", "guest_cid": 3},
                                           {"vsock_id": "b", "guest_cid": 4}]}))
     with pytest.raises(ConfigError, match="vsock"):
-        load_config(["-config", str(path)], devices)
+        parse("-config", str(path))
 
 
-def test_guide_line_without_uds_path_is_accepted(devices: DeviceRegistry,
-                                                tmp_path: Path) -> None:
+def test_guide_line_without_uds_path_is_accepted(tmp_path: Path) -> None:
     """StratoVirt's own ``-device vsock,id=vsock0,guest-cid=3`` and its JSON (no uds_path)
     pass the parser and the plugin's checks, whatever the host has."""
-    config = parse(devices, "-device", "vsock,id=vsock0,guest-cid=3")
-    assert config.document["vsock"] == {"vsock_id": "vsock0", "guest_cid": 3}
-    plugin.vmm_check_config(config.document, RUNTIME)
+    assert parse("-device", "vsock,id=vsock0,guest-cid=3")["vsock"] == {
+        "vsock_id": "vsock0", "guest_cid": 3}
     path = tmp_path / "vm.json"
     path.write_text(json.dumps({"boot-source": {"kernel_image_path": "/vmlinux"},
                                 "vsock": {"vsock_id": "vsock0", "guest_cid": 3}}))
-    assert load_config(["-config", str(path)], devices).document["vsock"]["guest_cid"] == 3
+    assert parse("-config", str(path))["vsock"]["guest_cid"] == 3
 
 
 @pytest.mark.parametrize(("path", "needle"), [
     ("/nonexistent-dir/v.sock", "does not exist"),
-    ("/tmp/" + "x" * 100, "too long"),
+    ("/tmp/" + "x" * 100, "longer than 107 bytes"),
 ])
 def test_unusable_socket_paths_are_refused(path: str, needle: str) -> None:
     """A socket path in a missing directory or too long for PATH_<port> is refused early."""
@@ -117,31 +105,23 @@ class FakeContext:
     def __init__(self, name: str | None = None) -> None:
         self.name = name
         self.main_loop = EventLoop("ctx")
-        self.devices: dict[str, Any] = {}
-        self.virtio: list[Any] = []
-
-    def add_device(self, device_id: str, device: Any) -> None:
-        if device_id in self.devices:
-            raise ConfigError(f"duplicate device id {device_id!r}")
-        self.devices[device_id] = device
-
-    def add_virtio_device(self, device: Any, iothread: str | None = None) -> None:
-        self.virtio.append(device)
 
 
-def create(path: str) -> FakeContext:
-    ctx = FakeContext()
-    plugin.create_vsock(ctx, {"vsock_id": "v0", "guest_cid": 3,  # type: ignore[arg-type]
-                              "uds_path": path})
-    return ctx
+def build(ctx: FakeContext, item: dict[str, Any]) -> VsockDevice | VhostVsockDevice:
+    """The device the plugin's factory returns for ``item``."""
+    vm: Any = ctx
+    return plugin.create_vsock(vm, item)
+
+
+def create(path: str) -> VsockDevice | VhostVsockDevice:
+    return build(FakeContext(), {"vsock_id": "v0", "guest_cid": 3, "uds_path": path})
 
 
 def test_factory_listens_and_removes_the_socket_on_close(tmp_path: Path) -> None:
-    """The factory attaches a VsockDevice listening at uds_path; close() removes the file."""
+    """The factory builds a VsockDevice listening at uds_path; close() removes the file."""
     path = str(tmp_path / "v.sock")
-    ctx = create(path)
-    device = ctx.devices["v0"]
-    assert isinstance(device, VsockDevice) and ctx.virtio == [device]
+    device = create(path)
+    assert isinstance(device, VsockDevice) and device.id == "v0"
     probe = socket.socket(socket.AF_UNIX)
     probe.connect(path)
     probe.close()
@@ -158,7 +138,7 @@ def test_socket_path_in_use_or_not_a_socket_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cannot listen.*another process"):
         create(path)
     live.close()                    # leaves a stale socket file behind
-    create(path).devices["v0"].close()
+    create(path).close()
     Path(path).write_text("not a socket")
     with pytest.raises(ConfigError, match="not a socket"):
         create(path)
@@ -173,7 +153,7 @@ def test_unwritable_socket_path_is_refused() -> None:
 def test_seccomp_rules_cover_runtime_connects() -> None:
     """Guest-initiated streams need socket/connect after the filter is on."""
     rules = SeccompRules()
-    plugin.vmm_seccomp_rules(rules)
+    plugin.vmm_seccomp_rules(rules, {"vsock": {"vsock_id": "v0", "guest_cid": 3}})
     assert {"socket", "connect", "shutdown"} <= set(rules.syscalls)
 
 
@@ -196,10 +176,8 @@ def test_without_vhost_the_bridge_listens_at_the_default_path(
         no_vhost: Path, caplog: pytest.LogCaptureFixture) -> None:
     """No /dev/vhost-vsock and no uds-path: the bridge listens at RUNDIR/NAME.vsock, in a
     0700 directory it made, and the log names the path."""
-    ctx = FakeContext(name="vm1")
     with caplog.at_level(logging.WARNING):
-        plugin.create_vsock(ctx, {"vsock_id": "vsock0", "guest_cid": 3})  # type: ignore[arg-type]
-    device = ctx.devices["vsock0"]
+        device = build(FakeContext(name="vm1"), {"vsock_id": "vsock0", "guest_cid": 3})
     path = no_vhost / "vm1.vsock"
     assert isinstance(device, VsockDevice) and device.bridge.path == str(path)
     assert stat.S_IMODE(os.stat(no_vhost).st_mode) == 0o700
@@ -239,23 +217,19 @@ def test_a_runtime_dir_others_could_write_is_refused(no_vhost: Path) -> None:
     no_vhost.mkdir(mode=0o700)
     no_vhost.chmod(0o777)
     with pytest.raises(ConfigError, match=r"-device vsock: .* writable by nobody else"):
-        plugin.create_vsock(FakeContext("vm1"),  # type: ignore[arg-type]
-                            {"vsock_id": "v0", "guest_cid": 3})
+        build(FakeContext("vm1"), {"vsock_id": "v0", "guest_cid": 3})
     no_vhost.rmdir()
     no_vhost.symlink_to("/tmp")
     with pytest.raises(ConfigError, match=r"-device vsock: .* is not a directory"):
-        plugin.create_vsock(FakeContext("vm1"),  # type: ignore[arg-type]
-                            {"vsock_id": "v0", "guest_cid": 3})
+        build(FakeContext("vm1"), {"vsock_id": "v0", "guest_cid": 3})
 
 
 def test_two_vms_with_one_name_are_told_apart(no_vhost: Path) -> None:
     """A second VM of the same -name finds the first one's socket live: a clear refusal."""
-    first = FakeContext("twin")
-    plugin.create_vsock(first, {"vsock_id": "v0", "guest_cid": 3})  # type: ignore[arg-type]
+    first = build(FakeContext("twin"), {"vsock_id": "v0", "guest_cid": 3})
     with pytest.raises(ConfigError, match=r"cannot listen on .*twin\.vsock: another process"):
-        plugin.create_vsock(FakeContext("twin"),  # type: ignore[arg-type]
-                            {"vsock_id": "v0", "guest_cid": 4})
-    first.devices["v0"].close()
+        build(FakeContext("twin"), {"vsock_id": "v0", "guest_cid": 4})
+    first.close()
 
 
 def test_with_vhost_vsock_the_factory_uses_it(monkeypatch: pytest.MonkeyPatch,
@@ -274,21 +248,17 @@ def test_with_vhost_vsock_the_factory_uses_it(monkeypatch: pytest.MonkeyPatch,
                             lambda fd, request, arg=b"": arg)
 
     monkeypatch.setattr(plugin, "open_vhost_vsock", open_recorded)
-    item = {"vsock_id": "v0", "guest_cid": 7}
-    ctx = FakeContext("vm1")
-    plugin.create_vsock(ctx, item)  # type: ignore[arg-type]
-    assert isinstance(ctx.devices["v0"], VhostVsockDevice)
+    item: dict[str, Any] = {"vsock_id": "v0", "guest_cid": 7}
+    device = build(FakeContext("vm1"), item)
+    assert isinstance(device, VhostVsockDevice)
     assert opened == [(7, "-device vsock")]
-    plugin.vmm_check_config({"vsock": item}, RUNTIME)
     rules = SeccompRules()
-    plugin.vmm_seccomp_rules(rules)
+    plugin.vmm_seccomp_rules(rules, {"vsock": item})
     assert set(RUNTIME_IOCTLS) <= set(rules.ioctls)
-    ctx.devices["v0"].close()
-    ctx = create(str(tmp_path / "v.sock"))
-    assert isinstance(ctx.devices["v0"], VsockDevice)
-    ctx.devices["v0"].close()
-    plugin.vmm_check_config({"vsock": {**item, "uds_path": str(tmp_path / "v.sock")}},
-                            RUNTIME)
+    device.close()
+    device = create(str(tmp_path / "v.sock"))
+    assert isinstance(device, VsockDevice)
+    device.close()
     rules = SeccompRules()
-    plugin.vmm_seccomp_rules(rules)
+    plugin.vmm_seccomp_rules(rules, {"vsock": {**item, "uds_path": str(tmp_path / "v.sock")}})
     assert not set(RUNTIME_IOCTLS) & set(rules.ioctls)

@@ -34,7 +34,7 @@ from stratovmm_vsock.packet import (
     Header,
 )
 
-from stratovmm.host.eventloop import EventLoop
+from stratovmm.api import EventLoop
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
 
@@ -51,9 +51,8 @@ class MockDriver:
         self.path = str(tmp_path / "v.sock")
         self.bridge = UnixBridge(self.path, CID, self.loop, **bridge_options)  # type: ignore[arg-type]
         self.device = VsockDevice("v0", CID, self.bridge)
-        self.h = DeviceHarness(self.device, memory_size=32 << 20, queue_size=128)
-        self.h.loop = self.loop
-        self.h.transport._loop = self.loop
+        self.h = DeviceHarness(self.device, memory_size=32 << 20, queue_size=128,
+                               loop=self.loop)
         self.rx_addr: dict[int, int] = {}
         assert self.h.start() & 4     # DRIVER_OK
 

@@ -27,11 +27,10 @@ from stratovmm_vsock.vhost import (
     open_vhost_vsock,
 )
 
-from stratovmm.devices import vhost
-from stratovmm.errors import ConfigError
-from stratovmm.host.eventloop import EventLoop
+from stratovmm import api
+from stratovmm.api import VHOST_GET_FEATURES, VHOST_GET_VRING_BASE, ConfigError, EventLoop
+from stratovmm.testing import spec as c
 from stratovmm.testing.harness import DeviceHarness
-from stratovmm.virtio import constants as c
 
 CID = 42
 HVA_BASE = 0x7F00_0000_0000
@@ -39,7 +38,7 @@ HVA_BASE = 0x7F00_0000_0000
 # SEQPACKET, NOTIFY_ON_EMPTY and ANY_LAYOUT.
 VHOST_FEATURES = ((1 << c.F_VERSION_1) | (1 << c.F_INDIRECT_DESC) | (1 << c.F_EVENT_IDX)
                   | (1 << 33) | (1 << 1) | (1 << 24) | (1 << 27))
-NAMES = {value: name for name, value in vars(vhost).items()
+NAMES = {value: name for name, value in vars(api).items()
          if name.startswith("VHOST_") and isinstance(value, int) and name != "VHOST_VIRTIO"}
 NAMES[VHOST_VSOCK_SET_GUEST_CID] = "VHOST_VSOCK_SET_GUEST_CID"
 NAMES[VHOST_VSOCK_SET_RUNNING] = "VHOST_VSOCK_SET_RUNNING"
@@ -58,9 +57,9 @@ class Recorder:
         self.calls.append((NAMES.get(request, hex(request)), bytes(arg)))
         if request in self.refuse:
             raise OSError(self.refuse[request], os.strerror(self.refuse[request]))
-        if request == vhost.VHOST_GET_FEATURES:
+        if request == VHOST_GET_FEATURES:
             return struct.pack("<Q", VHOST_FEATURES)
-        if request == vhost.VHOST_GET_VRING_BASE:
+        if request == VHOST_GET_VRING_BASE:
             return struct.pack("<II", struct.unpack("<II", arg)[0], 0)
         return bytes(arg)
 

@@ -19,9 +19,9 @@ import termios
 import threading
 from typing import Any
 
-from stratovmm.plugin import hookimpl
+from stratovmm.api import hookimpl
 
-STRATOVMM_API = "1.0"
+STRATOVMM_API = "1.1"
 TRIGGER = "STRATOVMM_TEST_FORBIDDEN"
 
 _state: dict[str, Any] = {}

@@ -12,18 +12,20 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from stratovmm.plugin import hookimpl
-from stratovmm.registry import (
+from stratovmm.api import (
     DeviceRegistry,
     DeviceType,
     OptionSpec,
     QmpCommand,
     QmpRegistry,
+    RuntimeOptions,
     SeccompRules,
     SubOption,
+    VmApi,
+    hookimpl,
 )
 
-STRATOVMM_API = "1.0"
+STRATOVMM_API = "1.1"
 
 SCHEMA = {"type": "object", "additionalProperties": False,
           "properties": {"tag": {"type": "string"}}}
@@ -37,16 +39,23 @@ def say(hook: str, detail: str = "") -> None:
 
 
 class Probe:
-    """The probe's 'device': it only answers query-stats."""
+    """The probe's 'device': the guest sees nothing of it; it answers query-stats."""
+
+    id = "probe"
 
     def stats(self) -> dict[str, int]:
+        """No counters of its own."""
         return {"requests": 0}
 
+    def close(self) -> None:
+        """The core closes it when the VM ends."""
+        say("close", self.id)
 
-def create(ctx: Any, item: dict[str, Any]) -> None:
-    """Record the probe under id ``probe``."""
+
+def create(ctx: VmApi, item: dict[str, Any]) -> Probe:
+    """The probe, which the core records under its id ``probe``."""
     say("create", item.get("tag", ""))
-    ctx.add_device("probe", Probe())
+    return Probe()
 
 
 @hookimpl
@@ -71,15 +80,19 @@ def vmm_check_config(config: dict[str, Any], runtime: Any) -> None:
 
 
 @hookimpl
-def vmm_vm_created(vm: Any) -> None:
-    """The device exists already."""
-    say("vmm_vm_created", f"probe={vm.device('probe') is not None} state={vm.state}")
+def vmm_vm_created(vm: VmApi, config: dict[str, Any], runtime: RuntimeOptions) -> None:
+    """The device exists already; the configuration comes along."""
+    say("vmm_vm_created", f"probe={vm.device('probe') is not None} state={vm.state}"
+                          f" tag={config['lifecycle_probe'].get('tag')}"
+                          f" api={runtime.api_channel is not None}")
 
 
 @hookimpl
-def vmm_seccomp_rules(rules: SeccompRules) -> None:
-    """Nothing beyond the core's list: write() is in it."""
-    say("vmm_seccomp_rules")
+def vmm_seccomp_rules(rules: SeccompRules, config: dict[str, Any],
+                      runtime: RuntimeOptions) -> None:
+    """Nothing beyond the core's list (write() is in it); sees the configuration."""
+    say("vmm_seccomp_rules", f"plugin={rules.plugin} tag={config['lifecycle_probe'].get('tag')}"
+                             f" api={runtime.api_channel is not None}")
 
 
 @hookimpl

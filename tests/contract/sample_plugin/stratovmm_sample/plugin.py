@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from stratovmm.machine.vmapi import BuildContext
-from stratovmm.plugin import hookimpl
-from stratovmm.registry import DeviceRegistry, DeviceType, OptionSpec, SubOption, ValueKind
+from stratovmm.api import (
+    BuildContext,
+    DeviceRegistry,
+    DeviceType,
+    OptionSpec,
+    PioWindow,
+    SubOption,
+    ValueKind,
+    hookimpl,
+)
 from stratovmm_sample.device import SampleDevice
 from stratovmm_sample.schema import SAMPLE_SCHEMA
 
-STRATOVMM_API = "1.0"
+STRATOVMM_API = "1.1"
 
 PORT = 0x5A0
 
@@ -23,11 +30,9 @@ SAMPLE_OPTION = OptionSpec(
 )
 
 
-def create_sample(ctx: BuildContext, item: dict[str, Any]) -> None:
-    """Put the device on the PIO bus and record it under its id."""
-    device = SampleDevice(item["sample_id"], item.get("level", 0))
-    ctx.add_pio_device(device, PORT, 1, f"sample {item['sample_id']}")
-    ctx.add_device(item["sample_id"], device)
+def create_sample(ctx: BuildContext, item: dict[str, Any]) -> PioWindow:
+    """The device on its one I/O port (the core claims the port and records the device)."""
+    return PioWindow(SampleDevice(item["sample_id"], item.get("level", 0)), PORT, 1)
 
 
 @hookimpl

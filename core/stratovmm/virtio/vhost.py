@@ -35,11 +35,11 @@ import logging
 import os
 import struct
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from stratovmm.errors import ConfigError
 from stratovmm.host.eventloop import EPOLLIN, EventLoop
-from stratovmm.memory import Region
+from stratovmm.memory import GuestMemoryProtocol
 from stratovmm.virtio.device import VirtioDevice
 
 log = logging.getLogger(__name__)
@@ -100,19 +100,9 @@ RING_IOCTLS = (VHOST_SET_FEATURES, VHOST_SET_MEM_TABLE, VHOST_SET_VRING_NUM,
 Ioctl = Callable[..., Any]
 
 
-@runtime_checkable
-class HostMappedMemory(Protocol):
-    """Guest RAM mapped in this process: what vhost's worker translates addresses with."""
-
-    regions: tuple[Region, ...]
-
-    def host_address(self, region: Region) -> int: ...
-
-
-def memory_table(memory: object) -> list[tuple[int, int, int]]:
-    """(guest address, size, our virtual address) of every RAM region."""
-    if not isinstance(memory, HostMappedMemory):
-        raise ValueError("guest memory is not mapped in this process")
+def memory_table(memory: GuestMemoryProtocol) -> list[tuple[int, int, int]]:
+    """(guest address, size, our virtual address) of every RAM region: what vhost's worker
+    translates the rings' and buffers' guest addresses with."""
     return [(r.gpa, r.size, memory.host_address(r)) for r in memory.regions]
 
 
@@ -209,6 +199,8 @@ class VhostRings:
     def start(self, device: VirtioDevice) -> None:
         """Hand the rings to vhost (DRIVER_OK); ``OSError``/``ValueError`` if it refuses or a
         ring is missing, with the rings left stopped."""
+        if device.memory is None:
+            raise ValueError("the device has no guest memory (not activated)")
         table = memory_table(device.memory)
         self.backend.set_features(device.acked_features & self.backend.features
                                   & self._ring_features)

@@ -1,12 +1,16 @@
-"""cffi (API mode) builder for the KVM bindings and the x86 zero page.
+"""cffi (API mode) builder for the KVM bindings, ``stratovmm.kvm._kvm``.
 
 The C compiler reads ``<linux/kvm.h>``: every struct below is declared
 *partially* (``...;``) so cffi takes the real offsets and sizes from the
 header, and every ``#define X ...`` takes its value from the header, so no
-layout or ioctl number is ever copied by hand.  ``<asm/bootparam.h>`` is read
-the same way for ``struct boot_params`` (the Linux boot protocol's zero page).
-The only C we add are typedefs naming the anonymous members of ``struct
-kvm_run``'s exit union, so Python can reach them without knowing where they sit.
+layout or ioctl number is ever copied by hand.  The only C we add are typedefs
+naming the anonymous members of ``struct kvm_run``'s exit union, so Python can
+reach them without knowing where they sit.
+
+Only ``stratovmm.kvm`` imports this module; the other native pieces are built
+beside the part that uses them (``boot/_bootparam_build.py``: the zero page;
+``virtio/_barrier_build.py``: the ring's memory barrier; ``host/_sandbox_build.py``:
+the seccomp reporter).
 """
 
 from __future__ import annotations
@@ -108,40 +112,11 @@ svmm_run_system_event *svmm_run_system_event_of(struct kvm_run *run);
 svmm_run_fail_entry *svmm_run_fail_entry_of(struct kvm_run *run);
 
 int ioctl(int fd, unsigned long request, ...);
-void svmm_full_barrier(void);
-
-struct setup_header {
-    uint8_t setup_sects; uint16_t root_flags; uint32_t syssize; uint16_t ram_size;
-    uint16_t vid_mode; uint16_t root_dev; uint16_t boot_flag; uint16_t jump;
-    uint32_t header; uint16_t version; uint32_t realmode_swtch; uint16_t start_sys_seg;
-    uint16_t kernel_version; uint8_t type_of_loader; uint8_t loadflags;
-    uint16_t setup_move_size; uint32_t code32_start; uint32_t ramdisk_image;
-    uint32_t ramdisk_size; uint32_t bootsect_kludge; uint16_t heap_end_ptr;
-    uint8_t ext_loader_ver; uint8_t ext_loader_type; uint32_t cmd_line_ptr;
-    uint32_t initrd_addr_max; uint32_t kernel_alignment; uint8_t relocatable_kernel;
-    uint8_t min_alignment; uint16_t xloadflags; uint32_t cmdline_size;
-    uint32_t hardware_subarch; uint64_t hardware_subarch_data; uint32_t payload_offset;
-    uint32_t payload_length; uint64_t setup_data; uint64_t pref_address; uint32_t init_size;
-    uint32_t handover_offset; uint32_t kernel_info_offset; ...;
-};
-struct boot_e820_entry { uint64_t addr; uint64_t size; uint32_t type; ...; };
-struct boot_params {
-    uint32_t ext_ramdisk_image; uint32_t ext_ramdisk_size; uint32_t ext_cmd_line_ptr;
-    uint8_t e820_entries; struct setup_header hdr;
-    struct boot_e820_entry e820_table[...]; ...;
-};
-"""
-
-_BOOT_CONSTANTS = """
-LOADED_HIGH CAN_USE_HEAP KEEP_SEGMENTS XLF_KERNEL_64 XLF_CAN_BE_LOADED_ABOVE_4G
-E820_MAX_ENTRIES_ZEROPAGE MAP_NORESERVE
 """
 
 _SOURCE = """
 #include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <linux/kvm.h>
-#include <asm/bootparam.h>
 
 #define SVMM_MEMBER(m) __typeof__(((struct kvm_run *)0)->m)
 typedef SVMM_MEMBER(io) svmm_run_io;
@@ -156,10 +131,6 @@ static svmm_run_internal *svmm_run_internal_of(struct kvm_run *r) { return &r->i
 static svmm_run_system_event *svmm_run_system_event_of(struct kvm_run *r)
 { return &r->system_event; }
 static svmm_run_fail_entry *svmm_run_fail_entry_of(struct kvm_run *r) { return &r->fail_entry; }
-
-/* A full memory barrier (mfence on x86): the one reordering x86 allows is a store
- * passing a later load, which virtqueue notification suppression must forbid. */
-static void svmm_full_barrier(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 """
 
 
@@ -167,7 +138,7 @@ def _defines(names: str) -> str:
     return "".join(f"#define {name} ...\n" for name in names.split())
 
 
-ffibuilder.cdef(_CDEF + _defines(_IOCTLS) + _defines(_CONSTANTS) + _defines(_BOOT_CONSTANTS))
+ffibuilder.cdef(_CDEF + _defines(_IOCTLS) + _defines(_CONSTANTS))
 ffibuilder.set_source("stratovmm.kvm._kvm", _SOURCE)
 
 if __name__ == "__main__":

@@ -1,0 +1,236 @@
+"""The StratoVMM plugin API: everything a plugin may import from the core, in one place.
+
+A plugin imports the core only from here (its tests also from
+``stratovmm.testing``), as a tox plugin imports only ``tox.plugin``::
+
+    from stratovmm.api import BuildContext, DeviceRegistry, DeviceType, OptionSpec, hookimpl
+
+``__all__`` is the supported surface, versioned by ``API_VERSION``: a new minor
+version only adds to it, a new major version may change or remove what is
+here.  Every other module of ``stratovmm`` is the core's own and may change in
+any release; ``tests/unit/test_meta_api.py`` fails when a shipped plugin, the
+example or the plugin template imports one.  The names are grouped as the
+plugin guide (``docs/plugins.md``) explains them:
+
+- hooks and registration: ``hookimpl``, the registry views a hook is given and
+  what goes into them (``DeviceType``, ``OptionSpec``, ``QmpCommand``,
+  ``HotplugDriver``, ``SeccompRules`` with ``ArgCondition``), ``RuntimeOptions``;
+- building and running: ``BuildContext``/``VmApi``, what a factory returns
+  (``Device``, ``VirtioSlot``, ``PioWindow``, ``MmioWindow``), ``BackendTable``;
+- device models: ``VirtioDevice`` and its descriptor chains, ``RegisterDevice``,
+  ``DeviceCounters``, the memory protocol, ``EventLoop``, ``TokenBucket``, the
+  vhost-kernel hand-over, the virtio numbers and memory-map constants devices use;
+- errors: the VMM's exception tree and the QMP error classes.
+"""
+
+from __future__ import annotations
+
+from stratovmm.boot.cmdline import Cmdline
+from stratovmm.boot.layout import (
+    PLUGIN_MMIO_END,
+    PLUGIN_MMIO_START,
+    VIRTIO_MMIO_BASE,
+    VIRTIO_MMIO_SIZE,
+    VIRTIO_MMIO_SLOTS,
+)
+from stratovmm.config.core_options import ITEM_ID_SCHEMA, whole_string
+from stratovmm.config.model import RuntimeOptions
+from stratovmm.devices.counters import DeviceCounters
+from stratovmm.devices.placement import (
+    Built,
+    BusDevice,
+    Device,
+    MmioWindow,
+    PioWindow,
+    VirtioSlot,
+)
+from stratovmm.devices.ratelimit import TokenBucket
+from stratovmm.devices.regdevice import RegisterDevice
+from stratovmm.errors import (
+    ConfigError,
+    GuestError,
+    GuestMemoryError,
+    HostError,
+    HotplugError,
+    PluginError,
+    StratoVmmError,
+)
+from stratovmm.host.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Timer
+from stratovmm.host.unixsock import UnixListener, check_socket_path
+from stratovmm.machine.hotplug import BackendTable
+from stratovmm.machine.irq import IrqLine
+from stratovmm.machine.vmapi import BuildContext, VmApi
+from stratovmm.memory import GuestMemoryProtocol, Region
+from stratovmm.plugin import API_VERSION, hookimpl
+from stratovmm.qmp.errors import (
+    CommandNotFound,
+    DeviceNotActive,
+    DeviceNotFound,
+    GenericError,
+    KVMMissingCap,
+    OperationThrottled,
+    QmpError,
+)
+from stratovmm.qmp.events import EventThrottle
+from stratovmm.registry import (
+    ArgCondition,
+    DeviceRegistry,
+    DeviceType,
+    HotplugDriver,
+    OptionSpec,
+    QmpCommand,
+    QmpRegistry,
+    SeccompRules,
+    SubOption,
+    ValueKind,
+)
+from stratovmm.virtio.chain import (
+    Descriptor,
+    DescriptorChain,
+    gather,
+    scatter,
+    skip_views,
+    trim_views,
+)
+from stratovmm.virtio.constants import (
+    F_EVENT_IDX,
+    F_INDIRECT_DESC,
+    F_VERSION_1,
+    ID_BALLOON,
+    ID_BLOCK,
+    ID_CONSOLE,
+    ID_NET,
+    ID_RNG,
+    ID_VSOCK,
+)
+from stratovmm.virtio.device import (
+    BASE_FEATURES,
+    SERVE_BUDGET,
+    STOP,
+    Frames,
+    HeldChains,
+    VirtioDevice,
+)
+from stratovmm.virtio.queue import SplitQueue
+from stratovmm.virtio.vhost import (
+    RING_IOCTLS,
+    VHOST_GET_FEATURES,
+    VHOST_GET_VRING_BASE,
+    VHOST_SET_FEATURES,
+    VHOST_SET_MEM_TABLE,
+    VHOST_SET_OWNER,
+    VHOST_SET_VRING_ADDR,
+    VHOST_SET_VRING_BASE,
+    VHOST_SET_VRING_CALL,
+    VHOST_SET_VRING_KICK,
+    VHOST_SET_VRING_NUM,
+    Ioctl,
+    VhostBackend,
+    VhostRings,
+    vhost_io,
+    vhost_ior,
+    vhost_iow,
+    vhost_iowr,
+)
+
+__all__ = [
+    "API_VERSION",
+    "BASE_FEATURES",
+    "EPOLLERR",
+    "EPOLLHUP",
+    "EPOLLIN",
+    "EPOLLOUT",
+    "F_EVENT_IDX",
+    "F_INDIRECT_DESC",
+    "F_VERSION_1",
+    "ID_BALLOON",
+    "ID_BLOCK",
+    "ID_CONSOLE",
+    "ID_NET",
+    "ID_RNG",
+    "ID_VSOCK",
+    "ITEM_ID_SCHEMA",
+    "PLUGIN_MMIO_END",
+    "PLUGIN_MMIO_START",
+    "RING_IOCTLS",
+    "SERVE_BUDGET",
+    "STOP",
+    "VHOST_GET_FEATURES",
+    "VHOST_GET_VRING_BASE",
+    "VHOST_SET_FEATURES",
+    "VHOST_SET_MEM_TABLE",
+    "VHOST_SET_OWNER",
+    "VHOST_SET_VRING_ADDR",
+    "VHOST_SET_VRING_BASE",
+    "VHOST_SET_VRING_CALL",
+    "VHOST_SET_VRING_KICK",
+    "VHOST_SET_VRING_NUM",
+    "VIRTIO_MMIO_BASE",
+    "VIRTIO_MMIO_SIZE",
+    "VIRTIO_MMIO_SLOTS",
+    "ArgCondition",
+    "BackendTable",
+    "BuildContext",
+    "Built",
+    "BusDevice",
+    "Cmdline",
+    "CommandNotFound",
+    "ConfigError",
+    "Descriptor",
+    "DescriptorChain",
+    "Device",
+    "DeviceCounters",
+    "DeviceNotActive",
+    "DeviceNotFound",
+    "DeviceRegistry",
+    "DeviceType",
+    "EventLoop",
+    "EventThrottle",
+    "Frames",
+    "GenericError",
+    "GuestError",
+    "GuestMemoryError",
+    "GuestMemoryProtocol",
+    "HeldChains",
+    "HostError",
+    "HotplugDriver",
+    "HotplugError",
+    "Ioctl",
+    "IrqLine",
+    "KVMMissingCap",
+    "MmioWindow",
+    "OperationThrottled",
+    "OptionSpec",
+    "PioWindow",
+    "PluginError",
+    "QmpCommand",
+    "QmpError",
+    "QmpRegistry",
+    "Region",
+    "RegisterDevice",
+    "RuntimeOptions",
+    "SeccompRules",
+    "SplitQueue",
+    "StratoVmmError",
+    "SubOption",
+    "Timer",
+    "TokenBucket",
+    "UnixListener",
+    "ValueKind",
+    "VhostBackend",
+    "VhostRings",
+    "VirtioDevice",
+    "VirtioSlot",
+    "VmApi",
+    "check_socket_path",
+    "gather",
+    "hookimpl",
+    "scatter",
+    "skip_views",
+    "trim_views",
+    "vhost_io",
+    "vhost_ior",
+    "vhost_iow",
+    "vhost_iowr",
+    "whole_string",
+]

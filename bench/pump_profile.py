@@ -14,6 +14,9 @@ the main thread; the per-request work is the same code):
    installed): the split between the interpreter, the kernel (system calls: ``preadv``'s
    copy, eventfd, irqfd) and the rest, which cProfile cannot see.
 
+The net jobs run the VMM in the pump's network namespace (root), the rx jobs with the
+pump's frame source.
+
 usage: python bench/pump_profile.py [--job blk-randread] [--count N] [--top N] [--out F]
 """
 
@@ -28,12 +31,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import common
 import pump
 import pumpguest
+import pumpnet
 import pumprun
 
 # stratovmm.cli.main under cProfile; stats to argv[1]
@@ -53,9 +58,29 @@ sys.exit(status)
 def args_for(job: pump.Job, elf: Path, image: Path, count: int) -> list[str]:
     """StratoVMM's arguments: the bench's, with the device on the main loop."""
     extra = (["-drive", f"id=d0,file={image},direct=on"] if job.mode == "blk"
-             else ["-netdev", "id=n0,netdev=tap0"])
+             else ["-netdev", f"id=n0,netdev={pumpnet.TAP}"])
     cmd = common.stratovmm(1, "512M", elf, job.append(count, 128), None, extra)
     return cmd[len(common.STRATOVMM):]
+
+
+def pump_once(job: pump.Job, cmd: list[str], count: int,
+              on_go: Callable[[int], None] | None = None) -> pumprun.PumpRun:
+    """One run of ``cmd`` (in the namespace, with a frame source, for the net jobs)."""
+    if job.mode != "net":
+        return pumprun.run_pump(cmd, timeout=900, on_go=on_go, pinned=True)
+    source = pumpnet.FrameSource(count, job.size) if job.job == "rx" else None
+
+    def go(pid: int) -> None:
+        if on_go is not None:
+            on_go(pid)
+        if source is not None:
+            source.go(pid)
+
+    try:
+        return pumprun.run_pump(pumpnet.wrap(cmd), timeout=900, on_go=go, pinned=True)
+    finally:
+        if source is not None:
+            source.finish()
 
 
 def device_us(run: pumprun.PumpRun) -> float:
@@ -75,7 +100,8 @@ def profile_rows(path: Path, scale: float, top: int) -> list[dict[str, Any]]:
     for (filename, line, name), (_cc, calls, tottime, cumtime, _callers) in entries.items():
         if (filename, line, name) in waits:
             continue
-        rows.append({"function": f"{Path(filename).name}:{line}({name})", "calls": calls,
+        where = "/".join(Path(filename).parts[-2:])     # virtio/device.py, not device.py
+        rows.append({"function": f"{where}:{line}({name})", "calls": calls,
                      "own_share": tottime / total, "incl_share": cumtime / total})
     rows.sort(key=lambda r: -r["own_share"])
     for row in rows:
@@ -84,7 +110,7 @@ def profile_rows(path: Path, scale: float, top: int) -> list[dict[str, Any]]:
     return rows[:top]
 
 
-def perf_split(cmd: list[str], workdir: Path) -> dict[str, Any]:
+def perf_split(job: pump.Job, cmd: list[str], count: int, workdir: Path) -> dict[str, Any]:
     """cpu-clock samples of the device thread over the pump's window: by DSO and by symbol."""
     data = workdir / "perf.data"
     recorder: list[subprocess.Popen[bytes]] = []
@@ -95,7 +121,7 @@ def perf_split(cmd: list[str], workdir: Path) -> dict[str, Any]:
              "-o", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     try:
-        run = pumprun.run_pump(cmd, timeout=600, on_go=start, pinned=True)
+        run = pump_once(job, cmd, count, on_go=start)
     finally:
         for proc in recorder:
             proc.send_signal(signal.SIGINT)
@@ -109,10 +135,30 @@ def perf_split(cmd: list[str], workdir: Path) -> dict[str, Any]:
     return out
 
 
+def profile_job(job: pump.Job, count: int, top: int, work: Path,
+                result: dict[str, Any]) -> None:
+    """The plain run, the cProfile run and the perf run of ``job``, into ``result``."""
+    elf = pumpguest.build(work)
+    image = work / "image.raw"
+    if job.mode == "blk":
+        pumpguest.make_image(image, 1 << 30)
+    args = args_for(job, elf, image, count)
+    plain = pump_once(job, [*common.STRATOVMM, *args], count)
+    result["plain_device_us"] = scale = device_us(plain)
+    stats = work / "profile.pstats"
+    profiled = pump_once(
+        job, [sys.executable, "-c", PROFILED, str(stats), "-disable-seccomp", *args], count)
+    assert profiled.problem is None, profiled.output
+    result["profiled_device_us"] = device_us(profiled)
+    result["functions"] = profile_rows(stats, scale, top)
+    if shutil.which("perf") and os.geteuid() == 0:
+        result["perf"] = perf_split(job, [*common.STRATOVMM, *args], count, work)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--job", default="blk-randread", choices=[j for j in pump.JOBS
-                                                              if pump.JOBS[j].mode == "blk"])
+                                                              if pump.JOBS[j].mode != "exits"])
     ap.add_argument("--count", type=int)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out")
@@ -120,25 +166,18 @@ def main() -> None:
     job = pump.JOBS[a.job]
     count = a.count or job.count
     result: dict[str, Any] = {"job": a.job, "count": count}
-    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="pump-prof-") as tmp:
-        work = Path(tmp)
-        elf = pumpguest.build(work)
-        image = work / "image.raw"
-        pumpguest.make_image(image, 1 << 30)
-        args = args_for(job, elf, image, count)
-        plain = pumprun.run_pump([*common.STRATOVMM, *args], timeout=600)
-        result["plain_device_us"] = scale = device_us(plain)
-        stats = work / "profile.pstats"
-        profiled = pumprun.run_pump(
-            [sys.executable, "-c", PROFILED, str(stats), "-disable-seccomp", *args], timeout=900)
-        assert profiled.problem is None, profiled.output
-        result["profiled_device_us"] = device_us(profiled)
-        result["functions"] = profile_rows(stats, scale, a.top)
-        if shutil.which("perf") and os.geteuid() == 0:
-            result["perf"] = perf_split([*common.STRATOVMM, *args], work)
+    if job.mode == "net":
+        pumpnet.setup()
+    try:
+        with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="pump-prof-") as tmp:
+            profile_job(job, count, a.top, Path(tmp), result)
+    finally:
+        if job.mode == "net":
+            pumpnet.teardown()
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=1))
-    print(f"{a.job}, {count} requests, device on the main loop: {scale:.2f} µs/request plain,"
+    print(f"{a.job}, {count} requests, device on the main loop:"
+          f" {result['plain_device_us']:.2f} µs/request plain,"
           f" {result['profiled_device_us']:.2f} under cProfile")
     print("\n| function | calls/request | own µs/request | incl. µs/request |\n|---|---|---|---|")
     for row in result["functions"]:

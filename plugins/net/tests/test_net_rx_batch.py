@@ -7,8 +7,8 @@ from __future__ import annotations
 from stratovmm_net.device import F_MAC, RX
 from test_net_device import Rig, ether
 
-from stratovmm.virtio import constants as c
-from stratovmm.virtio.device import SERVE_BUDGET
+from stratovmm.api import SERVE_BUDGET
+from stratovmm.testing import spec as c
 
 FEATURES = (1 << c.F_VERSION_1) | (1 << F_MAC) | (1 << c.F_EVENT_IDX)
 

@@ -6,10 +6,9 @@ import json
 import os
 import shutil
 import statistics
-import sys
 from pathlib import Path
 
-from stratovmm.testing.guest import HOST_APPEND, HOST_CPU
+from stratovmm.testing.guest import HOST_APPEND, HOST_CPU, stratovmm_command
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST_HELP = ("The guest booted is $STRATOVMM_GUEST_DIR (any directory with vmlinux, "
@@ -30,8 +29,7 @@ def default_guest() -> Path:
 
 GUEST = default_guest()
 QEMU = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
-STRATOVMM = [shutil.which("stratovmm") or sys.executable, *([] if shutil.which("stratovmm")
-                                                            else ["-m", "stratovmm.cli"])]
+STRATOVMM = stratovmm_command()     # the one beside this interpreter, as the tests run it
 QEMU_BASE = [QEMU, "-M", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=off,acpi=off",
              "-enable-kvm", "-nodefaults", "-no-user-config",
              "-nographic", "-serial", "stdio", "-no-reboot", "-device", "i8042",

@@ -137,17 +137,20 @@ class GuestMemory:
         """Little-endian u64 at ``gpa``."""
         return int(_U64.unpack_from(self._view, self._offset(gpa, 8))[0])
 
+    # The stores below copy packed bytes in: ``struct.pack_into`` zeroes its target before
+    # packing, so a driver polling the field (used->idx, §2.7.8) could read a passing 0.
+
     def write_u16(self, gpa: int, value: int) -> None:
         """Store a little-endian u16 at ``gpa``."""
-        _U16.pack_into(self._view, self._offset(gpa, 2), value)
+        self.write(gpa, _U16.pack(value))
 
     def write_u32(self, gpa: int, value: int) -> None:
         """Store a little-endian u32 at ``gpa``."""
-        _U32.pack_into(self._view, self._offset(gpa, 4), value)
+        self.write(gpa, _U32.pack(value))
 
     def write_u64(self, gpa: int, value: int) -> None:
         """Store a little-endian u64 at ``gpa``."""
-        _U64.pack_into(self._view, self._offset(gpa, 8), value)
+        self.write(gpa, _U64.pack(value))
 
     def discard(self, gpa: int, length: int) -> None:
         """Give [gpa, gpa+length) back: the guest reads zeros there afterwards."""

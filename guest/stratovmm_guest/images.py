@@ -112,7 +112,9 @@ def make_tools_staging(root: Path, fio: Path = FIO) -> None:
     shutil.copyfile(fio, root / "fio/fio.bin")
     (root / "fio/fio.bin").chmod(0o755)
     for lib in shared_libraries(fio):
-        shutil.copyfile(lib, root / "fio/lib" / lib.name)
+        # content and mode of the file a symlink names: the loader (/lib64/ld-linux-x86-64.so.2
+        # is a symlink) must stay executable, run-fio executes it
+        shutil.copy(lib, root / "fio/lib" / lib.name)
     write_if_changed(root / "fio/run-fio", RUN_FIO, 0o755)
 
 

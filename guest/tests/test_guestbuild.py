@@ -224,6 +224,18 @@ def test_shared_libraries_include_the_loader() -> None:
     assert any(n.startswith("ld-linux") for n in libs)
 
 
+def test_tools_staging_keeps_the_loader_executable(tmp_path: Path) -> None:
+    """The staged libraries are regular files with their targets' modes: the loader,
+    a symlink on the host (/lib64/ld-linux-x86-64.so.2), stays executable for run-fio."""
+    root = tmp_path / "tools"
+    images.make_tools_staging(root, fio=Path("/usr/bin/env"))
+    staged = {p.name: p for p in (root / "fio/lib").iterdir()}
+    loader = next(p for name, p in staged.items() if name.startswith("ld-linux"))
+    assert not loader.is_symlink() and loader.stat().st_mode & 0o111 == 0o111
+    for lib in images.shared_libraries(Path("/usr/bin/env")):
+        assert stat.S_IMODE(staged[lib.name].stat().st_mode) == stat.S_IMODE(lib.stat().st_mode)
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["build", "--stages", "kernel,foo"], "unknown stage 'foo'"),
     (["build", "--stages", ","], "unknown stage"),

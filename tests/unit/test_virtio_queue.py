@@ -167,7 +167,8 @@ def test_unpop_gives_the_chain_back_for_the_next_pop() -> None:
 
 
 class WriteLog(BytearrayGuestMemory):
-    """Guest RAM that records the address of every store, in order."""
+    """Guest RAM that records the address of every store, in order (``GuestMemory``'s
+    u16/u32/u64 stores copy their packed bytes in through ``write``)."""
 
     def __init__(self) -> None:
         super().__init__(1 << 20)
@@ -176,10 +177,6 @@ class WriteLog(BytearrayGuestMemory):
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         self.stores.append(gpa)
         super().write(gpa, data)
-
-    def write_u16(self, gpa: int, value: int) -> None:
-        self.stores.append(gpa)
-        super().write_u16(gpa, value)
 
 
 def test_a_batch_of_used_elements_is_published_with_one_idx_store_after_them() -> None:

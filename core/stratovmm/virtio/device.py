@@ -316,7 +316,8 @@ class VirtioDevice(DeviceCounters):
         bad_before, used_before = queue.bad_chains, queue.completed
         while self.active:
             if served >= budget:
-                if held or queue.has_available():
+                if (held or queue.has_available()
+                        or queue.set_notification(True)):   # else the driver must kick again
                     self.serve_later(index)
                 break
             wait = _admission(ops_limit, byte_limit, gate)

@@ -1,8 +1,10 @@
-"""The hookimpls of the console plugin: ``-chardev id=ID,path=SOCKET`` / ``"console"``."""
+"""The hookimpls of the console plugin: ``-chardev id=ID,path=SOCKET`` / ``"console"``, and
+StratoVirt 2.x's ``-device virtio-serial-device`` + ``-device virtconsole,chardev=ID``."""
 
 from __future__ import annotations
 
 import termios
+from collections.abc import Mapping
 from typing import Any
 
 from stratovmm.api import (
@@ -10,6 +12,7 @@ from stratovmm.api import (
     ConfigError,
     DeviceRegistry,
     DeviceType,
+    Join,
     OptionSpec,
     RuntimeOptions,
     SeccompRules,
@@ -37,6 +40,45 @@ CHARDEV_OPTION = OptionSpec(
 )
 
 
+def console_from_chardev(values: Mapping[str, Any], chardev: Mapping[str, Any]) -> dict[str, Any]:
+    """``-device virtconsole,chardev=ID,id=PORT[,nr=0]`` over a ``-chardev socket`` as a
+    ``console`` item.  Each virtconsole is port 0 of a virtio-console device of its own
+    (StratoVirt 2.x's microvm has one port per virtio-serial-device too, so ``nr`` is
+    0); the socket must listen and not wait, as 2.x's chardev back end requires."""
+    ident = values["chardev"]
+    if values.get("nr", 0) != 0:
+        raise ValueError(f"nr={values['nr']}: each virtconsole is port 0 of its own"
+                         " virtio-console device here")
+    if chardev["kind"] != "socket":
+        raise ValueError(f"chardev {ident!r} is {chardev['kind']}; the console serves a unix"
+                         f" socket (-chardev socket,id={ident},path=PATH,server,nowait)")
+    if not (chardev.get("server") and chardev.get("nowait")):
+        raise ValueError(f"chardev {ident!r} needs both server and nowait (the console socket"
+                         " listens and does not wait for a client)")
+    return {"console_id": values["id"], "socket_path": chardev["path"]}
+
+
+# StratoVirt 2.x's spelling (machine_manager/src/config/chardev.rs): the virtio-serial bus,
+# then a console port on it that names a -chardev.
+VIRTIO_SERIAL_OPTION = OptionSpec(
+    "device", "the virtio-serial bus a -device virtconsole sits on (StratoVirt 2.x; at most"
+    " one)", "virtio-serial", driver="virtio-serial-device", backend=True, file_key=False,
+    id_field="id", sub=(SubOption("id", "id"),
+                        SubOption("max_ports", None, ValueKind.INT, help="accepted")),
+    metavar="[id=ID]",
+)
+
+VIRTCONSOLE_OPTION = OptionSpec(
+    "device", "virtio-console on a -chardev socket; guest /dev/hvc0.. (StratoVirt 2.x)",
+    "console", driver="virtconsole", repeatable=True, id_field="console_id",
+    sub=(SubOption("chardev", None, required=True, help="a -chardev socket id"),
+         SubOption("id", "console_id", required=True),
+         SubOption("nr", None, ValueKind.INT, help="the port number: 0")),
+    join=Join("chardev", "chardev", console_from_chardev, needs="virtio-serial"),
+    metavar="chardev=ID,id=ID[,nr=0]",
+)
+
+
 def _where(item: dict[str, Any]) -> str:
     return f"-chardev path (console {item['console_id']!r})"
 
@@ -50,9 +92,12 @@ def create_console(ctx: BuildContext, item: dict[str, Any]) -> ConsoleDevice:
 
 @hookimpl
 def vmm_register_devices(registry: DeviceRegistry) -> None:
-    """``-chardev`` and ``"console"``."""
+    """``-chardev`` and ``"console"``; 2.x's ``-device virtio-serial-device`` and ``-device
+    virtconsole``."""
     registry.add_device_type(DeviceType("console", CHARDEV_OPTION, CONSOLE_SCHEMA,
                                         create_console))
+    registry.add_option(VIRTIO_SERIAL_OPTION)
+    registry.add_option(VIRTCONSOLE_OPTION)
 
 
 @hookimpl

@@ -78,7 +78,7 @@ def table(fb: dict[str, list[float]], lb: dict[str, list[dict[str, float]]]) -> 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(epilog=common.GUEST_HELP)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--first-byte-runs", type=int, default=5)
     ap.add_argument("--out")

@@ -12,7 +12,23 @@ from pathlib import Path
 from stratovmm.testing.guest import HOST_APPEND, HOST_CPU
 
 ROOT = Path(__file__).resolve().parent.parent
-GUEST = Path(os.environ.get("STRATOVMM_GUEST_DIR", ROOT.parent / "shared" / "guest"))
+GUEST_HELP = ("The guest booted is $STRATOVMM_GUEST_DIR (any directory with vmlinux, "
+              "initramfs.cpio and rootfs.ext4), else the one 'stratovmm-guest build' made "
+              "(the directory 'stratovmm-guest path' prints).")
+
+
+def default_guest() -> Path:
+    """``$STRATOVMM_GUEST_DIR``, else the directory ``stratovmm-guest build`` writes (as
+    ``stratovmm-guest demo`` chooses)."""
+    env = os.environ.get("STRATOVMM_GUEST_DIR")
+    if env:
+        return Path(env)
+    from stratovmm_guest.cli import default_out
+
+    return default_out()
+
+
+GUEST = default_guest()
 QEMU = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
 STRATOVMM = [shutil.which("stratovmm") or sys.executable, *([] if shutil.which("stratovmm")
                                                             else ["-m", "stratovmm.cli"])]

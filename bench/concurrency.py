@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """StratoVirt's concurrency case: N StratoVMM processes booting the Linux guest at once.
 
-Every VM runs the shared guest (``vmlinux`` + ``initramfs.cpio``, the host's usual
+Every VM runs the Linux guest (``vmlinux`` + ``initramfs.cpio``, the host's usual
 append), whose ``/init`` prints ``GUEST-READY`` and then reboots (``reboot=k`` → i8042
 → the VMM exits 0).  All N are started within a few milliseconds of each other; for
 each the script records the wall time from the common start to ``GUEST-READY`` and to
@@ -28,10 +28,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import common
+
 from stratovmm.testing.guest import boot_args, stratovmm_command
 
 READY = b"GUEST-READY"
-DEFAULT_GUEST = Path(__file__).resolve().parent.parent.parent / "shared" / "guest"
 
 
 @dataclass
@@ -143,14 +144,15 @@ def markdown_table(results: list[VmResult], wall_s: float, smp: int, mem: str) -
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=common.GUEST_HELP)
     parser.add_argument("--vms", type=int, default=10)
     parser.add_argument("--smp", type=int, default=1)
     parser.add_argument("--mem", default="256M")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
-    guest = Path(os.environ.get("STRATOVMM_GUEST_DIR", DEFAULT_GUEST))
+    guest = common.GUEST
     results, wall = run_concurrent(guest, args.vms, args.smp, args.mem, args.timeout)
     print(markdown_table(results, wall, args.smp, args.mem))
     if args.json:

@@ -11,7 +11,7 @@ guest kernel is emulated, so guest IOPS are bound by the guest; CPU per request 
 the figure that compares the VMMs.
 
 fio comes from tools.ext4 (Debian's fio with its libraries, made by
-``stratovmm-guest build --stages disks`` or ../shared/guest/build-guest.sh).
+``stratovmm-guest build --stages disks``).
 
 usage: python bench/fio.py --tools PATH/tools.ext4 [--runs N] [--runtime S] [--out F]
 """
@@ -98,7 +98,7 @@ def commands(tools: Path, disk: Path, runtime: int) -> dict[str, list[str]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(epilog=common.GUEST_HELP)
     ap.add_argument("--tools", required=True, type=Path)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--runtime", type=int, default=10)

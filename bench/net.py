@@ -115,7 +115,7 @@ def parse(m: vmmrun.Measurement, nbytes: int) -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(epilog=common.GUEST_HELP)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--bytes", type=int, default=1 << 20)
     ap.add_argument("--out")

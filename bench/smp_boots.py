@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Consecutive multi-vCPU Linux boots, with or without the guest's paravirtual IPIs.
 
-On kvm-pvm hosts a 4-vCPU boot of the shared guest panics now and then late in boot in the
+On kvm-pvm hosts a 4-vCPU boot of the Linux guest panics now and then late in boot in the
 PV-IPI hypercall (``__send_ipi_mask``, VMCALL).  This script boots the guest ``--boots``
 times in a row (``-smp N``, ``-cpu host,kvm-pv-ipi=off`` unless ``--pv-ipi``), each boot
 under the machine-wide boot lock (``flock`` on ``/tmp/stratovmm-boot.lock``), and counts
@@ -22,6 +22,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import common
+
 from stratovmm.testing.guest import (
     BOOT_LOCK,
     GUEST_TIMEOUT,
@@ -30,7 +32,6 @@ from stratovmm.testing.guest import (
     run_guest,
 )
 
-DEFAULT_GUEST = Path(__file__).resolve().parent.parent.parent / "shared" / "guest"
 PROBE = "echo cpus=$(nproc); dmesg | grep -i -e 'kvm-guest' -e 'PV IPI' -e 'pv sched'"
 _PANIC = re.compile(r"Kernel panic|__send_ipi_mask|BUG:|Oops")
 
@@ -91,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mem", default="256M")
     parser.add_argument("--pv-ipi", action="store_true",
                         help="leave the guest its PV IPIs (no -cpu option)")
-    parser.add_argument("--guest", type=Path, default=DEFAULT_GUEST)
+    parser.add_argument("--guest", type=Path, default=common.GUEST,
+                        help="guest directory (default: $STRATOVMM_GUEST_DIR, else the one "
+                             "'stratovmm-guest build' made)")
     parser.add_argument("--json", help="write the outcomes here")
     args = parser.parse_args(argv)
     command = boot_command(args.guest, args.smp, args.mem, args.pv_ipi)

@@ -18,8 +18,9 @@ from typing import IO
 from stratovmm.testing.guest import stratovmm_command
 from stratovmm.testing.qmp import QmpTestClient
 
-# ../shared/bench/first-byte-guest.S, changed to print "READY" and then halt for ever
-# with interrupts off instead of resetting: a guest that stays up until QMP ends it.
+# A minimal 32-bit PVH guest (an ELF with a Xen PVH note): it prints "READY" on the 8250
+# at 0x3f8 and then halts for ever with interrupts off, so it stays up until QMP ends it
+# (bench/first-byte-guest.S is the same guest, printing "X" and resetting instead).
 LOOP_GUEST_ASM = r"""
 .section .note.Xen, "a"
 .align 4

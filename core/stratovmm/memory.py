@@ -156,7 +156,7 @@ class GuestMemory:
 
 @dataclass(frozen=True, slots=True)
 class MemoryOptions:
-    """How guest RAM is backed (SPEC §1: -m, -mem-path, -machine mem-share, dump-guest-core)."""
+    """How guest RAM is backed (-m, -mem-path, -machine mem-share, dump-guest-core)."""
 
     size: int
     mem_path: str | None = None

@@ -129,7 +129,30 @@ def mkext4(image: Path, tree: Path, size: str, uuid: str) -> None:
     run(["mkfs.ext4", "-q", "-F", "-d", tree, "-L", image.stem, "-U", uuid,
          "-E", f"root_owner=0:0,hash_seed={HASH_SEED}", "-O", "^has_journal", "-b", "4096",
          tmp, size], env={"E2FSPROGS_FAKE_TIME": "1"})
+    zero_ctimes(tmp, tree)
     tmp.replace(image)
+
+
+def zero_ctimes(image: Path, tree: Path) -> None:
+    """Set every inode's ctime in ``image`` to 0: ``mkfs.ext4 -d`` copies each file's
+    ctime from the host, which ``os.utime`` itself sets to now, so without this two
+    builds of one tree differ whenever a second boundary falls between them."""
+    paths = ["/"] + ["/" + str(p.relative_to(tree)) for p in sorted(tree.rglob("*"))]
+    if any('"' in p or "\n" in p for p in paths):
+        raise ValueError(f"{tree}: a path with a quote or newline cannot be stamped")
+    script = image.with_name(image.name + ".debugfs")
+    script.write_text("".join(f'set_inode_field "{p}" ctime 0\n' for p in paths))
+    try:
+        done = subprocess.run(["debugfs", "-w", "-f", script, image], capture_output=True,
+                              text=True, check=False,
+                              env={**os.environ, "E2FSPROGS_FAKE_TIME": "1"})
+    finally:
+        script.unlink()
+    # debugfs exits 0 even when a command fails; its errors are the stderr lines
+    # after the version banner
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("debugfs ")]
+    if done.returncode != 0 or errors:
+        raise BuildError(f"debugfs on {image}: {'; '.join(errors[:3]) or done.returncode}")
 
 
 def build_disk(out: Path, name: str, tree: Path, size: str, uuid: str) -> None:

@@ -7,9 +7,11 @@ through ACPI, which a microVM without firmware does not have.  The shipped
 ``make allnoconfig KCONFIG_ALLCONFIG=microvm.fragment`` (``--from-fragment``
 redoes that); the fragment's comments say why each boot-time option is there.
 
-The two patches under ``data/patches`` are the kvm-pvm workarounds (see the
-guest README): they only act when ``no_int3_selftest`` / ``pvm_quirks`` are on
-the kernel command line, so the patched kernel is also fine on VMX/SVM hosts.
+The two patches under ``data/patches`` are the kvm-pvm workarounds (kvm-pvm
+emulates the guest kernel and cannot run its int3 self-test, nor SYSCALL's and
+``INT $0x80``'s user-to-kernel switch; each patch's comment says how it copes):
+they only act when ``no_int3_selftest`` / ``pvm_quirks`` are on the kernel
+command line, so the patched kernel is also fine on VMX/SVM hosts.
 ``--no-pvm-patches`` builds the plain kernel; switching between the two in the
 same output directory reverses or applies the patches in the source tree and
 lets ``make`` rebuild only what they touch.

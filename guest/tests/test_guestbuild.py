@@ -208,6 +208,15 @@ def test_ext4_image_is_reproducible_and_cached(tmp_path: Path, tree: Path,
     assert "up to date" in capsys.readouterr().err
 
 
+def test_ext4_image_carries_no_host_ctime(tmp_path: Path, tree: Path) -> None:
+    """Every inode's ctime is 0, not the host's (which differs between builds)."""
+    images.build_disk(tmp_path, "a.ext4", tree, "4M", images.ROOTFS_UUID)
+    for path in ["/", "/bin", "/bin/tool", "/bin/link", "/init"]:
+        shown = subprocess.run(["debugfs", "-R", f"stat {path}", tmp_path / "a.ext4"],
+                               capture_output=True, text=True, check=True).stdout
+        assert " ctime: 0x00000000:" in shown, (path, shown)
+
+
 def test_shared_libraries_include_the_loader() -> None:
     """ldd parsing finds libc and the dynamic loader of a dynamically linked binary."""
     libs = [p.name for p in images.shared_libraries(Path("/usr/bin/env"))]

@@ -300,6 +300,7 @@ def test_help_of_installed_plugins_in_a_process() -> None:
     assert "-serial stdio" in proc.stdout
 
 
-def test_layout_limits_match_spec() -> None:
-    """The limits the schema checks are SPEC §1's: 1..254 vCPUs, 256M..512G."""
+def test_layout_limits_match_stratovirt() -> None:
+    """The limits the schema checks are StratoVirt v0.3's (``machine_config.rs``): 1..254
+    vCPUs, 256M..512G."""
     assert (254, 256 * MiB, 512 * GiB) == (layout.MAX_VCPUS, layout.MIN_MEM, layout.MAX_MEM)

@@ -1,5 +1,6 @@
 """The hook surface stays honest: every hook in ``core/stratovmm/hookspecs.py`` is documented in the
-one layout (DESIGN.md §2), listed in the lifecycle the module docstring draws, in that
+one layout (as ``_pytest/hookspec.py``: summary, params, firstresult note, when
+called), listed in the lifecycle the module docstring draws, in that
 order, and called by a test that runs the real ``stratovmm``."""
 
 from __future__ import annotations

@@ -403,7 +403,7 @@ def test_plugin_cannot_take_a_core_command_name() -> None:
 
 
 def test_qmp_error_rejects_unknown_class() -> None:
-    """QmpError only carries the error classes of SPEC §3."""
+    """QmpError only carries StratoVirt's QMP error classes."""
     assert QmpError("x", "DeviceNotActive").to_qmp() == {"class": "DeviceNotActive", "desc": "x"}
     with pytest.raises(ValueError):
         QmpError("x", "NoSuchClass")

@@ -3,7 +3,7 @@ never touch memory outside guest RAM.
 
 Guest RAM is the first RAM_SIZE bytes of a buffer followed by a canary the
 devices must never reach.  Runs STRATOVMM_FUZZ_EXAMPLES examples per device
-(short in CI; the long run's result is in the README).
+(short in CI; the long run's result is in bench/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The guest physical memory map (DESIGN.md §3).
+"""The guest physical memory map (x86_64, the shape linux-loader and Firecracker use).
 
 Low memory holds the structures the loader writes; the kernel goes at 1 MiB
 (bzImage) or where its ELF headers say; the initrd sits page-aligned at the top

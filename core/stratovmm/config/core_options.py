@@ -1,5 +1,5 @@
-"""The core's own options (StratoVirt v0.3's, with 2.x's spellings from ``v2options``) and its
-part of the JSON schema."""
+"""The core's own options (StratoVirt v0.3's machine, boot and process options, with 2.x's
+spellings from ``v2options``) and its part of the JSON schema."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def version_info() -> dict[str, Any]:
 
 
 def qmp_capabilities(_vm: VmApi, args: dict[str, Any]) -> None:
-    """Accepted for QEMU clients; commands work without it (SPEC §3).  No capability
+    """Accepted for QEMU clients; commands work without it, as in StratoVirt.  No capability
     (``oob`` ...) is offered, so asking to enable one is an error."""
     for capability in args.get("enable", []):
         raise GenericError(f"Capability '{capability}' not available")

@@ -1,7 +1,7 @@
 """From a parsed request to a reply: envelope checks, flow control, command lookup,
 argument schema, handler.
 
-The order is the contract (SPEC §3): nothing a command does happens before its
+The order is the contract: nothing a command does happens before its
 arguments passed its JSON schema, and every reply — errors included — carries
 the request's ``id`` when the request was an object that had one.  Commands
 are looked up in the ``QmpRegistry`` at call time, so whatever the core or a

@@ -1,7 +1,7 @@
 """QMP error classes: what a handler raises to answer ``{"error": {"class", "desc"}}``.
 
-The class names are StratoVirt's (and QEMU's) ``ErrorClass`` values; SPEC §3
-lists them.  A handler raises one of the subclasses (or ``QmpError(desc,
+The class names are StratoVirt v0.3's ``QmpErrorClass`` values (QEMU's
+``ErrorClass`` names).  A handler raises one of the subclasses (or ``QmpError(desc,
 error_class)``); any other exception escaping a handler is a bug in that
 handler and is answered as ``GenericError`` by the dispatcher.
 """

@@ -1,14 +1,14 @@
 """Split a QMP byte stream into JSON values, with bounded memory.
 
-SPEC §3: requests are "a stream of JSON objects, with or without newlines
-between them, several per read or one split across reads".  A QMP client
-owes us no delimiter, so the splitter tracks just enough JSON lexical state
-(nesting depth, inside-a-string, after-a-backslash) to see where a top-level
-value ends, then hands that value's bytes to ``json.loads``.  Runs the scanner
-would otherwise step through a byte at a time — a string's characters and escape
-pairs, a run of opening or closing brackets — are taken in one regex step, so a
-hostile 64 KiB of ``\\"`` or ``[[[[`` costs a few milliseconds, not a Python loop
-per byte.
+QMP requests are a stream of JSON objects, with or without newlines between
+them, several per read or one split across reads (QEMU's JSON streamer reads
+them so).  A QMP client owes us no delimiter, so the splitter tracks just
+enough JSON lexical state (nesting depth, inside-a-string, after-a-backslash)
+to see where a top-level value ends, then hands that value's bytes to
+``json.loads``.  Runs the scanner would otherwise step through a byte at a
+time — a string's characters and escape pairs, a run of opening or closing
+brackets — are taken in one regex step, so a hostile 64 KiB of ``\\"`` or
+``[[[[`` costs a few milliseconds, not a Python loop per byte.
 
 Bad input never stops the stream:
 

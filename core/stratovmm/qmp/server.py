@@ -1,7 +1,7 @@
 """The QMP server: a unix socket on the main event loop, several clients at once.
 
-Each connection gets the greeting at once (SPEC §3: commands work right after
-it), then its bytes go through a ``JsonStreamSplitter`` and each value through
+Each connection gets the greeting at once (commands work right after it, as in
+StratoVirt), then its bytes go through a ``JsonStreamSplitter`` and each value through
 the ``Dispatcher``; replies and events are single ``\\r\\n``-terminated lines.
 
 Nothing here blocks the main loop, and nothing a client does grows memory

@@ -1,7 +1,7 @@
 """The host side of a console: a unix socket server with one client and a bounded
 output buffer.
 
-Policy (SPEC §2 console; where it is silent we follow StratoVirt v0.3 or say why):
+Policy (StratoVirt v0.3's where it has one, else the reason is given):
 
 - The socket is the core's ``UnixListener``: created at start-up with mode 0600
   (whoever connects gets the guest's console); a socket file left at the path by

@@ -1,6 +1,6 @@
 """The hookimpls of the vsock plugin: ``-device vsock,id=ID,guest-cid=N[,uds-path=PATH]``.
 
-Backends (SPEC §2): with ``uds-path`` the userspace bridge of ``backend.py``
+Backends: with ``uds-path`` the userspace bridge of ``backend.py``
 (Firecracker's hybrid vsock), by choice even where ``/dev/vhost-vsock`` exists.
 Without it, vhost-vsock where ``/dev/vhost-vsock`` exists (``vhost.py``, as
 StratoVirt v0.3), else the userspace bridge at a default path

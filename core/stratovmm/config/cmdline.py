@@ -173,9 +173,14 @@ def fragment_of(spec: OptionSpec, values: dict[str, Any]) -> dict[str, Any]:
     return fragment
 
 
-def note_fields(out: ParsedCommandLine, spec: OptionSpec, fragment: Mapping[str, Any]) -> None:
-    """Remember which option (and key) set each field, for schema errors."""
-    by_field = {sub.field: sub.key for sub in spec.sub if sub.field is not None}
+def note_fields(out: ParsedCommandLine, spec: OptionSpec, fragment: Mapping[str, Any],
+                given: Sequence[str] = ()) -> None:
+    """Remember which option (and key) set each field, for schema errors; of two keys that
+    fill one field (``fd``, ``fds``) the one ``given`` is named."""
+    by_field = {sub.field: sub.key for sub in spec.sub
+                if sub.field is not None and sub.key not in given}
+    by_field.update({sub.field: sub.key for sub in spec.sub
+                     if sub.field is not None and sub.key in given})
     for name in fragment:
         key = by_field.get(name)
         named = len(spec.sub) > 1 and key is not None and key != spec.implied
@@ -268,16 +273,16 @@ class CommandLineParser:
         elif spec.join is not None:
             out.front_ends.append(FrontEnd(spec, values, fragment, seq))
         else:
-            self.store(out, spec, fragment, seq)
+            self.store(out, spec, fragment, seq, tuple(values))
 
     def store(self, out: ParsedCommandLine, spec: OptionSpec, fragment: dict[str, Any],
-              seq: int) -> None:
+              seq: int, given: Sequence[str] = ()) -> None:
         """Put one option's fragment where the JSON file would hold it (or in runtime)."""
         if spec.nest is not None:
             fragment = {spec.nest: fragment}
         if spec.file_key:
             self.merge(out, spec, fragment, seq)
-            note_fields(out, spec, fragment)
+            note_fields(out, spec, fragment, given)
         else:
             out.runtime[spec.json_key] = fragment
 

@@ -97,7 +97,8 @@ class _Joiner:
         if record is None:
             raise ConfigError(f"{front.spec.display}: no {name} with id {ident!r}")
         self._claim(front, table, ident, name)
-        self.parser.store(self.out, front.spec, self._build(front, record), front.seq)
+        self.parser.store(self.out, front.spec, self._build(front, record), front.seq,
+                          tuple(front.values))
 
     def _from_item(self, front: FrontEnd, key: str, ident: str) -> None:
         spec = front.spec

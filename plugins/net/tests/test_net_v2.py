@@ -3,10 +3,18 @@ virtio-net-device,netdev=ID`` joined to it, beside v0.3's ``-netdev id=...``."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import secrets
+import struct
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import stratovmm_net.plugin as plugin
+from stratovmm_net import tap as tap_mod
+from stratovmm_net.tap import IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TUNSETIFF, Tap
+from stratovmm_net.vhost import adopt_vhost_net
 
 from stratovmm.api import ConfigError
 from stratovmm.testing.config import help_text, parse_config
@@ -80,3 +88,78 @@ def test_help_shows_both_forms() -> None:
     for needle in ("-netdev id=ID,netdev=TAP", "-netdev tap,id=ID,(ifname=TAP|fd=N|fds=N:M)",
                    "-device virtio-net-device,netdev=ID"):
         assert needle in text
+
+
+IFF_MULTI_QUEUE = 0x0100
+
+
+def tap_queue(name: str, multi: bool = True) -> int:
+    """A tun fd attached to (new, non-persistent) tap ``name``, multi-queue by default."""
+    flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (IFF_MULTI_QUEUE if multi else 0)
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
+    return fd
+
+
+@pytest.fixture
+def tap_name() -> Iterator[str]:
+    """A fresh tap name; the test needs root and /dev/net/tun."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
+        pytest.skip("making tap devices needs root and /dev/net/tun")
+    yield "sv2" + secrets.token_hex(4)
+
+
+def fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_other_queues_of_an_inherited_tap_are_detached(tap_name: str) -> None:
+    """fds=A:B on a multi-queue tap: A is served, B is detached from the tap and closed;
+    the tap lives on with A (a detached queue takes no frames)."""
+    first, second = tap_queue(tap_name), tap_queue(tap_name)
+    tap = Tap.from_fd(first, "-netdev tap fds")
+    try:
+        tap_mod.detach_queues(tap, [second], "-netdev tap fds")
+        assert not fd_is_open(second)
+        assert os.path.exists(f"/sys/class/net/{tap_name}")
+    finally:
+        tap.close()
+
+
+def test_queues_of_another_tap_or_a_single_queue_tap_are_refused(tap_name: str) -> None:
+    """A queue fd of another tap, a non-tap fd and a second fd of a single-queue tap are
+    refused, naming the option and the fd."""
+    first, other = tap_queue(tap_name), tap_queue(tap_name + "x")
+    single = tap_queue(tap_name + "s", multi=False)
+    read_end, write_end = os.pipe()
+    tap, again = Tap.from_fd(first, "-netdev tap fds"), -1
+    try:
+        with pytest.raises(ConfigError, match=f"fds: fd {other} is a queue of tap"):
+            tap_mod.detach_queues(tap, [other], "-netdev tap fds")
+        with pytest.raises(ConfigError, match=f"fds: fd {read_end} is not an attached tap fd"):
+            tap_mod.detach_queues(tap, [read_end], "-netdev tap fds")
+        lone, again = Tap.from_fd(single, "-netdev tap fds"), os.dup(single)
+        with pytest.raises(ConfigError, match=f"fd {again}: tap .* is not multi-queue"):
+            tap_mod.detach_queues(lone, [again], "-netdev tap fds")
+        lone.close()
+    finally:
+        tap.close()
+        for fd in (other, again, read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+
+
+def test_inherited_vhostfd_that_is_not_vhost_net_is_refused() -> None:
+    """vhostfd= naming an fd that is not /dev/vhost-net is refused, naming it."""
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(ConfigError, match=f"vhostfd: fd {read_end} is not a usable"
+                                              " vhost-net fd"):
+            adopt_vhost_net(read_end, "-netdev tap vhostfd")
+    finally:
+        os.close(read_end)
+        os.close(write_end)

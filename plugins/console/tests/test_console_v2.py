@@ -1,15 +1,23 @@
-"""StratoVirt 2.x's console spelling: ``-device virtio-serial-device`` + ``-chardev socket`` +
-``-device virtconsole,chardev=ID``, as Kata's driver writes it, beside v0.3's ``-chardev``."""
+"""StratoVirt 2.x's console spelling: ``-device virtio-serial-device`` + ``-chardev socket`` (or
+``file``) + ``-device virtconsole,chardev=ID``, as Kata's driver writes it, beside v0.3's
+``-chardev``; and the file back end itself."""
 
 from __future__ import annotations
 
+import json
+import stat
+from pathlib import Path
 from typing import Any
 
 import pytest
 import stratovmm_console.plugin as plugin
+from stratovmm_console.device import TRANSMITQ, ConsoleDevice
+from stratovmm_console.logfile import ConsoleFile
 
-from stratovmm.api import ConfigError
+from stratovmm.api import ConfigError, EventLoop
 from stratovmm.testing.config import help_text, parse_config
+from stratovmm.testing.harness import DeviceHarness
+from stratovmm.testing.virtqueue import Buffer
 
 PLUGINS = {"console": plugin}
 
@@ -58,3 +66,54 @@ def test_help_shows_both_forms() -> None:
     for needle in ("-chardev id=ID,path=SOCKET", "-device virtio-serial-device",
                    "-device virtconsole,chardev=ID,id=ID"):
         assert needle in text
+
+
+def test_virtconsole_on_a_file_chardev(tmp_path: Path) -> None:
+    """-device virtconsole over -chardev file is a console item with file_path."""
+    log = str(tmp_path / "guest.log")
+    assert consoles("-device", "virtio-serial-device", "-chardev", f"file,id=f,path={log}",
+                    "-device", "virtconsole,chardev=f,id=con0") == [
+        {"console_id": "con0", "file_path": log}]
+
+
+@pytest.mark.parametrize(("item", "needle"), [
+    ({"console_id": "c"}, "console 'c': give exactly one of socket_path and file_path"),
+    ({"console_id": "c", "socket_path": "/tmp/a.sock", "file_path": "/tmp/a.log"},
+     "give exactly one"),
+    ({"console_id": "c", "file_path": "/nonexistent-dir/a.log"},
+     "-chardev file path .*its directory does not exist"),
+])
+def test_console_file_path_refusals(tmp_path: Path, item: dict[str, Any], needle: str) -> None:
+    """A console with neither or both of socket_path and file_path, or a file in a missing
+    directory, is refused before any device exists, naming it."""
+    config = tmp_path / "vm.json"
+    config.write_text(json.dumps({"console": [item]}))
+    with pytest.raises(ConfigError, match=needle):
+        consoles("-config", str(config))
+
+
+def test_file_console_appends_guest_output(tmp_path: Path) -> None:
+    """Guest output on the transmitq is appended to the file (earlier content kept, mode
+    0600 when created), each buffer returned with length 0; a symlink is refused."""
+    path = tmp_path / "guest.log"
+    path.write_bytes(b"earlier run\n")
+    loop = EventLoop("console-file-test")
+    device = ConsoleDevice("con0", ConsoleFile(str(path)))
+    h = DeviceHarness(device, queue_size=16, loop=loop)
+    h.start()
+    heads = []
+    for data in (b"hello ", b"from the guest\n"):
+        addr = h.alloc(len(data))
+        h.memory.write(addr, data)
+        heads.append(h.queues[TRANSMITQ].add_chain([Buffer(addr, len(data))]))
+    h.kick(TRANSMITQ)
+    h.run()
+    device.close()
+    assert path.read_bytes() == b"earlier run\nhello from the guest\n"
+    assert h.queues[TRANSMITQ].used_elements() == [(head, 0) for head in heads]
+    fresh = tmp_path / "fresh.log"
+    ConsoleFile(str(fresh)).close()
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+    (tmp_path / "link.log").symlink_to(fresh)
+    with pytest.raises(ConfigError, match=r"cannot open .*link\.log"):
+        ConsoleFile(str(tmp_path / "link.log"))

@@ -13,7 +13,8 @@ example or the plugin template imports one.  The names are grouped as the
 plugin guide (``docs/plugins.md``) explains them:
 
 - hooks and registration: ``hookimpl``, the registry views a hook is given and
-  what goes into them (``DeviceType``, ``OptionSpec``, ``QmpCommand``,
+  what goes into them (``DeviceType``, ``OptionSpec`` with ``SubOption`` and
+  ``Join``, ``QmpCommand``,
   ``HotplugDriver``, ``SeccompRules`` with ``ArgCondition``), ``RuntimeOptions``;
 - building and running: ``BuildContext``/``VmApi``, what a factory returns
   (``Device``, ``VirtioSlot``, ``PioWindow``, ``MmioWindow``), ``BackendTable``;
@@ -77,6 +78,7 @@ from stratovmm.registry import (
     DeviceRegistry,
     DeviceType,
     HotplugDriver,
+    Join,
     OptionSpec,
     QmpCommand,
     QmpRegistry,
@@ -197,6 +199,7 @@ __all__ = [
     "HotplugError",
     "Ioctl",
     "IrqLine",
+    "Join",
     "KVMMissingCap",
     "MmioWindow",
     "OperationThrottled",

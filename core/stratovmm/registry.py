@@ -37,18 +37,52 @@ class ValueKind(enum.StrEnum):
     INT = "int"        # decimal integer
     BOOL = "bool"      # on|off|true|false (JSON: true/false)
     SIZE = "size"      # bytes, or with K/M/G suffix (JSON: bytes)
+    FLAG = "flag"      # the key alone (QEMU's ``server``, ``nowait``) or on|off (JSON: true/false)
 
 
 @dataclass(frozen=True)
 class SubOption:
-    """One ``key=value`` of an option, and the JSON field it fills."""
+    """One ``key=value`` of an option, and the JSON field it fills.
+
+    ``field`` None: the key is read and checked but fills no field by itself (a
+    QEMU key that means nothing here, such as ``-drive if=none``, or one that the
+    option's ``build`` reads).  ``values`` maps fixed words to JSON values (an
+    enum); ``parse`` converts text no ``ValueKind`` describes (``-m``'s bare
+    numbers, ``fds=3:4``) and raises ``ValueError`` with the reason.
+    """
 
     key: str
-    field: str
+    field: str | None
     kind: ValueKind = ValueKind.STR
     required: bool = False
     help: str = ""
     values: Mapping[str, Any] | None = None   # text → JSON value (e.g. microvm → "MicroVm")
+    parse: Callable[[str], Any] | None = None
+
+
+@dataclass(frozen=True)
+class Join:
+    """How a front end (``-device virtio-blk-device,drive=d0``) finds the back end it names.
+
+    ``key`` is the front end's sub-option that holds the back end's id (``drive``,
+    ``netdev``, ``chardev``, ``rng``).  ``backend`` is where that id is looked up:
+    the ``json_key`` of back-end options (``OptionSpec.backend``: ``-chardev
+    socket,...``, ``-object rng-random,...``, held aside by id), or the JSON key of
+    a repeatable item option (``drive``, ``net``: the item the back end made).
+    ``build(values, record)`` makes the item from the front end's values (by key)
+    and the back end's record (by field, with ``kind``: the back end's leading
+    word); without it the item is the record with the front end's fields laid
+    over it.  A back-end record serves one front end; an item the front end was
+    built from is replaced where it stood (so ``-drive`` order still names the
+    disks), an item built from a held back end is added.  ``needs`` names a
+    back-end table that must hold at least one record (``virtconsole`` is a port
+    of a ``-device virtio-serial-device``).  Every error names the front end.
+    """
+
+    key: str
+    backend: str
+    build: Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
+    needs: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,12 +96,28 @@ class OptionSpec:
       ``words``     ``-append a b c``: every word up to the next option
       ``flag``      ``-freeze``: no value (JSON: true)
       ``optional``  ``-D [PATH]``: a value only if the next word is not an option
-    With ``driver`` set the option is ``-device DRIVER,k=v,...``.
+    With ``driver`` set the option begins with that word: ``-device DRIVER,k=v,...``,
+    ``-object TYPE,...``, ``-netdev tap,...``, ``-chardev socket,...`` (QEMU's and
+    StratoVirt 2.x's spellings); several options may share a name, each with its
+    own word, beside at most one without (``-netdev id=...``, v0.3's form), which
+    takes every value not starting with a known word.  ``-serial chardev:ID`` is
+    the word ``chardev`` with the ``implied`` key's value after a colon.
     ``json_key`` is the top-level JSON key; with ``repeatable`` its value is a list of
     objects (merged with the file's by ``id_field``), otherwise one object merged
     key by key.  ``file_key`` False keeps the option out of the JSON file (runtime only).
     With ``nest`` the sub-options fill an object at ``json_key.nest`` instead
     (``-cpu host,kvm-pv-ipi=off`` → ``"machine-config": {"cpu": {...}}``).
+    Several options may write one JSON key (a second spelling of a device:
+    ``-device virtio-rng-device`` beside ``-rng``) when they agree on
+    ``repeatable`` and ``id_field``.
+
+    ``build(values)`` makes the JSON fragment from the values given (by key) when
+    keys do not map one to one onto fields, and checks rules between keys
+    (raising ``ValueError`` with the reason).  ``backend`` True makes the option
+    a back end (``-chardev socket,id=c0,...``): its record is held under
+    ``json_key`` by its ``id_field`` until a front end's ``join`` names it, and
+    never becomes a JSON item by itself.  ``join`` makes the option a front end
+    (see ``Join``).
     """
 
     name: str
@@ -82,6 +132,9 @@ class OptionSpec:
     file_key: bool = True
     metavar: str = ""
     nest: str | None = None
+    build: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    backend: bool = False
+    join: Join | None = None
 
     @property
     def display(self) -> str:
@@ -188,7 +241,9 @@ class DeviceRegistry:
         return _view(self, plugin)
 
     def add_option(self, option: OptionSpec) -> None:
-        """An option that is not a device (core options, or plugin runtime switches)."""
+        """An option that is not a device type's own: a core option, a plugin's runtime
+        switch, a second spelling of a device (``-device virtio-rng-device`` beside
+        ``-rng``), a back end or a front end."""
         key = (option.name, option.driver)
         if key in self.options:
             raise PluginError(
@@ -197,8 +252,28 @@ class DeviceRegistry:
             )
         if not _NAME.fullmatch(option.name):
             raise PluginError(f"plugin {self.plugin}: bad option name {option.name!r}")
+        self._check_json_key(option)
         self.options[key] = option
         self.owner[option.display] = self.plugin
+
+    def _check_json_key(self, option: OptionSpec) -> None:
+        """Options sharing a JSON key (or a back-end table) are one plugin's and agree on
+        what an item is; a back end is held by id and never shares a key with items."""
+        where = f"plugin {self.plugin}: option {option.display}"
+        if option.backend and option.id_field is None:
+            raise PluginError(f"{where}: a back end needs an id_field")
+        for other in self.options.values():
+            if other.json_key != option.json_key or not (other.file_key or other.backend):
+                continue
+            if not (option.file_key or option.backend):
+                continue
+            owner = self.owner.get(other.display, "?")
+            if owner != self.plugin:
+                raise PluginError(f"{where}: JSON key {option.json_key!r} belongs to {owner}")
+            if (other.backend, other.repeatable, other.id_field) != (
+                    option.backend, option.repeatable, option.id_field):
+                raise PluginError(f"{where}: writes {option.json_key!r} like {other.display}"
+                                  " but disagrees on backend, repeatable or id_field")
 
     def add_device_type(self, device_type: DeviceType) -> None:
         """A cold-pluggable device: option + schema + factory."""

@@ -56,7 +56,8 @@ def test_help_lists_the_example_option(contract_venv: Venv) -> None:
     (["-device", "boot-timer,at=0xd1000000"],
      "-device boot-timer: unknown key 'at' (known: addr)"),
     (["-device", "boot-tmer"],
-     "-device: unknown device driver 'boot-tmer' (installed: boot-timer)"),
+     "-device: unknown device driver 'boot-tmer' (no installed plugin provides it;"
+     " known: boot-timer)"),
 ])
 def test_example_option_errors_name_it(contract_venv: Venv, signal_guest: Path,
                                        args: list[str], message: str) -> None:

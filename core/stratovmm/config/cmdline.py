@@ -4,6 +4,15 @@ Options are single-dash (``--name`` is accepted too).  Every option writes its
 value where the JSON file would hold it; options with no file equivalent
 (``-name``, ``-api-channel``, ``-daemonize``, ...) go to ``runtime``.  Every error
 names the option and the reason.
+
+v0.3's and StratoVirt 2.x's spellings are told apart option by option: an option
+whose value begins with a registered word (``-netdev tap,...``, ``-chardev
+socket,...``, ``-device DRIVER,...``, ``-object TYPE,...``) is that word's
+option, any other value belongs to the option registered without a word
+(``-netdev id=...``, v0.3's form).  2.x's back ends (``-chardev``, ``-object
+rng-random``) are held by id and its front ends (``-device virtio-blk-device,
+drive=ID``) are joined to them once the whole line is read (``joins.py``), so a
+``-device`` may come before its back end, as in StratoVirt.
 """
 
 from __future__ import annotations
@@ -13,22 +22,44 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stratovmm.config.grammar import GrammarError, convert, split_items
+from stratovmm.config.joins import resolve
 from stratovmm.errors import ConfigError
-from stratovmm.registry import OptionSpec
+from stratovmm.registry import OptionSpec, ValueKind
 
 HELP_FLAGS = ("-h", "--help", "-help")
 VERSION_FLAGS = ("-V", "-version", "--version")      # StratoVirt's arg_parser: -V, --version
 
+# What the leading word of each option's value is called in errors.
+_WORD = {"device": "device driver", "object": "object type"}
+
+
+@dataclass
+class FrontEnd:
+    """A ``-device`` that names a back end, waiting for the whole line to be read."""
+
+    spec: OptionSpec
+    values: dict[str, Any]
+    fragment: dict[str, Any]
+    seq: int
+
 
 @dataclass
 class ParsedCommandLine:
-    """What the command line said, in config-file form plus runtime switches."""
+    """What the command line said, in config-file form plus runtime switches.
+
+    ``backends`` holds the back ends (``-chardev socket,...``) by table and id;
+    ``order`` the argv position of each item of a repeatable key, so that the items
+    can be put in the order their devices were asked for.
+    """
 
     document: dict[str, Any] = field(default_factory=dict)
     runtime: dict[str, Any] = field(default_factory=dict)
     provenance: dict[tuple[str, str], str] = field(default_factory=dict)
     help: bool = False
     version: bool = False
+    backends: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    front_ends: list[FrontEnd] = field(default_factory=list)
+    order: dict[str, list[int]] = field(default_factory=dict)
 
     def where(self, path: Sequence[str | int]) -> str:
         """The option that set the value at JSON ``path`` (for error messages)."""
@@ -54,6 +85,110 @@ def _value_optional(spec: OptionSpec) -> bool:
             and bool(spec.sub) and not any(sub.required for sub in spec.sub))
 
 
+def pick_spec(specs: list[OptionSpec], token: str, value: str) -> tuple[OptionSpec, str]:
+    """The option among those sharing ``token``'s name that ``value`` is written for, and
+    the rest of the value: a leading word picks the option registered with that word
+    (``chardev:ID`` is the word ``chardev`` with the value ``ID``); other values go to
+    the option registered without a word."""
+    plain = next((s for s in specs if s.driver is None), None)
+    worded = {s.driver: s for s in specs if s.driver is not None}
+    if not worded:
+        return specs[0], value
+    word, comma, rest = value.partition(",")
+    if word and "=" not in word:
+        if word in worded:
+            return worded[word], rest
+        head, colon, tail = word.partition(":")
+        if colon and head in worded and worded[head].implied is not None:
+            return worded[head], tail + comma + rest
+        if plain is not None and plain.implied is not None:
+            return plain, value
+    elif plain is not None:
+        return plain, value
+    noun = _WORD.get(specs[0].name, "type")
+    known = ", ".join(sorted(str(d) for d in worded))
+    if not word or "=" in word:
+        raise ConfigError(f"{token}: the {noun} must come first ({token} WORD,...;"
+                          f" known: {known})")
+    raise ConfigError(f"{token}: unknown {noun} {word!r} (no installed plugin provides it;"
+                      f" known: {known})")
+
+
+def keyvalues(spec: OptionSpec, text: str) -> dict[str, Any]:
+    """The values of ``key=value,...`` by key, converted; a leading bare value is the
+    implied key's, a later bare word a ``FLAG`` key given alone."""
+    try:
+        items = split_items(text) if text else []
+    except GrammarError as exc:
+        raise ConfigError(f"{spec.display}: {exc}") from None
+    values: dict[str, Any] = {}
+    for n, (key, raw) in enumerate(items):
+        if key is None:
+            key, raw = _bare(spec, n, raw)
+        sub = spec.subkey(key)
+        if sub is None:
+            known = ", ".join(s.key for s in spec.sub)
+            raise ConfigError(f"{spec.display}: unknown key {key!r} (known: {known})")
+        if key in values:
+            raise ConfigError(f"{spec.display}: {key} given twice")
+        try:
+            values[key] = convert(sub, raw)
+        except GrammarError as exc:
+            raise ConfigError(f"{spec.display}: {exc}") from None
+    missing = [s.key for s in spec.sub if s.required and s.key not in values]
+    if missing:
+        raise ConfigError(f"{spec.display}: missing {', '.join(k + '=' for k in missing)}")
+    return values
+
+
+def _bare(spec: OptionSpec, n: int, raw: str) -> tuple[str, str]:
+    """The key a value written without ``key=`` belongs to."""
+    if n == 0 and spec.implied is not None:
+        return spec.implied, raw
+    sub = spec.subkey(raw)
+    if sub is not None and sub.kind is ValueKind.FLAG:
+        return raw, "on"
+    raise ConfigError(f"{spec.display}: {raw!r} needs a key (key=value)")
+
+
+def fragment_of(spec: OptionSpec, values: dict[str, Any]) -> dict[str, Any]:
+    """The JSON fragment the option's values make: ``build`` when the option has one,
+    else each value at its sub-option's field."""
+    if spec.build is not None:
+        try:
+            return spec.build(values)
+        except ValueError as exc:
+            raise ConfigError(f"{spec.display}: {exc}") from None
+    fields = {sub.key: sub.field for sub in spec.sub}
+    fragment: dict[str, Any] = {}
+    setter: dict[str, str] = {}
+    for key, value in values.items():
+        name = fields[key]
+        if name is None:
+            continue
+        if name in setter:
+            raise ConfigError(f"{spec.display}: {setter[name]} and {key} both set {name};"
+                              " give one")
+        fragment[name], setter[name] = value, key
+    return fragment
+
+
+def note_fields(out: ParsedCommandLine, spec: OptionSpec, fragment: Mapping[str, Any],
+                given: Sequence[str] = ()) -> None:
+    """Remember which option (and key) set each field, for schema errors; of two keys that
+    fill one field (``fd``, ``fds``) the one ``given`` is named."""
+    by_field = {sub.field: sub.key for sub in spec.sub
+                if sub.field is not None and sub.key not in given}
+    by_field.update({sub.field: sub.key for sub in spec.sub
+                     if sub.field is not None and sub.key in given})
+    for name in fragment:
+        key = by_field.get(name)
+        named = len(spec.sub) > 1 and key is not None and key != spec.implied
+        out.provenance[(spec.json_key, name)] = f"{spec.display} {key}" if named \
+            else spec.display
+    out.provenance[(spec.json_key, "")] = spec.display
+
+
 class CommandLineParser:
     """Parse argv against the registered options (core and plugins)."""
 
@@ -63,9 +198,10 @@ class CommandLineParser:
         for spec in options.values():
             self._by_name.setdefault(spec.name, []).append(spec)
         self._single = single_device_keys
+        self._options = list(options.values())
 
     def parse(self, argv: list[str]) -> ParsedCommandLine:
-        """Parse every option in ``argv``."""
+        """Parse every option in ``argv``, then join the front ends to their back ends."""
         out = ParsedCommandLine()
         i = 0
         while i < len(argv):
@@ -81,8 +217,11 @@ class CommandLineParser:
             if not specs:
                 raise ConfigError(f"unknown option {token!r} (see --help for the options of the"
                                   " installed plugins)")
-            value, i = self._take_value(specs[0], token, argv, i + 1)
-            self._apply(out, specs, token, value)
+            base = next((s for s in specs if s.driver is None), specs[0])
+            value, i = self._take_value(base, token, argv, i + 1)
+            self._apply(out, specs, token, value, i)
+        if not (out.help or out.version):
+            resolve(out, self._options, self)
         return out
 
     @staticmethod
@@ -108,10 +247,10 @@ class CommandLineParser:
         return argv[i], i + 1
 
     def _apply(self, out: ParsedCommandLine, specs: list[OptionSpec], token: str,
-               value: Any) -> None:
+               value: Any, seq: int) -> None:
         spec = specs[0]
-        if spec.driver is not None:
-            spec, value = self._pick_driver(specs, token, value)
+        if isinstance(value, str) and (len(specs) > 1 or spec.driver is not None):
+            spec, value = pick_spec(specs, token, value)
         if spec.style == "flag" or value is True:
             self._store_runtime_or_file(out, spec, True)
             return
@@ -121,64 +260,42 @@ class CommandLineParser:
                 converted = convert(sub, value)
             except GrammarError as exc:
                 raise ConfigError(f"{spec.display}: {exc}") from None
-            if spec.file_key:
-                self._merge(out, spec, {sub.field: converted})
+            if spec.file_key and sub.field is not None:
+                self.merge(out, spec, {sub.field: converted}, seq)
                 out.provenance[(spec.json_key, sub.field)] = spec.display
             else:
                 out.runtime[spec.json_key] = converted
             return
-        fragment = self._keyvalues(spec, value)
+        values = keyvalues(spec, value)
+        fragment = fragment_of(spec, values)
+        if spec.backend:
+            self._hold(out, spec, fragment)
+        elif spec.join is not None:
+            out.front_ends.append(FrontEnd(spec, values, fragment, seq))
+        else:
+            self.store(out, spec, fragment, seq, tuple(values))
+
+    def store(self, out: ParsedCommandLine, spec: OptionSpec, fragment: dict[str, Any],
+              seq: int, given: Sequence[str] = ()) -> None:
+        """Put one option's fragment where the JSON file would hold it (or in runtime)."""
         if spec.nest is not None:
             fragment = {spec.nest: fragment}
         if spec.file_key:
-            self._merge(out, spec, fragment)
-            for sub in spec.sub:
-                out.provenance[(spec.json_key, sub.field)] = (
-                    spec.display if len(spec.sub) == 1 else f"{spec.display} {sub.key}"
-                )
-            out.provenance[(spec.json_key, "")] = spec.display
+            self.merge(out, spec, fragment, seq)
+            note_fields(out, spec, fragment, given)
         else:
             out.runtime[spec.json_key] = fragment
 
     @staticmethod
-    def _pick_driver(specs: list[OptionSpec], token: str, value: str) -> tuple[OptionSpec, str]:
-        driver, _, rest = value.partition(",")
-        if "=" in driver:
-            raise ConfigError(f"{token}: the device driver must come first ({token} DRIVER,...)")
-        for spec in specs:
-            if spec.driver == driver:
-                return spec, rest
-        known = ", ".join(sorted(str(s.driver) for s in specs))
-        raise ConfigError(f"{token}: unknown device driver {driver!r} (installed: {known})")
-
-    @staticmethod
-    def _keyvalues(spec: OptionSpec, text: str) -> dict[str, Any]:
-        try:
-            items = split_items(text) if text else []
-        except GrammarError as exc:
-            raise ConfigError(f"{spec.display}: {exc}") from None
-        fragment: dict[str, Any] = {}
-        seen: set[str] = set()
-        for n, (key, raw) in enumerate(items):
-            if key is None:
-                if n != 0 or spec.implied is None:
-                    raise ConfigError(f"{spec.display}: {raw!r} needs a key (key=value)")
-                key = spec.implied
-            sub = spec.subkey(key)
-            if sub is None:
-                known = ", ".join(s.key for s in spec.sub)
-                raise ConfigError(f"{spec.display}: unknown key {key!r} (known: {known})")
-            if key in seen:
-                raise ConfigError(f"{spec.display}: {key} given twice")
-            seen.add(key)
-            try:
-                fragment[sub.field] = convert(sub, raw)
-            except GrammarError as exc:
-                raise ConfigError(f"{spec.display}: {exc}") from None
-        missing = [s.key for s in spec.sub if s.required and s.key not in seen]
-        if missing:
-            raise ConfigError(f"{spec.display}: missing {', '.join(k + '=' for k in missing)}")
-        return fragment
+    def _hold(out: ParsedCommandLine, spec: OptionSpec, fragment: dict[str, Any]) -> None:
+        """Keep a back end by its id until a front end names it."""
+        table = out.backends.setdefault(spec.json_key, {})
+        if table and not spec.repeatable:
+            raise ConfigError(f"{spec.display}: given twice (at most one is allowed)")
+        ident = fragment.get(str(spec.id_field), "")
+        if ident in table:
+            raise ConfigError(f"{spec.display}: duplicate id {ident!r}")
+        table[ident] = {**fragment, "kind": spec.driver}
 
     def _store_runtime_or_file(self, out: ParsedCommandLine, spec: OptionSpec,
                                value: Any) -> None:
@@ -188,7 +305,10 @@ class CommandLineParser:
         else:
             out.runtime[spec.json_key] = value
 
-    def _merge(self, out: ParsedCommandLine, spec: OptionSpec, fragment: dict[str, Any]) -> None:
+    def merge(self, out: ParsedCommandLine, spec: OptionSpec, fragment: dict[str, Any],
+              seq: int) -> None:
+        """Add a repeatable option's item (refusing a duplicate id), or merge a single
+        option's object (refusing a second device where one is allowed)."""
         doc = out.document
         if spec.repeatable:
             items = doc.setdefault(spec.json_key, [])
@@ -197,6 +317,7 @@ class CommandLineParser:
                 if any(item.get(spec.id_field) == new_id for item in items):
                     raise ConfigError(f"{spec.display}: duplicate id {new_id!r}")
             items.append(fragment)
+            out.order.setdefault(spec.json_key, []).append(seq)
             return
         if spec.json_key in self._single and spec.json_key in doc:
             raise ConfigError(f"{spec.display}: given twice (at most one is allowed)")

@@ -1,5 +1,5 @@
-"""The core's own options (StratoVirt v0.3's machine, boot and process options, plus
-2.x's ``-cpu``) and its part of the JSON schema."""
+"""The core's own options (StratoVirt v0.3's machine, boot and process options, with 2.x's
+spellings from ``v2options``) and its part of the JSON schema."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from stratovmm.boot import layout
 from stratovmm.boot.cpu import KVM_FEATURES
+from stratovmm.config.v2options import KVM_ACCEL, V2_OPTIONS, parse_ram, smp_fragment
 from stratovmm.registry import OptionSpec, SubOption, ValueKind
 
 S, P, N, B, Z = ValueKind.STR, ValueKind.PATH, ValueKind.INT, ValueKind.BOOL, ValueKind.SIZE
@@ -22,19 +23,29 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
                     SubOption("dump-guest-core", "dump_guest_core", B,
                               help="include guest RAM in core dumps (default on)"),
                     SubOption("mem-share", "mem_share", B,
-                              help="map guest RAM MAP_SHARED (default off)")),
-               metavar="[type=]microvm[,dump-guest-core=on|off][,mem-share=on|off]"),
-    OptionSpec("smp", "number of vCPUs, 1..254", "machine-config", implied="cpus",
-               sub=(SubOption("cpus", "vcpu_count", N),), metavar="[cpus=]N"),
+                              help="map guest RAM MAP_SHARED (default off)"),
+                    SubOption("accel", None, values=KVM_ACCEL, help="kvm (StratoVirt 2.x)"),
+                    SubOption("usb", None, values={"off": False, "false": False},
+                              help="off (StratoVirt 2.x)")),
+               metavar="[type=]microvm[,dump-guest-core=on|off][,mem-share=on|off]"
+                       "[,accel=kvm][,usb=off]"),
+    OptionSpec("smp", "number of vCPUs, 1..254; StratoVirt 2.x's topology keys are checked"
+               " as 2.x checks them", "machine-config", implied="cpus", build=smp_fragment,
+               sub=(SubOption("cpus", "vcpu_count", N),
+                    *(SubOption(key, None, N) for key in ("maxcpus", "sockets", "dies",
+                                                          "clusters", "cores", "threads"))),
+               metavar="[cpus=]N[,maxcpus=N][,sockets=N][,dies=N][,clusters=N][,cores=N]"
+                       "[,threads=N]"),
     OptionSpec("cpu", "the host CPU; KVM paravirtual features on|off by QEMU's names"
                " (kvm-pv-ipi, kvm-pv-eoi, kvmclock, ...; default: all KVM offers)",
                "machine-config", implied="model", nest="cpu",
                sub=(SubOption("model", "model", values={"host": "host"}, help="only host"),
                     *(SubOption(name, name, B) for name in KVM_FEATURES)),
                metavar="[model=]host[,kvm-pv-ipi=on|off,...]"),
-    OptionSpec("m", "guest RAM: bytes or K/M/G suffix, 256M..512G (default 256M)",
-               "machine-config", implied="size", sub=(SubOption("size", "mem_size", Z),),
-               metavar="[size=]SIZE"),
+    OptionSpec("m", "guest RAM with a K/M/G suffix, 256M..512G (default 256M); a bare number"
+               " is MiB up to 524288 (StratoVirt 2.x) and bytes from 268435456 (v0.3)",
+               "machine-config", implied="size",
+               sub=(SubOption("size", "mem_size", Z, parse=parse_ram),), metavar="[size=]SIZE"),
     OptionSpec("mem-path", "file or directory (e.g. hugetlbfs) backing guest RAM; absolute",
                "machine-config", style="value", sub=(SubOption("path", "mem_path", P),),
                metavar="PATH"),
@@ -64,6 +75,7 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("D", "log to PATH, or stderr (level: STRATOVMM_LOG_LEVEL, default error)", "D",
                style="optional", sub=(SubOption("path", "path", P),), file_key=False,
                metavar="[PATH]"),
+    *V2_OPTIONS,
 )
 
 def whole_string(regex: str) -> str:

@@ -2,7 +2,8 @@
 
 Commas inside a value are written doubled (``,,``), as in QEMU.  A leading
 item without ``=`` is the option's implied key (``-smp 2`` = ``-smp cpus=2``,
-``-device vsock,...`` names the driver).
+``-device vsock,...`` names the driver); a later one is a ``FLAG`` key given
+alone (``-chardev socket,...,server,nowait``).
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ def parse_bool(text: str) -> bool:
 
 def convert(sub: SubOption, text: str) -> Any:
     """The JSON value of sub-option ``sub`` written as ``text``."""
+    if sub.parse is not None:
+        try:
+            return sub.parse(text)
+        except ValueError as exc:
+            raise GrammarError(f"{sub.key}={text!r}: {exc}") from None
     if sub.values is not None:
         if text.lower() not in sub.values:
             raise GrammarError(f"{sub.key}={text!r}: must be one of {', '.join(sub.values)}")
@@ -86,7 +92,7 @@ def convert(sub: SubOption, text: str) -> Any:
             return int(text, 10)
         except ValueError:
             raise GrammarError(f"{sub.key}={text!r} is not an integer") from None
-    if sub.kind is ValueKind.BOOL:
+    if sub.kind in (ValueKind.BOOL, ValueKind.FLAG):
         try:
             return parse_bool(text)
         except GrammarError as exc:

@@ -8,7 +8,9 @@ from stratovmm.registry import DeviceRegistry, OptionSpec
 
 def _line(option: OptionSpec) -> str:
     metavar = option.metavar
-    if option.driver and metavar:        # -device vsock,id=...  /  -device boot-timer[,addr=A]
+    if option.driver and metavar.startswith(f"{option.driver}:"):    # -serial chardev:ID
+        left = f"  -{option.name} {metavar}"
+    elif option.driver and metavar:        # -device vsock,id=...  /  -device boot-timer[,addr=A]
         metavar = "[," + metavar[1:] if metavar.startswith("[") else "," + metavar
         left = f"  {option.display}{metavar}"
     else:

@@ -93,15 +93,37 @@ class VmConfig:
 API_CHANNEL_FLAGS = frozenset({"server", "nowait", "server=on", "wait=off"})
 
 
-def api_channel_path(channel: Any) -> str:
-    """The socket path of ``-api-channel unix:PATH[,server][,nowait]``."""
+def api_channel_path(channel: Any, option: str = "-api-channel") -> str:
+    """The socket path of ``-api-channel unix:PATH[,server][,nowait]``; ``-qmp`` (StratoVirt
+    2.x's name for it) also needs ``server`` and ``nowait``, as 2.x's
+    ``check_api_channel`` does."""
     if not isinstance(channel, str) or not channel.startswith("unix:") or len(channel) < 6:
-        raise ConfigError(f"-api-channel: {channel!r} is not unix:PATH")
+        raise ConfigError(f"{option}: {channel!r} is not unix:PATH")
     path, *flags = channel[len("unix:"):].split(",")
     unknown = [flag for flag in flags if flag not in API_CHANNEL_FLAGS]
     if unknown or not path:
-        raise ConfigError(f"-api-channel: {channel!r} is not unix:PATH[,server][,nowait]")
+        raise ConfigError(f"{option}: {channel!r} is not unix:PATH[,server][,nowait]")
+    if option == "-qmp":
+        for word, spellings in (("server", {"server", "server=on"}),
+                                ("nowait", {"nowait", "wait=off"})):
+            if not spellings & set(flags):
+                raise ConfigError(f"-qmp: {word} is needed (unix:PATH,server,nowait: the QMP"
+                                  " socket listens and does not wait for a client)")
     return path
+
+
+def qmp_socket(runtime: dict[str, Any]) -> str | None:
+    """The QMP socket path from whichever of ``-api-channel`` (v0.3), ``-qmp`` or ``-mon``
+    (2.x) was given; one socket only."""
+    given = [name for name in ("api-channel", "qmp", "mon") if name in runtime]
+    if len(given) > 1:
+        raise ConfigError(f"-{given[1]}: a second QMP socket (besides -{given[0]}) is not"
+                          " supported; give one of -api-channel, -qmp and -mon")
+    if not given:
+        return None
+    if given[0] == "mon":
+        return str(runtime["mon"]["path"])
+    return api_channel_path(runtime[given[0]], f"-{given[0]}")
 
 
 def check_daemon_options(runtime: RuntimeOptions) -> None:
@@ -113,13 +135,10 @@ def check_daemon_options(runtime: RuntimeOptions) -> None:
 
 def runtime_options(runtime: dict[str, Any]) -> RuntimeOptions:
     """Typed runtime options from the command line's runtime switches."""
-    channel = runtime.get("api-channel")
-    if channel is not None:
-        channel = api_channel_path(channel)
     log = runtime.get("D")
     options = RuntimeOptions(
         name=runtime.get("name"),
-        api_channel=channel,
+        api_channel=qmp_socket(runtime),
         freeze=bool(runtime.get("freeze", False)),
         daemonize=bool(runtime.get("daemonize", False)),
         pidfile=runtime.get("pidfile"),

@@ -1,5 +1,6 @@
-"""The hookimpls of the balloon plugin: ``-balloon deflate-on-oom=on|off`` / ``"balloon"``,
-QMP ``balloon`` and ``query-balloon``, and the ``BALLOON_CHANGED`` event.
+"""The hookimpls of the balloon plugin: ``-balloon deflate-on-oom=on|off`` / ``"balloon"`` (and
+StratoVirt 2.x's ``-device virtio-balloon-device``), QMP ``balloon`` and ``query-balloon``,
+and the ``BALLOON_CHANGED`` event.
 
 Sizes on the QMP side are guest memory sizes in bytes, as in QEMU and
 StratoVirt: ``balloon value=V`` asks for a balloon of ``(RAM - V) / 4096``
@@ -48,6 +49,18 @@ BALLOON_OPTION = OptionSpec(
 )
 
 
+BALLOON_DEVICE_OPTION = OptionSpec(
+    "device", "virtio-balloon (StratoVirt 2.x's spelling of -balloon)", "balloon",
+    driver="virtio-balloon-device",
+    sub=(SubOption("deflate-on-oom", "deflate_on_oom", ValueKind.BOOL,
+                   help="let the guest deflate under memory pressure"),
+         SubOption("free-page-reporting", None, values={"off": False, "false": False},
+                   help="off (free page reporting is not offered)"),
+         SubOption("id", None, help="accepted (the device's id is balloon)")),
+    metavar="[deflate-on-oom=on|off][,id=ID]",
+)
+
+
 def create_balloon(ctx: BuildContext, item: dict[str, Any]) -> BalloonDevice:
     """Build the balloon (id ``balloon``), served on the main loop."""
     ram_size = ctx.memory.size
@@ -88,9 +101,10 @@ def qmp_query_balloon(vm: VmApi, _args: dict[str, Any]) -> dict[str, int]:
 
 @hookimpl
 def vmm_register_devices(registry: DeviceRegistry) -> None:
-    """``-balloon`` and ``"balloon"``."""
+    """``-balloon`` and ``"balloon"``; 2.x's ``-device virtio-balloon-device``."""
     registry.add_device_type(DeviceType("balloon", BALLOON_OPTION, BALLOON_SCHEMA,
                                         create_balloon))
+    registry.add_option(BALLOON_DEVICE_OPTION)
 
 
 @hookimpl

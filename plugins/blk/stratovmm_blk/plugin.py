@@ -1,4 +1,6 @@
-"""The hookimpls of the blk plugin: ``-drive`` / ``"drive"``."""
+"""The hookimpls of the blk plugin: ``-drive`` / ``"drive"``, StratoVirt 2.x's ``-device
+virtio-blk-device``, QMP ``blockdev-add``/``blockdev-del`` and the ``virtio-blk-mmio``
+hot-replace driver."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from stratovmm.api import (
     GenericError,
     HotplugDriver,
     HotplugError,
+    Join,
     OptionSpec,
     QmpCommand,
     QmpRegistry,
@@ -38,8 +41,24 @@ from stratovmm_blk.schema import (
 
 STRATOVMM_API = "1.1"
 
+# StratoVirt 2.x's -drive keys that change nothing here: the image is read and written with
+# preadv/pwritev on the drive's thread whatever the aio engine, and the device offers no
+# discard or write-zeroes (VIRTIO_BLK_F_DISCARD, _WRITE_ZEROES), so the guest sends neither.
+_V2_IGNORED = (
+    SubOption("if", None, values={"none": "none"}, help="none (2.x)"),
+    SubOption("format", None, values={"raw": "raw"}, help="raw only (2.x)"),
+    SubOption("aio", None, values={"native": "native", "io_uring": "io_uring", "off": "off"},
+              help="accepted (2.x); the I/O is preadv/pwritev on the drive's thread"),
+    SubOption("discard", None, values={"unmap": True, "ignore": False, "on": True,
+                                       "off": False, "true": True, "false": False},
+              help="accepted (2.x); no discard is offered to the guest"),
+    SubOption("detect-zeroes", None, values={"off": "off", "on": "on", "unmap": "unmap"},
+              help="accepted (2.x)"),
+)
+
 DRIVE_OPTION = OptionSpec(
-    "drive", "virtio-blk disk on a host file (repeatable)", "drive", repeatable=True,
+    "drive", "virtio-blk disk on a host file (repeatable); alone a disk, as in v0.3, or the"
+    " back end a -device virtio-blk-device names (2.x)", "drive", repeatable=True,
     id_field="drive_id",
     sub=(SubOption("id", "drive_id", required=True),
          SubOption("file", "path_on_host", ValueKind.PATH, required=True),
@@ -49,8 +68,27 @@ DRIVE_OPTION = OptionSpec(
                    help="open with O_DIRECT (default on, as StratoVirt; off where the file"
                         " system refuses it)"),
          SubOption("iothread", "iothread", help="serve the queue on this -iothread"),
-         SubOption("iops", "iops", ValueKind.INT, help="requests per second (token bucket)")),
-    metavar="id=ID,file=PATH[,serial=S][,readonly=on|off][,direct=on|off][,iothread=ID][,iops=N]",
+         SubOption("iops", "iops", ValueKind.INT, help="requests per second (token bucket)"),
+         SubOption("throttling.iops-total", "iops", ValueKind.INT, help="iops (2.x's name)"),
+         *_V2_IGNORED),
+    metavar="id=ID,file=PATH[,serial=S][,readonly=on|off][,direct=on|off][,iothread=ID]"
+            "[,iops=N|,throttling.iops-total=N][,if=none][,format=raw][,aio=A][,discard=D]"
+            "[,detect-zeroes=Z]",
+)
+
+# StratoVirt 2.x's front end (machine_manager/src/config/drive.rs, parse_blk): it names its
+# -drive, whose item it becomes, with the device's id.
+BLK_DEVICE_OPTION = OptionSpec(
+    "device", "virtio-blk on the -drive named by drive= (StratoVirt 2.x)", "drive",
+    driver="virtio-blk-device", repeatable=True, id_field="drive_id",
+    sub=(SubOption("drive", None, required=True, help="the -drive id"),
+         SubOption("id", "drive_id", required=True, help="the device's id (device_del)"),
+         SubOption("serial", "serial_num"),
+         SubOption("iothread", "iothread"),
+         SubOption("bootindex", None, ValueKind.INT, help="accepted (no firmware boots here)"),
+         SubOption("num-queues", None, ValueKind.INT, help="accepted (one queue)")),
+    join=Join("drive", "drive"),
+    metavar="drive=ID,id=ID[,serial=S][,iothread=ID][,bootindex=N]",
 )
 
 
@@ -140,8 +178,10 @@ def unplug(vm: VmApi, device: BlockDevice) -> None:
 
 @hookimpl
 def vmm_register_devices(registry: DeviceRegistry) -> None:
-    """``-drive`` and the ``virtio-blk-mmio`` hot-replace driver."""
+    """``-drive`` (with ``-device virtio-blk-device``) and the ``virtio-blk-mmio``
+    hot-replace driver."""
     registry.add_device_type(DeviceType("drive", DRIVE_OPTION, DRIVE_SCHEMA, create_drive))
+    registry.add_option(BLK_DEVICE_OPTION)
     registry.add_hotplug_driver(HotplugDriver("virtio-blk-mmio", HOTPLUG_SLOTS,
                                               DEVICE_ADD_SCHEMA, placeholder, plug, unplug,
                                               takes_cold))

@@ -19,13 +19,14 @@ and kicks.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from stratovmm.api import (
     ID_CONSOLE,
     DescriptorChain,
     VirtioDevice,
 )
-from stratovmm_console.backend import ConsoleSocket
 
 QUEUE_SIZE = 256
 RECEIVEQ, TRANSMITQ = 0, 1
@@ -35,13 +36,37 @@ F_SIZE, F_MULTIPORT, F_EMERG_WRITE = 0, 1, 2
 CONFIG = struct.Struct("<HHII")
 
 
+class ConsolePort(Protocol):
+    """The host side of port 0: ``backend.ConsoleSocket`` (a unix socket server) or
+    ``logfile.ConsoleFile`` (output appended to a file)."""
+
+    on_input: Callable[[], None]
+
+    @property
+    def stats(self) -> dict[str, int]: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def buffered(self) -> int: ...
+
+    def want_input(self, wanted: bool) -> None: ...
+
+    def send(self, views: Sequence[memoryview]) -> None: ...
+
+    def recv_into(self, views: list[memoryview]) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
 class ConsoleDevice(VirtioDevice):
-    """One virtio-console whose port 0 is bridged to ``port`` (a unix socket server)."""
+    """One virtio-console whose port 0 is bridged to ``port``."""
 
     DEVICE_TYPE = ID_CONSOLE
     QUEUE_SIZES = (QUEUE_SIZE, QUEUE_SIZE)
 
-    def __init__(self, device_id: str, port: ConsoleSocket) -> None:
+    def __init__(self, device_id: str, port: ConsolePort) -> None:
         super().__init__(device_id)
         self.port = port
         port.on_input = self._on_input

@@ -9,10 +9,14 @@ from stratovmm.api import ITEM_ID_SCHEMA
 CONSOLE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["console_id", "socket_path"],
+    "required": ["console_id"],
     "properties": {
         "console_id": ITEM_ID_SCHEMA,
         "socket_path": {"type": "string", "minLength": 1,
                         "description": "unix socket the VMM listens on for the console's client"},
+        "file_path": {"type": "string", "minLength": 1,
+                      "description": "file the guest's output is appended to, no input"
+                                     " (StratoVirt 2.x's -chardev file; give this or"
+                                     " socket_path)"},
     },
 }

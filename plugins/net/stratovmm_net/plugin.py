@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from stratovmm.api import (
@@ -16,6 +17,7 @@ from stratovmm.api import (
     GenericError,
     HotplugDriver,
     HotplugError,
+    Join,
     OptionSpec,
     QmpCommand,
     QmpRegistry,
@@ -23,6 +25,7 @@ from stratovmm.api import (
     SeccompRules,
     SubOption,
     ValueKind,
+    VhostBackend,
     VirtioDevice,
     VirtioSlot,
     VmApi,
@@ -37,7 +40,13 @@ from stratovmm_net.schema import (
     NETDEV_DEL_SCHEMA,
 )
 from stratovmm_net.tap import Tap
-from stratovmm_net.vhost import RUNTIME_IOCTLS, VhostNetDevice, check_vhost, open_vhost_net
+from stratovmm_net.vhost import (
+    RUNTIME_IOCTLS,
+    VhostNetDevice,
+    adopt_vhost_net,
+    check_vhost,
+    open_vhost_net,
+)
 
 STRATOVMM_API = "1.1"
 
@@ -61,6 +70,80 @@ NETDEV_OPTION = OptionSpec(
     metavar="id=ID,netdev=TAP[,mac=MAC][,iothread=ID][,vhost=on|off][,fds=FD]",
 )
 
+MAX_QUEUE_PAIRS = 16  # StratoVirt 2.x: MAX_VIRTIO_QUEUE / 2
+
+
+def parse_fds(text: str) -> list[int]:
+    """An inherited fd, or several for a multi-queue tap (``N`` or ``N:M:...``)."""
+    parts = text.split(":")
+    if not all(part.isdigit() for part in parts):
+        raise ValueError("is not a fd number, or fd numbers joined by ':'")
+    fds = [int(part) for part in parts]
+    if len(set(fds)) != len(fds):
+        raise ValueError("names one fd twice")
+    return fds
+
+
+def tap_fragment(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``-netdev tap,...`` (StratoVirt 2.x's ``parse_netdev``) as a ``net`` item: the tap by
+    name or by inherited fds, vhost with an optional inherited vhost-net fd."""
+    if "fd" in values and "fds" in values:
+        raise ValueError("give fd= or fds=, not both")
+    if len(values.get("fd", [])) > 1:
+        raise ValueError("fd= takes one fd (fds= takes several)")
+    fds: list[int] = values.get("fd", values.get("fds", []))
+    if not fds and "ifname" not in values:
+        raise ValueError("the tap is missing: give ifname=TAP, fd=N or fds=N:M")
+    if not 1 <= values.get("queues", 1) <= MAX_QUEUE_PAIRS:
+        raise ValueError(f"queues={values['queues']} is not 1..{MAX_QUEUE_PAIRS}")
+    item: dict[str, Any] = {"iface_id": values["id"]}
+    if "ifname" in values:
+        item["host_dev_name"] = values["ifname"]
+    if fds:
+        item["tap_fd"] = fds[0]       # an inherited fd wins over ifname, as 2.x's create_tap
+        if fds[1:]:
+            item["tap_queue_fds"] = fds[1:]
+    if values.get("vhost"):
+        item["vhost_type"] = values["vhost"]
+    if "vhostfd" in values:
+        if not values.get("vhost"):
+            raise ValueError("vhostfd= needs vhost=on")
+        item["vhost_fd"] = values["vhostfd"]
+    return item
+
+
+# StratoVirt 2.x's back end (machine_manager/src/config/network.rs): a NIC on its own, as a
+# v0.3 -netdev is, until a -device virtio-net-device names it.
+TAP_OPTION = OptionSpec(
+    "netdev", "virtio-net on a tap (StratoVirt 2.x's form; a NIC alone, or the back end a"
+    " -device virtio-net-device names)", "net", driver="tap", repeatable=True,
+    id_field="iface_id", build=tap_fragment,
+    sub=(SubOption("id", "iface_id", required=True),
+         SubOption("ifname", "host_dev_name", help="an existing tap interface"),
+         SubOption("fd", "tap_fd", parse=parse_fds, help="an open tap fd from the parent"),
+         SubOption("fds", "tap_fd", parse=parse_fds,
+                   help="the fds of a multi-queue tap: the first is served, the other queues"
+                        " detached"),
+         SubOption("vhost", "vhost_type", values=_VHOST_VALUES,
+                   help="hand the rings to vhost-net"),
+         SubOption("vhostfd", "vhost_fd", ValueKind.INT,
+                   help="an open /dev/vhost-net fd from the parent"),
+         SubOption("queues", None, ValueKind.INT, help="accepted (one queue pair is served)")),
+    metavar="id=ID,(ifname=TAP|fd=N|fds=N:M)[,vhost=on|off][,vhostfd=N][,queues=N]",
+)
+
+NET_DEVICE_OPTION = OptionSpec(
+    "device", "virtio-net on the -netdev named by netdev= (StratoVirt 2.x)", "net",
+    driver="virtio-net-device", repeatable=True, id_field="iface_id",
+    sub=(SubOption("netdev", None, required=True, help="the -netdev id"),
+         SubOption("id", "iface_id", help="the device's id (default: the netdev's)"),
+         SubOption("mac", "mac"),
+         SubOption("iothread", "iothread"),
+         SubOption("mq", None, ValueKind.BOOL, help="accepted (one queue pair)")),
+    join=Join("netdev", "net"),
+    metavar="netdev=ID[,id=ID][,mac=MAC][,iothread=ID]",
+)
+
 HOTPLUG_SLOTS = 2     # as StratoVirt reserves for net
 TUN_POOL = 8          # netdev_add ifname=... per VM under seccomp (fds=... has no limit)
 
@@ -70,24 +153,43 @@ def create_net(ctx: BuildContext, item: dict[str, Any]) -> VirtioSlot:
     ``iothread``."""
     iface = item["iface_id"]
     option = f"-netdev id={iface}"
-    if "mac" in item:
-        mac = parse_mac(item["mac"], f"{option} mac")
-    else:
-        mac = generated_mac(f"{item['host_dev_name']}/{iface}")
+    mac = parse_mac(item["mac"], f"{option} mac") if "mac" in item else None
     iothread = item.get("iothread")
     loop = ctx.loop_for(iothread)
-    vhost = open_vhost_net(f"{option} vhost") if item.get("vhost_type") else None
+    vhost = _open_vhost(item, option) if item.get("vhost_type") else None
     try:
-        tap = (Tap.from_fd(item["tap_fd"], f"{option} fds") if "tap_fd" in item
-               else Tap.open(item["host_dev_name"], f"{option} netdev"))
+        tap = _open_tap(item, option)
     except ConfigError:
         if vhost is not None:
             vhost.close()
         raise
+    if mac is None:
+        mac = generated_mac(f"{item.get('host_dev_name', tap.name)}/{iface}")
     device = (NetDevice(iface, tap, mac, loop) if vhost is None
               else VhostNetDevice(iface, tap, mac, loop, vhost))
     _netdevs(ctx).attach_cold(iface, device)
     return VirtioSlot(device, iothread)
+
+
+def _open_vhost(item: dict[str, Any], option: str) -> VhostBackend:
+    """The parent's vhost-net fd (``vhostfd=``), else ``/dev/vhost-net``."""
+    if "vhost_fd" in item:
+        return adopt_vhost_net(item["vhost_fd"], f"{option} vhostfd")
+    return open_vhost_net(f"{option} vhost")
+
+
+def _open_tap(item: dict[str, Any], option: str) -> Tap:
+    """The parent's tap fd (the other queues of a multi-queue tap detached), else the tap
+    by name."""
+    if "tap_fd" not in item:
+        return Tap.open(item["host_dev_name"], f"{option} netdev")
+    tap = Tap.from_fd(item["tap_fd"], f"{option} fds")
+    try:
+        tap_mod.detach_queues(tap, item.get("tap_queue_fds", []), f"{option} fds")
+    except ConfigError:
+        tap.close()
+        raise
+    return tap
 
 
 # -- QMP netdev_add and hot-replace (device_add virtio-net-mmio) ---------------------------------
@@ -218,6 +320,8 @@ def unplug(vm: VmApi, device: NetDevice) -> None:
 def vmm_register_devices(registry: DeviceRegistry) -> None:
     """``-netdev`` and the ``virtio-net-mmio`` hot-replace driver."""
     registry.add_device_type(DeviceType("netdev", NETDEV_OPTION, NET_SCHEMA, create_net))
+    registry.add_option(TAP_OPTION)
+    registry.add_option(NET_DEVICE_OPTION)
     registry.add_hotplug_driver(HotplugDriver("virtio-net-mmio", HOTPLUG_SLOTS,
                                               DEVICE_ADD_SCHEMA, placeholder, plug, unplug,
                                               takes_cold))
@@ -231,6 +335,20 @@ def vmm_register_qmp_commands(registry: QmpRegistry) -> None:
                                          f" (at most {MAX_NETDEVS} netdevs)"))
     registry.add_command(QmpCommand("netdev_del", netdev_del, NETDEV_DEL_SCHEMA,
                                     help="close a netdev no NIC uses"))
+
+
+@hookimpl
+def vmm_check_config(config: dict[str, Any]) -> None:
+    """Each NIC has a tap (by name or an inherited fd), and a vhost-net fd only with vhost."""
+    for item in config.get("net", []):
+        option = f"-netdev id={item['iface_id']}"
+        if "host_dev_name" not in item and "tap_fd" not in item:
+            raise ConfigError(f"{option}: no tap: give netdev=TAP (ifname=TAP) or an inherited"
+                              " tap fd (fds=N)")
+        if "tap_queue_fds" in item and "tap_fd" not in item:
+            raise ConfigError(f"{option}: tap_queue_fds without tap_fd")
+        if "vhost_fd" in item and not item.get("vhost_type"):
+            raise ConfigError(f"{option} vhostfd: needs vhost=on")
 
 
 @hookimpl

@@ -12,10 +12,13 @@ MAC_SCHEMA: dict[str, Any] = {"type": "string", "pattern": MAC_PATTERN,
 IFNAME_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 15,
                                  "description": "host tap interface name (IFNAMSIZ - 1 bytes)"}
 
+# fds 0-2 are the VMM's stdio; a parent passes others (Go's ExtraFiles: 3, 4, ...)
+_INHERITED_FD: dict[str, Any] = {"type": "integer", "minimum": 3}
+
 NET_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["iface_id", "host_dev_name"],
+    "required": ["iface_id"],
     "properties": {
         "iface_id": ITEM_ID_SCHEMA,
         "host_dev_name": IFNAME_SCHEMA,
@@ -24,7 +27,12 @@ NET_SCHEMA: dict[str, Any] = {
         # StratoVirt: "vhost-kernel"; null (the command line's vhost=off) = no vhost
         "vhost_type": {"enum": ["vhost-kernel", None]},
         # an open tap fd inherited from the parent (StratoVirt's tap_fd / -netdev fds=)
-        "tap_fd": {"type": "integer", "minimum": 3},
+        "tap_fd": _INHERITED_FD,
+        "tap_queue_fds": {"type": "array", "items": _INHERITED_FD, "maxItems": 15,
+                          "description": "the other queues of a multi-queue tap (fds=A:B:...),"
+                                         " detached and closed: one queue pair is served"},
+        "vhost_fd": {**_INHERITED_FD, "description": "an open /dev/vhost-net fd from the"
+                                                     " parent (vhostfd=)"},
     },
 }
 

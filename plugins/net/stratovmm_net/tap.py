@@ -40,10 +40,12 @@ TUNSETIFF = 0x400454CA
 TUNGETIFF = 0x800454D2
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
+TUNSETQUEUE = 0x400454D9
 IOCTLS = (TUNSETIFF, TUNGETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ)
 
 # interface flags (struct ifreq ifr_flags)
 IFF_TAP = 0x0002
+IFF_DETACH_QUEUE = 0x0400
 IFF_PERSIST = 0x0800
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
@@ -140,6 +142,32 @@ class Tap:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def detach_queues(tap: Tap, fds: list[int], option: str) -> None:
+    """Close the other queues of a multi-queue tap whose first queue ``tap`` holds (QEMU's
+    and StratoVirt 2.x's ``fds=A:B:...``, inherited from the parent).  The device serves
+    one queue pair, and a multi-queue tap spreads received frames over its attached
+    queues by flow, so a queue nobody reads would swallow frames: each other queue is
+    detached (``TUNSETQUEUE`` with ``IFF_DETACH_QUEUE``, which leaves the tap steering
+    every frame to the queues still attached) and its fd closed."""
+    for fd in fds:
+        try:
+            raw_name, _flags = _IFREQ.unpack(_pad(fcntl.ioctl(fd, TUNGETIFF,
+                                                              bytes(_IFREQ.size))))
+        except OSError as exc:
+            raise ConfigError(f"{option}: fd {fd} is not an attached tap fd"
+                              f" ({exc.strerror})") from None
+        name = raw_name.split(b"\0", 1)[0].decode(errors="replace")
+        if name != tap.name:
+            raise ConfigError(f"{option}: fd {fd} is a queue of tap {name!r}, not of"
+                              f" {tap.name!r}")
+        try:
+            fcntl.ioctl(fd, TUNSETQUEUE, _IFREQ.pack(b"", IFF_DETACH_QUEUE))
+        except OSError as exc:
+            raise ConfigError(f"{option}: fd {fd}: tap {name!r} is not multi-queue, so it"
+                              f" cannot have several fds ({exc.strerror})") from None
+        os.close(fd)
 
 
 def open_tun(option: str) -> int:

@@ -13,6 +13,7 @@ none); the ioctl sequence is unit-tested against a recorder.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
@@ -23,6 +24,8 @@ from stratovmm.api import (
     F_INDIRECT_DESC,
     F_VERSION_1,
     RING_IOCTLS,
+    VHOST_GET_FEATURES,
+    VHOST_SET_OWNER,
     ConfigError,
     EventLoop,
     VhostBackend,
@@ -58,6 +61,18 @@ def open_vhost_net(option: str) -> VhostBackend:
     """``/dev/vhost-net``, owned by this process."""
     check_vhost(option)
     return VhostBackend.open(VHOST_NET_PATH, option)
+
+
+def adopt_vhost_net(fd: int, option: str) -> VhostBackend:
+    """A ``/dev/vhost-net`` fd the parent opened and passed (StratoVirt 2.x's ``vhostfd=N``),
+    used as given: this process becomes its owner, as QEMU does with a passed fd."""
+    try:
+        fcntl.ioctl(fd, VHOST_SET_OWNER)
+        features = struct.unpack("<Q", fcntl.ioctl(fd, VHOST_GET_FEATURES, bytes(8)))[0]
+    except OSError as exc:
+        raise ConfigError(f"{option}: fd {fd} is not a usable vhost-net fd"
+                          f" ({exc.strerror})") from None
+    return VhostBackend(fd, features, f"{VHOST_NET_PATH} (fd {fd})")
 
 
 class VhostNetDevice(NetDevice):

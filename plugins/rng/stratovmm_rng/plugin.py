@@ -1,8 +1,10 @@
-"""The hookimpls of the rng plugin: ``-rng random_file=PATH[,bytes_per_sec=N]``."""
+"""The hookimpls of the rng plugin: ``-rng random_file=PATH[,bytes_per_sec=N]``, and StratoVirt
+2.x's ``-object rng-random`` + ``-device virtio-rng-device``."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from stratovmm.api import (
@@ -10,6 +12,7 @@ from stratovmm.api import (
     ConfigError,
     DeviceRegistry,
     DeviceType,
+    Join,
     OptionSpec,
     SeccompRules,
     SubOption,
@@ -31,6 +34,42 @@ RNG_OPTION = OptionSpec(
 )
 
 
+def rng_from_object(values: Mapping[str, Any], obj: Mapping[str, Any]) -> dict[str, Any]:
+    """``-device virtio-rng-device,rng=ID[,max-bytes=N,period=MS]`` over ``-object
+    rng-random,id=ID,filename=PATH`` as the ``rng`` item: StratoVirt 2.x's
+    ``parse_rng_dev`` turns max-bytes per period (ms) into bytes per second."""
+    item: dict[str, Any] = {"random_file": obj["filename"]}
+    if ("max-bytes" in values) != ("period" in values):
+        raise ValueError("max-bytes and period go together (max-bytes per period ms)")
+    if "period" in values:
+        if values["period"] <= 0:
+            raise ValueError(f"period={values['period']} must be at least 1 (ms)")
+        item["bytes_per_sec"] = values["max-bytes"] * 1000 // values["period"]
+    return item
+
+
+# StratoVirt 2.x's spelling: the entropy source is an object the device names.
+RNG_OBJECT_OPTION = OptionSpec(
+    "object", "an entropy source for -device virtio-rng-device (StratoVirt 2.x)", "rng-random",
+    driver="rng-random", backend=True, file_key=False, repeatable=True, id_field="id",
+    sub=(SubOption("id", "id", required=True),
+         SubOption("filename", "filename", ValueKind.PATH, required=True,
+                   help="host entropy source, e.g. /dev/urandom")),
+    metavar="id=ID,filename=PATH",
+)
+
+RNG_DEVICE_OPTION = OptionSpec(
+    "device", "virtio-rng fed from the -object rng-random named by rng= (StratoVirt 2.x)",
+    "rng", driver="virtio-rng-device",
+    sub=(SubOption("rng", None, required=True, help="the -object rng-random id"),
+         SubOption("id", None, help="accepted (the device's id is rng)"),
+         SubOption("max-bytes", None, ValueKind.INT, help="bytes per period"),
+         SubOption("period", None, ValueKind.INT, help="ms; 64 <= rate < 10^9 bytes/s")),
+    join=Join("rng", "rng-random", rng_from_object),
+    metavar="rng=ID[,id=ID][,max-bytes=N,period=MS]",
+)
+
+
 def create_rng(ctx: BuildContext, item: dict[str, Any]) -> RngDevice:
     """Open the entropy file and build the device (id ``rng``)."""
     path = item["random_file"]
@@ -45,8 +84,10 @@ def create_rng(ctx: BuildContext, item: dict[str, Any]) -> RngDevice:
 
 @hookimpl
 def vmm_register_devices(registry: DeviceRegistry) -> None:
-    """``-rng`` and ``"rng"``."""
+    """``-rng`` and ``"rng"``; 2.x's ``-object rng-random`` and ``-device virtio-rng-device``."""
     registry.add_device_type(DeviceType("rng", RNG_OPTION, RNG_SCHEMA, create_rng))
+    registry.add_option(RNG_OBJECT_OPTION)
+    registry.add_option(RNG_DEVICE_OPTION)
 
 
 @hookimpl

@@ -1,7 +1,9 @@
-"""The hookimpls of the serial plugin: ``-serial stdio`` / ``"serial": {"stdio": true}``."""
+"""The hookimpls of the serial plugin: ``-serial stdio`` / ``"serial": {"stdio": true}``, and
+StratoVirt 2.x's ``-serial chardev:ID`` naming a ``-chardev stdio``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from stratovmm.api import (
@@ -9,6 +11,7 @@ from stratovmm.api import (
     ConfigError,
     DeviceRegistry,
     DeviceType,
+    Join,
     OptionSpec,
     PioWindow,
     RuntimeOptions,
@@ -32,6 +35,25 @@ SERIAL_OPTION = OptionSpec(
 )
 
 
+def serial_from_chardev(values: Mapping[str, Any], chardev: Mapping[str, Any]) -> dict[str, Any]:
+    """``-serial chardev:ID`` as the ``serial`` item: the UART is bound to stdio here, so the
+    chardev must be ``-chardev stdio`` (2.x also binds it to a socket, file or pty)."""
+    ident = values["chardev"]
+    if chardev["kind"] != "stdio":
+        raise ValueError(f"chardev {ident!r} is {chardev['kind']}; the serial port here is"
+                         f" bound to stdio only (-chardev stdio,id={ident})")
+    return {"stdio": True}
+
+
+# StratoVirt 2.x's spelling (machine_manager/src/config/chardev.rs, parse_serial): the word
+# chardev, a colon and the id of a -chardev.
+SERIAL_CHARDEV_OPTION = OptionSpec(
+    "serial", "the UART on a -chardev stdio (StratoVirt 2.x)", "serial", driver="chardev",
+    implied="chardev", sub=(SubOption("chardev", None, required=True, help="a -chardev id"),),
+    join=Join("chardev", "chardev", serial_from_chardev), metavar="chardev:ID",
+)
+
+
 def create_serial(ctx: BuildContext, item: dict[str, Any]) -> PioWindow:
     """Build the UART for COM1's ports and, with ``stdio``, bind it to the terminal."""
     irq = ctx.irq_line(IRQ)
@@ -49,8 +71,9 @@ def create_serial(ctx: BuildContext, item: dict[str, Any]) -> PioWindow:
 
 @hookimpl
 def vmm_register_devices(registry: DeviceRegistry) -> None:
-    """``-serial stdio``."""
+    """``-serial stdio`` and 2.x's ``-serial chardev:ID``."""
     registry.add_device_type(DeviceType("serial", SERIAL_OPTION, SERIAL_SCHEMA, create_serial))
+    registry.add_option(SERIAL_CHARDEV_OPTION)
 
 
 @hookimpl

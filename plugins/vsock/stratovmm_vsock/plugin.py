@@ -1,4 +1,5 @@
-"""The hookimpls of the vsock plugin: ``-device vsock,id=ID,guest-cid=N[,uds-path=PATH]``.
+"""The hookimpls of the vsock plugin: ``-device vsock,id=ID,guest-cid=N[,uds-path=PATH]``, and
+StratoVirt 2.x's ``-device vhost-vsock-device,id=ID,guest-cid=N``.
 
 Backends: with ``uds-path`` the userspace bridge of ``backend.py``
 (Firecracker's hybrid vsock), by choice even where ``/dev/vhost-vsock`` exists.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 from stratovmm.api import (
@@ -59,6 +61,33 @@ VSOCK_OPTION = OptionSpec(
 WHERE = "-device vsock"
 
 
+def vhost_vsock_item(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``-device vhost-vsock-device`` (StratoVirt 2.x, Kata's driver) as the ``vsock`` item.
+    The name asks for the kernel's vhost-vsock, so unlike ``-device vsock`` it never falls
+    back to the unix-socket bridge: without ``/dev/vhost-vsock`` it is refused.  An
+    inherited ``vhostfd=`` is refused too: this VMM opens ``/dev/vhost-vsock`` itself."""
+    if not os.path.exists(VHOST_VSOCK_PATH):
+        raise ValueError(f"{VHOST_VSOCK_PATH} does not exist on this host, and"
+                         " vhost-vsock-device is the kernel's vhost backend (load vhost_vsock,"
+                         " or use -device vsock,id=ID,guest-cid=N[,uds-path=PATH] for the"
+                         " unix-socket bridge)")
+    if "vhostfd" in values:
+        raise ValueError("vhostfd=: an inherited vhost-vsock fd is not supported (leave it"
+                         f" out and {VHOST_VSOCK_PATH} is opened here)")
+    return {"vsock_id": values["id"], "guest_cid": values["guest-cid"]}
+
+
+VHOST_VSOCK_OPTION = OptionSpec(
+    "device", "virtio-vsock on the kernel's vhost-vsock only (StratoVirt 2.x; at most one)",
+    "vsock", driver="vhost-vsock-device", id_field="vsock_id", build=vhost_vsock_item,
+    sub=(SubOption("id", "vsock_id", required=True),
+         SubOption("guest-cid", "guest_cid", ValueKind.INT, required=True,
+                   help="the guest's CID, 3 <= N < 2^32-1"),
+         SubOption("vhostfd", None, ValueKind.INT, help="refused (see above)")),
+    metavar="id=ID,guest-cid=N",
+)
+
+
 def uses_vhost(item: dict[str, Any]) -> bool:
     """vhost-vsock serves the device: no ``uds_path`` and the host has the device."""
     return "uds_path" not in item and os.path.exists(VHOST_VSOCK_PATH)
@@ -95,8 +124,9 @@ def _bridge(ctx: BuildContext, item: dict[str, Any]) -> UnixBridge:
 
 @hookimpl
 def vmm_register_devices(registry: DeviceRegistry) -> None:
-    """``-device vsock`` and ``"vsock"``."""
+    """``-device vsock`` and ``"vsock"``; 2.x's ``-device vhost-vsock-device``."""
     registry.add_device_type(DeviceType("vsock", VSOCK_OPTION, VSOCK_SCHEMA, create_vsock))
+    registry.add_option(VHOST_VSOCK_OPTION)
 
 
 @hookimpl

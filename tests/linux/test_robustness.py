@@ -123,6 +123,8 @@ def load_bench() -> ModuleType:
     """bench/concurrency.py, which the test shares with the benchmark."""
     if not BENCH.exists():
         pytest.skip(f"{BENCH} not found (tests run outside the source tree)")
+    if str(BENCH.parent) not in sys.path:       # the script imports bench/common.py
+        sys.path.insert(0, str(BENCH.parent))
     spec = importlib.util.spec_from_file_location("stratovmm_bench_concurrency", BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -16,6 +16,7 @@ arrive on the socket instead of stdout.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -90,19 +91,35 @@ class Reader:
             return found
 
 
+def query_chardev(path: str) -> object:
+    """QMP ``query-chardev``'s return value (after the greeting)."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as qmp:
+        qmp.settimeout(30)
+        qmp.connect(path)
+        lines = qmp.makefile("rb")
+        lines.readline()                                     # the greeting
+        qmp.sendall(b'{"execute": "query-chardev"}\n')
+        return json.loads(lines.readline())["return"]
+
+
 @dataclass
 class PtyBoot:
     """What the boot produced."""
 
     rc: int | None = None
     pty_path: str = ""
+    query_chardev: object = None
     pty: bytes = b""
     serial: bytes = b""
     stderr: str = ""
     steps: list[str] = field(default_factory=list)
 
     def explain(self) -> str:
-        return (f"rc={self.rc} steps={self.steps} pty={self.pty_path}\nstderr:\n"
+        return (f"rc={self.rc} steps={self.steps} pty={self.pty_path}"
+                f" query-chardev={self.query_chardev}\nstderr:\n"
                 f"{self.stderr[-3000:]}\npty data={self.pty[-500:]!r}\n"
                 f"serial tail={self.serial[-2000:]!r}")
 
@@ -110,9 +127,9 @@ class PtyBoot:
 def drive(guest: Path, workdir: Path) -> PtyBoot:
     """Boot and play the host's side through the pty and the serial socket."""
     result = PtyBoot()
-    serial_sock = str(workdir / "serial.sock")
+    serial_sock, qmp_sock = str(workdir / "serial.sock"), str(workdir / "qmp.sock")
     args = [*stratovmm_command(), "-smp", "1", "-m", "256", "-kernel", str(guest / "vmlinux"),
-            "-initrd", str(guest / "initramfs.cpio"),
+            "-initrd", str(guest / "initramfs.cpio"), "-qmp", f"unix:{qmp_sock},server,nowait",
             "-chardev", f"socket,id=cser,path={serial_sock},server,nowait",
             "-serial", "chardev:cser",
             "-device", "virtio-serial-device", "-chardev", "pty,id=cpty",
@@ -129,6 +146,7 @@ def drive(guest: Path, workdir: Path) -> PtyBoot:
         if found is None:
             return result
         result.pty_path = found.group(1).decode()
+        result.query_chardev = query_chardev(qmp_sock)
         pty_fd = os.open(result.pty_path, os.O_RDWR | os.O_NOCTTY)
         opened.append(lambda: os.close(pty_fd))
         pty = Reader(lambda n: os.read(pty_fd, n))
@@ -185,6 +203,12 @@ def test_the_pty_path_is_announced_and_the_vmm_exits_0(boot: PtyBoot) -> None:
     assert boot.steps == ["connected", "pty", "serial"], boot.explain()
     assert boot.rc == 0, boot.explain()
     assert b"GUEST-CMD-END rc=0" in boot.serial, boot.explain()
+
+
+def test_query_chardev_lists_the_pty(boot: PtyBoot) -> None:
+    """QMP query-chardev lists the pty by its label and path, as StratoVirt 2.x does."""
+    assert boot.query_chardev == [{"label": "cpty", "filename": f"pty:{boot.pty_path}",
+                                   "frontend-open": True}], boot.explain()
 
 
 def test_guest_output_on_hvc0_reaches_the_pty(boot: PtyBoot) -> None:

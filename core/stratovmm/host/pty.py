@@ -17,7 +17,8 @@ What the VMM holds and why, after StratoVirt 2.x (``chardev_backend/src/chardev.
   buffer and drops the oldest output past it, so the guest never waits.
 - The path is announced on stderr as QEMU announces it
   (``char device redirected to /dev/pts/N (label ID)``), so a user or a script
-  can find the terminal to open.
+  can find the terminal to open, and listed while it is open (``open_ptys``) for
+  QMP's ``query-chardev``, as StratoVirt 2.x keeps its ``PTY_PATH`` list.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import tty
 from stratovmm.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+_OPEN: list[Pty] = []       # the process's open ptys, in opening order (query-chardev)
 
 
 class Pty:
@@ -54,6 +57,7 @@ class Pty:
                               f" {exc.strerror}") from None
         self.label = label
         announce(self.path, label)
+        _OPEN.append(self)
 
     def close(self) -> None:
         """Close the master and the VMM's slave descriptor (idempotent)."""
@@ -61,6 +65,13 @@ class Pty:
             if fd >= 0:
                 os.close(fd)
         self.master = self._slave = -1
+        if self in _OPEN:
+            _OPEN.remove(self)
+
+
+def open_ptys() -> list[tuple[str, str]]:
+    """(label, slave path) of each pty open in this process, in opening order."""
+    return [(pty.label, pty.path) for pty in _OPEN]
 
 
 def announce(path: str, label: str) -> None:

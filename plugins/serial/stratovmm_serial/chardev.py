@@ -57,6 +57,7 @@ class FdChannel:
         self._fd = -1
         self._events = -1              # what the fd is registered for; -1: not registered
         self._update_queued = False
+        self._out_watched = False      # the loop watches (or is about to) for output room
         self._sink: Any = None
         self.dropped = 0
 
@@ -75,7 +76,8 @@ class FdChannel:
                 if excess > 0:
                     del self._pending[:excess]
                     self.dropped += excess
-            queue = bool(self._pending) and self._fd >= 0 and not self._update_queued
+            queue = (bool(self._pending) and self._fd >= 0 and not self._update_queued
+                     and not self._out_watched)    # one wake-up per stall, not per byte
             self._update_queued |= queue
         if queue:
             self._loop.call_soon(self._update)
@@ -97,6 +99,10 @@ class FdChannel:
         """Output waiting for the endpoint."""
         with self._lock:
             return len(self._pending)
+
+    def stats(self) -> dict[str, int]:
+        """Output dropped and output waiting, for ``query-stats``."""
+        return {"output_dropped": self.dropped, "output_buffered": self.buffered}
 
     # -- the loop's thread --------------------------------------------------------------------
 
@@ -131,6 +137,7 @@ class FdChannel:
         with self._lock:
             self._update_queued = False
             fd, pending = self._fd, bool(self._pending)
+            self._out_watched = pending and fd >= 0
         if fd < 0:
             return
         room = self._sink is not None and self._sink.rx_space() > 0
@@ -245,7 +252,10 @@ class FileSink:
         self.path = path
         self.dropped = 0
         self._warned = False
-        self.buffered = 0
+
+    def stats(self) -> dict[str, int]:
+        """Output the file could not take, for ``query-stats``."""
+        return {"output_dropped": self.dropped}
 
     def attach(self, uart: Any) -> None:
         """A file has no input."""

@@ -92,6 +92,8 @@ def create_serial(ctx: BuildContext, item: dict[str, Any]) -> PioWindow:
         irq=irq.trigger,
         on_rx_space=backend.rx_space_available if backend else None,
         on_close=backend.close if backend else None,
+        backend_stats=None if backend is None or isinstance(backend, StdioBackend)
+        else backend.stats,
     )
     if backend is not None:
         backend.attach(uart)

@@ -145,15 +145,20 @@ def test_pty_carries_output_and_input(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_pty_output_nobody_reads_is_bounded() -> None:
     """With nobody reading the pty, writes never block: past the terminal's buffer at most
-    OUTPUT_BUFFER bytes wait and the oldest are dropped and counted."""
+    OUTPUT_BUFFER bytes wait, the oldest are dropped and counted (in the stats), and the
+    loop is woken once for the stall, not once per write."""
     loop = EventLoop("serial-pty-full")
     channel = PtyChannel(loop, "cser")
     try:
         channel.attach(Fifo())
+        queued = loop.pending_calls()
         for _ in range(300):
             channel.write(b"x" * 1024)
         assert channel.buffered == 64 * 1024
         assert channel.dropped > 0
+        assert channel.stats() == {"output_dropped": channel.dropped,
+                                   "output_buffered": 64 * 1024}
+        assert loop.pending_calls() == queued + 1     # one wake-up for the stall, not per write
     finally:
         channel.close()
 

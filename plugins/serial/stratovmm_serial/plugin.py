@@ -19,6 +19,7 @@ from stratovmm.api import (
     RuntimeOptions,
     SeccompRules,
     SubOption,
+    ValueKind,
     check_socket_path,
     hookimpl,
 )
@@ -32,10 +33,33 @@ STRATOVMM_API = "1.1"
 PORT_BASE = 0x3F8   # COM1: what console=ttyS0 probes
 IRQ = 4             # COM1's ISA IRQ (the MP table routes it to IOAPIC pin 4)
 
+def serial_from_words(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``-serial stdio``, and 2.x's ``-serial pty``, ``-serial socket,path=P,server,nowait``
+    and ``-serial file,path=P``: a chardev written in place, which 2.x names
+    ``serial_chardev`` (``add_serial``), so that is the pty's label."""
+    kind, path = values["backend"], values.get("path")
+    if (path is None) == (kind in ("socket", "file")):
+        raise ValueError(f"{kind}: path= is needed by socket and file, and only by them")
+    if kind != "socket" and (values.get("server") or values.get("nowait")):
+        raise ValueError(f"{kind}: server and nowait are a socket's")
+    if kind == "socket" and not (values.get("server") and values.get("nowait")):
+        raise ValueError("socket: needs both server and nowait (the serial socket listens and"
+                         " does not wait for a client)")
+    record = {"kind": kind, "path": path, "server": values.get("server"),
+              "nowait": values.get("nowait")}
+    return serial_from_chardev({"chardev": "serial_chardev"}, record)
+
+
 SERIAL_OPTION = OptionSpec(
-    "serial", "legacy 16550A UART on ttyS0 bound to stdio", "serial", implied="backend",
-    sub=(SubOption("backend", "stdio", values={"stdio": True}, help="only stdio"),),
-    metavar="stdio",
+    "serial", "legacy 16550A UART on ttyS0 bound to stdio (or, as in StratoVirt 2.x, a new"
+    " pty, a unix socket server or a file)", "serial", implied="backend",
+    sub=(SubOption("backend", None, required=True,
+                   values={word: word for word in ("stdio", "pty", "socket", "file")},
+                   help="stdio, pty, socket or file"),
+         SubOption("path", None, ValueKind.PATH, help="the socket's or the file's path"),
+         SubOption("server", None, ValueKind.FLAG, help="the socket listens (required)"),
+         SubOption("nowait", None, ValueKind.FLAG, help="it does not wait (required)")),
+    build=serial_from_words, metavar="stdio|pty|socket,path=SOCKET,server,nowait|file,path=FILE",
 )
 
 

@@ -38,6 +38,17 @@ def test_serial_on_stdio(argv: list[str]) -> None:
     assert serial(*argv) == {"stdio": True}
 
 
+@pytest.mark.parametrize(("value", "item"), [
+    ("pty", {"pty": True, "chardev_id": "serial_chardev"}),
+    ("socket,path=/run/s.sock,server,nowait", {"socket_path": "/run/s.sock"}),
+    ("file,path=/var/log/ttyS0.log", {"file_path": "/var/log/ttyS0.log"}),
+])
+def test_serial_back_end_written_in_place(value: str, item: dict[str, Any]) -> None:
+    """2.x's -serial pty / socket,path=,server,nowait / file,path= (a chardev written in
+    place; a pty is labelled serial_chardev, 2.x's id for it)."""
+    assert serial("-serial", value) == item
+
+
 @pytest.mark.parametrize(("chardev", "item"), [
     ("pty,id=c", {"pty": True, "chardev_id": "c"}),
     ("socket,id=c,path=/run/s.sock,server,nowait", {"socket_path": "/run/s.sock"}),
@@ -53,11 +64,15 @@ def test_serial_on_other_chardevs(chardev: str, item: dict[str, Any]) -> None:
      "-serial chardev: chardev 'c' needs both server and nowait"),
     (["-serial", "chardev:c"], "-serial chardev: no -chardev with id 'c'"),
     (["-serial", "chardev:c", "-serial", "stdio", "-chardev", "stdio,id=c"], "given twice"),
-    (["-serial", "pty"], "-serial: backend='pty': must be one of stdio"),
+    (["-serial", "bogus"], "-serial: backend='bogus': must be one of stdio, pty, socket, file"),
+    (["-serial", "socket,path=/a"], "-serial: socket: needs both server and nowait"),
+    (["-serial", "file"], "-serial: file: path= is needed by socket and file, and only"),
+    (["-serial", "pty,path=/a"], "-serial: pty: path= is needed by socket and file"),
+    (["-serial", "stdio,nowait"], "-serial: stdio: server and nowait are a socket's"),
 ])
 def test_refusals_name_the_option(argv: list[str], needle: str) -> None:
-    """A socket that does not listen and not wait, a missing chardev, two serial ports and a
-    bare back end other than stdio are refused by name."""
+    """A socket that does not listen and not wait, a missing chardev, two serial ports, an
+    unknown back end and keys a back end does not take are refused by name."""
     with pytest.raises(ConfigError, match=needle):
         serial(*argv)
 
@@ -81,6 +96,7 @@ def test_help_shows_both_forms() -> None:
     text = help_text(PLUGINS)
     assert "-serial stdio" in text and "-serial chardev:ID" in text
     assert "stdio, pty, socket or file" in text
+    assert "-serial stdio|pty|socket,path=SOCKET,server,nowait|file,path=FILE" in text
 
 
 class Fifo:

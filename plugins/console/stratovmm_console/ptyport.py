@@ -12,6 +12,9 @@ console's (``backend``):
   (``output_dropped``); it is written when the terminal has room again.
 - Input is read only while the guest has receive buffers (``want_input``);
   otherwise typed bytes wait in the terminal's own buffer, which pushes back.
+- A hang-up cannot happen while the slave is held, but if the master reports
+  one the terminal is not watched for ``HUP_RETRY`` seconds (QEMU polls a pty
+  that hung up once a second), so a level-triggered epoll cannot spin on it.
 
 Everything runs on the device's event loop with the master non-blocking.
 """
@@ -22,10 +25,12 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 
-from stratovmm.api import EPOLLIN, EPOLLOUT, EventLoop, Pty
+from stratovmm.api import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Pty
 from stratovmm_console.backend import OUTPUT_BUFFER, keep_newest
 
 log = logging.getLogger(__name__)
+
+HUP_RETRY = 1.0          # seconds a terminal that reported a hang-up is left alone
 
 
 class ConsolePty:
@@ -42,6 +47,7 @@ class ConsolePty:
         self._events = -1
         self._dropped = 0
         self._warned = False
+        self._paused = False     # a hang-up was reported: not watched until HUP_RETRY passes
 
     @property
     def stats(self) -> dict[str, int]:
@@ -108,15 +114,32 @@ class ConsolePty:
         return n or None
 
     def _on_ready(self, events: int) -> None:
+        if events & (EPOLLHUP | EPOLLERR) and not events & EPOLLIN:
+            self._pause()
+            return
         if events & EPOLLIN and self._want_input:
             self.on_input()
         if events & EPOLLOUT:
             self._flush()
         self._update_events()
 
+    def _pause(self) -> None:
+        """Stop watching a terminal that reports a hang-up; look again in ``HUP_RETRY``."""
+        if not self._paused:
+            log.warning("console pty %s: the terminal hung up; retrying every %.0f s",
+                        self.path, HUP_RETRY)
+        self._paused = True
+        self._loop.unregister(self._pty.master)
+        self._events = -1
+        self._loop.call_later(HUP_RETRY, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = False
+        self._update_events()
+
     def _update_events(self) -> None:
         """Watch for input only when wanted and for room only when output waits."""
-        if self._pty.master < 0:
+        if self._pty.master < 0 or self._paused:
             return
         events = (EPOLLIN if self._want_input else 0) | (EPOLLOUT if self._pending else 0)
         if events == self._events:

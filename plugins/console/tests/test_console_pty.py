@@ -139,3 +139,21 @@ def test_input_is_not_watched_without_receive_buffers(console: PtyConsole) -> No
     assert select.select([console.port._pty.master], [], [], 2.0)[0]
     console.h.run()
     assert console.port._pty.master not in console.loop.ready()
+
+
+def test_a_hang_up_is_not_spun_on(console: PtyConsole) -> None:
+    """If the master reports a hang-up (here: the VMM's own slave fd closed, which nothing
+    else does), the terminal is not watched until a retry timer fires, so the loop cannot
+    spin on a level-triggered HUP."""
+    addr = console.h.alloc(64)
+    console.h.queues[RECEIVEQ].add_chain([Buffer(addr, 64, True)])
+    console.h.kick(RECEIVEQ)
+    master = console.port._pty.master
+    assert console.loop.watching(master)
+    os.close(console.slave)
+    os.close(console.port._pty._slave)
+    console.port._pty._slave = -1
+    console.slave = os.open("/dev/null", os.O_RDONLY)      # for the fixture's close
+    console.h.run()
+    assert not console.loop.watching(master)
+    assert any(t.callback == console.port._resume for t in console.loop.pending_timers())

@@ -44,6 +44,7 @@ from stratovmm.api import (
 log = logging.getLogger(__name__)
 
 OUTPUT_BUFFER = 64 * 1024      # serial output kept while the endpoint cannot take it
+HUP_RETRY = 1.0                # seconds a pty that reported a hang-up is left alone
 
 
 class FdChannel:
@@ -195,12 +196,19 @@ class PtyChannel(FdChannel):
         super().__init__(loop)
         self._pty = Pty(label, "-serial chardev: -chardev pty")
         self.path = self._pty.path
+        self._hup_logged = False
         self.set_fd(self._pty.master)
 
     def hung_up(self) -> None:
-        """Cannot happen while the slave is held open; stop watching if it does."""
-        log.warning("serial pty %s: the terminal failed; input stops", self.path)
+        """Cannot happen while the slave is held open; if it does, the terminal is left
+        alone for ``HUP_RETRY`` seconds (QEMU polls a pty that hung up once a second), so a
+        level-triggered epoll cannot spin on it."""
+        if not self._hup_logged:
+            self._hup_logged = True
+            log.warning("serial pty %s: the terminal hung up; retrying every %.0f s (logged"
+                        " once)", self.path, HUP_RETRY)
         super().hung_up()
+        self._loop.call_later(HUP_RETRY, self._update)
 
     def close(self) -> None:
         """Close the terminal."""

@@ -228,3 +228,22 @@ def test_file_appends_output(tmp_path: Path) -> None:
     (tmp_path / "link.log").symlink_to(fresh)
     with pytest.raises(ConfigError, match=r"cannot open .*link\.log"):
         FileSink(str(tmp_path / "link.log"))
+
+
+def test_a_pty_hang_up_is_not_spun_on() -> None:
+    """If the pty's master reports a hang-up (the VMM's own slave fd closed, which nothing
+    else does), it is not watched until a retry timer fires."""
+    loop = EventLoop("serial-pty-hup")
+    channel = PtyChannel(loop, "cser")
+    try:
+        channel.attach(Fifo())
+        turns(loop)
+        master = channel._pty.master
+        assert loop.watching(master)
+        os.close(channel._pty._slave)
+        channel._pty._slave = -1
+        turns(loop)
+        assert not loop.watching(master)
+        assert len(loop.pending_timers()) == 1
+    finally:
+        channel.close()

@@ -17,7 +17,8 @@ reader that is absent or slow must never stall a vCPU:
   back) until the guest drains the FIFO.
 - ``SocketServer``: one client at a time and the newest wins, as the console
   socket and StratoVirt's listener (which takes the new stream); a client that
-  hangs up is forgotten and output waits for the next.
+  hangs up is forgotten and output waits for the next; one that only shuts down
+  its sending side keeps receiving output.
 - ``FileSink``: output appended (``O_APPEND``, mode 0600, no symlink), no input;
   a write the file cannot take is dropped, counted and logged once.
 """
@@ -59,6 +60,7 @@ class FdChannel:
         self._events = -1              # what the fd is registered for; -1: not registered
         self._update_queued = False
         self._out_watched = False      # the loop watches (or is about to) for output room
+        self._input_open = False       # the endpoint may still send (no EOF seen)
         self._sink: Any = None
         self.dropped = 0
 
@@ -117,6 +119,7 @@ class FdChannel:
         self._unwatch()
         with self._lock:
             self._fd = fd
+        self._input_open = True
         self._flush()
         self._update()
 
@@ -141,7 +144,7 @@ class FdChannel:
             self._out_watched = pending and fd >= 0
         if fd < 0:
             return
-        room = self._sink is not None and self._sink.rx_space() > 0
+        room = self._input_open and self._sink is not None and self._sink.rx_space() > 0
         events = (EPOLLIN if room else 0) | (EPOLLOUT if pending else 0)
         if events == self._events:
             return
@@ -163,7 +166,8 @@ class FdChannel:
         self._update()
 
     def _read(self) -> bool:
-        """Input into the FIFO; False when the endpoint is gone (EOF or an error)."""
+        """Input into the FIFO; False when the endpoint is gone (an error).  At EOF (a
+        client that shut down its sending side) input stops and output goes on."""
         space = self._sink.rx_space() if self._sink is not None else 0
         if space <= 0:
             return True
@@ -174,7 +178,8 @@ class FdChannel:
         except OSError:
             return False
         if not data:
-            return False
+            self._input_open = False
+            return True
         self._sink.receive(data)
         return True
 

@@ -181,7 +181,8 @@ def test_pty_output_nobody_reads_is_bounded() -> None:
 
 def test_socket_server_newest_client_wins(tmp_path: Path) -> None:
     """On a socket: output before any client waits and is delivered on connect; a second
-    client replaces the first (EOF), gets later output and its bytes reach the FIFO."""
+    client replaces the first (EOF), gets later output and its bytes reach the FIFO, and
+    still gets output after it shuts down its sending side."""
     loop = EventLoop("serial-socket-test")
     path = str(tmp_path / "s.sock")
     channel = SocketServer(loop, path)
@@ -205,6 +206,10 @@ def test_socket_server_newest_client_wins(tmp_path: Path) -> None:
         second.sendall(b"in")
         turns(loop, None)
         assert bytes(fifo.got) == b"in"
+        second.shutdown(socket.SHUT_WR)          # no more input, output still wanted
+        turns(loop)
+        channel.write(b"after")
+        assert second.recv(100) == b"after"
     finally:
         first.close()
         second.close()

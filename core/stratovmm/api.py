@@ -57,6 +57,7 @@ from stratovmm.errors import (
     StratoVmmError,
 )
 from stratovmm.host.eventloop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop, Timer
+from stratovmm.host.pty import Pty
 from stratovmm.host.unixsock import UnixListener, check_socket_path
 from stratovmm.machine.hotplug import BackendTable
 from stratovmm.machine.irq import IrqLine
@@ -206,6 +207,7 @@ __all__ = [
     "OptionSpec",
     "PioWindow",
     "PluginError",
+    "Pty",
     "QmpCommand",
     "QmpError",
     "QmpRegistry",

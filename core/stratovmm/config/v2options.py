@@ -106,8 +106,8 @@ def mon_socket(values: Mapping[str, Any], chardev: Mapping[str, Any]) -> dict[st
 _CHARDEV_HELP = "a character back end (for -mon, -serial chardev:ID, -device virtconsole)"
 
 
-def _chardev(kind: str, *sub: SubOption, metavar: str) -> OptionSpec:
-    return OptionSpec("chardev", f"{_CHARDEV_HELP}: {kind}", "chardev", driver=kind,
+def _chardev(kind: str, *sub: SubOption, metavar: str, what: str = "") -> OptionSpec:
+    return OptionSpec("chardev", f"{_CHARDEV_HELP}: {what or kind}", "chardev", driver=kind,
                       backend=True, file_key=False, repeatable=True, id_field="id",
                       sub=(SubOption("id", "id", required=True), *sub), metavar=metavar)
 
@@ -121,7 +121,8 @@ CHARDEV_OPTIONS = (
     _chardev("stdio", metavar="id=ID"),
     _chardev("file", SubOption("path", "path", ValueKind.PATH, required=True),
              metavar="id=ID,path=FILE"),
-    _chardev("pty", metavar="id=ID"),
+    _chardev("pty", metavar="id=ID",
+             what="pty (a new pseudo-terminal; its path is printed at start-up)"),
 )
 
 IGNORED_HELP = "accepted and ignored, as StratoVirt 2.x does (QEMU compatibility)"

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from stratovmm import __version__
+from stratovmm.qmp.chardev import register_chardev_commands
 from stratovmm.qmp.cpus import register_cpu_commands
 from stratovmm.qmp.dispatch import current_session
 from stratovmm.qmp.errors import GenericError
@@ -189,3 +190,4 @@ def register_core_commands(registry: QmpRegistry) -> None:
         registry.add_event(event, schema)
     register_cpu_commands(registry)
     register_stats_commands(registry)
+    register_chardev_commands(registry)

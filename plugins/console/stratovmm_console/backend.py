@@ -51,6 +51,22 @@ OUTPUT_BUFFER = 64 * 1024      # guest output kept while no client can take it
 BACKLOG = 4
 
 
+def keep_newest(pending: bytearray, views: Sequence[memoryview], skip: int, total: int,
+                capacity: int) -> int:
+    """Append ``views`` (``total`` bytes) past their first ``skip`` bytes to ``pending``,
+    keeping only its newest ``capacity`` bytes; returns how many bytes were dropped."""
+    keep = min(total - skip, capacity)
+    start = total - keep                 # only the newest ``capacity`` bytes can survive
+    dropped = start - skip
+    for view in skip_views(views, start):
+        pending += view
+    excess = len(pending) - capacity
+    if excess > 0:
+        del pending[:excess]
+        dropped += excess
+    return dropped
+
+
 class ConsoleSocket:
     """A listening unix socket at ``path`` and at most one connected client.
 
@@ -110,15 +126,8 @@ class ConsoleSocket:
         self._update_events()
 
     def _buffer(self, views: Sequence[memoryview], skip: int, total: int) -> None:
-        keep = min(total - skip, self._capacity)
-        start = total - keep                 # only the newest ``capacity`` bytes can survive
-        self._stats["output_dropped"] += start - skip
-        for view in skip_views(views, start):
-            self._pending += view
-        excess = len(self._pending) - self._capacity
-        if excess > 0:
-            del self._pending[:excess]
-            self._stats["output_dropped"] += excess
+        self._stats["output_dropped"] += keep_newest(self._pending, views, skip, total,
+                                                     self._capacity)
 
     def _sendmsg(self, views: list[memoryview]) -> int:
         """Write what the client takes without blocking; 0 (and the client dropped) on error."""

@@ -37,8 +37,9 @@ CONFIG = struct.Struct("<HHII")
 
 
 class ConsolePort(Protocol):
-    """The host side of port 0: ``backend.ConsoleSocket`` (a unix socket server) or
-    ``logfile.ConsoleFile`` (output appended to a file)."""
+    """The host side of port 0: ``backend.ConsoleSocket`` (a unix socket server),
+    ``logfile.ConsoleFile`` (output appended to a file) or ``ptyport.ConsolePty`` (a
+    pseudo-terminal)."""
 
     on_input: Callable[[], None]
 

@@ -1,6 +1,6 @@
 """The hookimpls of the console plugin: ``-chardev id=ID,path=SOCKET`` / ``"console"``, and
 StratoVirt 2.x's ``-device virtio-serial-device`` + ``-device virtconsole,chardev=ID`` on a
-``-chardev socket`` or ``file``."""
+``-chardev socket``, ``file`` or ``pty``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from stratovmm.api import (
 from stratovmm_console.backend import ConsoleSocket
 from stratovmm_console.device import ConsoleDevice, ConsolePort
 from stratovmm_console.logfile import ConsoleFile
+from stratovmm_console.ptyport import ConsolePty
 from stratovmm_console.schema import CONSOLE_SCHEMA
 
 STRATOVMM_API = "1.1"
@@ -44,20 +45,24 @@ CHARDEV_OPTION = OptionSpec(
 
 
 def console_from_chardev(values: Mapping[str, Any], chardev: Mapping[str, Any]) -> dict[str, Any]:
-    """``-device virtconsole,chardev=ID,id=PORT[,nr=0]`` over a ``-chardev socket`` or
-    ``file`` as a ``console`` item.  Each virtconsole is port 0 of a virtio-console device
-    of its own (StratoVirt 2.x's microvm has one port per virtio-serial-device too, so
-    ``nr`` is 0); a socket must listen and not wait, as 2.x's chardev back end requires."""
+    """``-device virtconsole,chardev=ID,id=PORT[,nr=0]`` over a ``-chardev socket``,
+    ``file`` or ``pty`` as a ``console`` item.  Each virtconsole is port 0 of a
+    virtio-console device of its own (StratoVirt 2.x's microvm has one port per
+    virtio-serial-device too, so ``nr`` is 0); a socket must listen and not wait, as 2.x's
+    chardev back end requires."""
     ident = values["chardev"]
     if values.get("nr", 0) != 0:
         raise ValueError(f"nr={values['nr']}: each virtconsole is port 0 of its own"
                          " virtio-console device here")
     if chardev["kind"] == "file":
         return {"console_id": values["id"], "file_path": chardev["path"]}
+    if chardev["kind"] == "pty":
+        return {"console_id": values["id"], "pty": True, "chardev_id": ident}
     if chardev["kind"] != "socket":
         raise ValueError(f"chardev {ident!r} is {chardev['kind']}; the console serves a unix"
-                         f" socket (-chardev socket,id={ident},path=PATH,server,nowait) or a"
-                         f" file (-chardev file,id={ident},path=PATH)")
+                         f" socket (-chardev socket,id={ident},path=PATH,server,nowait), a"
+                         f" file (-chardev file,id={ident},path=PATH) or a pty (-chardev"
+                         f" pty,id={ident})")
     if not (chardev.get("server") and chardev.get("nowait")):
         raise ValueError(f"chardev {ident!r} needs both server and nowait (the console socket"
                          " listens and does not wait for a client)")
@@ -75,10 +80,10 @@ VIRTIO_SERIAL_OPTION = OptionSpec(
 )
 
 VIRTCONSOLE_OPTION = OptionSpec(
-    "device", "virtio-console on a -chardev socket or file; guest /dev/hvc0.. (StratoVirt"
-    " 2.x)",
+    "device", "virtio-console on a -chardev socket, file or pty; guest /dev/hvc0.."
+    " (StratoVirt 2.x)",
     "console", driver="virtconsole", repeatable=True, id_field="console_id",
-    sub=(SubOption("chardev", None, required=True, help="a -chardev socket id"),
+    sub=(SubOption("chardev", None, required=True, help="a -chardev socket, file or pty id"),
          SubOption("id", "console_id", required=True),
          SubOption("nr", None, ValueKind.INT, help="the port number: 0")),
     join=Join("chardev", "chardev", console_from_chardev, needs="virtio-serial"),
@@ -91,10 +96,12 @@ def _where(item: dict[str, Any]) -> str:
 
 
 def create_console(ctx: BuildContext, item: dict[str, Any]) -> ConsoleDevice:
-    """Listen on the socket (or open the file) and build a virtio-console for one
-    ``console`` item (closing the device closes the socket or the file)."""
+    """Listen on the socket (or open the file or a new pty) and build a virtio-console for
+    one ``console`` item (closing the device closes the socket, the file or the pty)."""
     port: ConsolePort
-    if "file_path" in item:
+    if item.get("pty"):
+        port = ConsolePty(item.get("chardev_id", item["console_id"]), ctx.main_loop)
+    elif "file_path" in item:
         port = ConsoleFile(item["file_path"], _where(item))
     else:
         port = ConsoleSocket(item["socket_path"], ctx.main_loop, _where(item))
@@ -125,18 +132,22 @@ def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
     owners: dict[str, str] = {}
     for item in items:
         path = _check_path(item)
+        if path is None:
+            continue
         if path in owners:
             raise ConfigError(f"{_where(item)}: {path} is already the socket of console"
                               f" {owners[path]!r}")
         owners[path] = item["console_id"]
 
 
-def _check_path(item: dict[str, Any]) -> str:
+def _check_path(item: dict[str, Any]) -> str | None:
     """The item's socket path, usable for a socket; or its file path, in an existing
-    directory and not a directory itself; exactly one of the two."""
-    if ("socket_path" in item) == ("file_path" in item):
-        raise ConfigError(f"console {item['console_id']!r}: give exactly one of socket_path"
-                          " and file_path")
+    directory and not a directory itself; or None for a pty; exactly one of the three."""
+    if sum(key in item for key in ("socket_path", "file_path", "pty")) != 1:
+        raise ConfigError(f"console {item['console_id']!r}: give exactly one of socket_path,"
+                          " file_path and pty")
+    if "pty" in item:
+        return None
     if "socket_path" in item:
         return check_socket_path(item["socket_path"], _where(item))
     path = os.path.abspath(str(item["file_path"]))
@@ -150,7 +161,8 @@ def _check_path(item: dict[str, Any]) -> str:
 def vmm_seccomp_rules(rules: SeccompRules) -> None:
     """Accepting clients, socket I/O (sendmsg/recvmsg on guest memoryviews), closing
     them, and removing the socket file at exit; setblocking is ioctl FIONBIO; a console
-    file is appended to with writev."""
+    file is appended to with writev, a pty's master written with writev and read with
+    readv."""
     rules.allow("accept4", "sendmsg", "recvmsg", "epoll_ctl", "close", "newfstatat", "unlink",
-                "writev")
+                "writev", "readv")
     rules.allow_ioctl(termios.FIONBIO)

@@ -17,6 +17,12 @@ CONSOLE_SCHEMA: dict[str, Any] = {
         "file_path": {"type": "string", "minLength": 1,
                       "description": "file the guest's output is appended to, no input"
                                      " (StratoVirt 2.x's -chardev file; give this or"
-                                     " socket_path)"},
+                                     " socket_path or pty)"},
+        "pty": {"type": "boolean", "const": True,
+                "description": "a new pseudo-terminal, its path printed at start-up"
+                               " (StratoVirt 2.x's -chardev pty)"},
+        "chardev_id": {"type": "string", "minLength": 1,
+                       "description": "the pty's label in the printed line (the -chardev's"
+                                      " id; console_id when absent)"},
     },
 }

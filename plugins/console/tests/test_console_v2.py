@@ -42,8 +42,9 @@ def test_kata_console_line() -> None:
 @pytest.mark.parametrize(("argv", "needle"), [
     (["-chardev", "socket,id=c,path=/a,server,nowait", "-device", "virtconsole,chardev=c,id=p"],
      "-device virtconsole: needs a -device virtio-serial-device on the command line too"),
-    (["-device", "virtio-serial-device", "-chardev", "pty,id=c",
-      "-device", "virtconsole,chardev=c,id=p"], "chardev 'c' is pty; the console serves a unix"),
+    (["-device", "virtio-serial-device", "-chardev", "stdio,id=c",
+      "-device", "virtconsole,chardev=c,id=p"],
+     "chardev 'c' is stdio; the console serves a unix .* or a pty"),
     (["-device", "virtio-serial-device", "-chardev", "socket,id=c,path=/a",
       "-device", "virtconsole,chardev=c,id=p"], "chardev 'c' needs both server and nowait"),
     (["-device", "virtio-serial-device", "-chardev", "socket,id=c,path=/a,server,nowait",
@@ -54,7 +55,7 @@ def test_kata_console_line() -> None:
      "-device virtio-serial-device: given twice"),
 ])
 def test_refusals_name_the_option(argv: list[str], needle: str) -> None:
-    """A virtconsole without its bus, on a chardev that is not a listening socket, on a
+    """A virtconsole without its bus, on stdio or a socket that does not listen, on a
     port other than 0 or on a missing chardev, and a second bus are refused by name."""
     with pytest.raises(ConfigError, match=needle):
         consoles(*argv)
@@ -77,14 +78,15 @@ def test_virtconsole_on_a_file_chardev(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("item", "needle"), [
-    ({"console_id": "c"}, "console 'c': give exactly one of socket_path and file_path"),
+    ({"console_id": "c"}, "console 'c': give exactly one of socket_path, file_path and pty"),
+    ({"console_id": "c", "socket_path": "/tmp/a.sock", "pty": True}, "give exactly one"),
     ({"console_id": "c", "socket_path": "/tmp/a.sock", "file_path": "/tmp/a.log"},
      "give exactly one"),
     ({"console_id": "c", "file_path": "/nonexistent-dir/a.log"},
      "-chardev file path .*its directory does not exist"),
 ])
 def test_console_file_path_refusals(tmp_path: Path, item: dict[str, Any], needle: str) -> None:
-    """A console with neither or both of socket_path and file_path, or a file in a missing
+    """A console with none or two of socket_path, file_path and pty, or a file in a missing
     directory, is refused before any device exists, naming it."""
     config = tmp_path / "vm.json"
     config.write_text(json.dumps({"console": [item]}))

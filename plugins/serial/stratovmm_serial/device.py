@@ -45,17 +45,18 @@ WINDOW = 8                  # ports base..base+7
 class Uart16550(RegisterDevice):
     """The UART's registers; ``out`` receives transmitted bytes, ``irq`` raises the line,
     ``on_rx_space`` hears that the guest drained a full input FIFO, ``on_close`` releases
-    the backend."""
+    the backend, ``backend_stats`` adds the backend's counters (output dropped)."""
 
     def __init__(self, out: Callable[[bytes], None], irq: Callable[[], None],
                  on_rx_space: Callable[[], None] | None = None,
-                 on_close: Callable[[], None] | None = None, device_id: str = "serial"
-                 ) -> None:
+                 on_close: Callable[[], None] | None = None, device_id: str = "serial",
+                 backend_stats: Callable[[], dict[str, int]] | None = None) -> None:
         super().__init__(device_id, WINDOW)
         self._out = out
         self._irq = irq
         self._on_rx_space = on_rx_space
         self._on_close = on_close
+        self._backend_stats = backend_stats
         self._rx: collections.deque[int] = collections.deque()
         self._ier = 0
         self._lcr = 0x03          # 8N1
@@ -72,11 +73,13 @@ class Uart16550(RegisterDevice):
     def stats(self) -> dict[str, int]:
         """Register accesses and guest faults, and characters each way under the common
         names: ``bytes_written`` the guest sent to the host, ``bytes_read`` the host gave
-        it; ``loopback_overruns`` the loopback bytes a full FIFO lost."""
+        it; ``loopback_overruns`` the loopback bytes a full FIFO lost; and the backend's."""
         with self.lock:
             out = super().stats()
             out.update(bytes_written=self.tx_bytes, bytes_read=self.rx_bytes,
                        loopback_overruns=self.loopback_overruns)
+        if self._backend_stats is not None:       # the backend's own lock, not ours
+            out.update(self._backend_stats())
         return out
 
     def close(self) -> None:

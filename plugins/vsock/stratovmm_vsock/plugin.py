@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 from collections.abc import Mapping
 from typing import Any
 
 from stratovmm.api import (
     ArgCondition,
     BuildContext,
+    ConfigError,
     DeviceRegistry,
     DeviceType,
     OptionSpec,
@@ -38,6 +40,7 @@ from stratovmm_vsock.vhost import (
     RUNTIME_IOCTLS,
     VHOST_VSOCK_PATH,
     VhostVsockDevice,
+    adopt_vhost_vsock,
     open_vhost_vsock,
 )
 
@@ -61,20 +64,35 @@ VSOCK_OPTION = OptionSpec(
 WHERE = "-device vsock"
 
 
+def inherited_char_fd(fd: int) -> int:
+    """``vhostfd=N`` as read from the command line, before this process opens fds of its
+    own: it must be open (the parent passed it) and a character device, as
+    ``/dev/vhost-vsock`` is; the vhost requests at start-up tell the rest."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        raise ValueError(f"vhostfd={fd}: fd {fd} is not open here (the parent must pass the"
+                         f" {VHOST_VSOCK_PATH} it opened)") from None
+    if not stat.S_ISCHR(mode):
+        raise ValueError(f"vhostfd={fd}: fd {fd} is not a character device, so not"
+                         f" {VHOST_VSOCK_PATH}")
+    return fd
+
+
 def vhost_vsock_item(values: Mapping[str, Any]) -> dict[str, Any]:
     """``-device vhost-vsock-device`` (StratoVirt 2.x, Kata's driver) as the ``vsock`` item.
     The name asks for the kernel's vhost-vsock, so unlike ``-device vsock`` it never falls
-    back to the unix-socket bridge: without ``/dev/vhost-vsock`` it is refused.  An
-    inherited ``vhostfd=`` is refused too: this VMM opens ``/dev/vhost-vsock`` itself."""
+    back to the unix-socket bridge: without ``/dev/vhost-vsock`` (and no inherited
+    ``vhostfd=``, used instead of opening it) it is refused."""
+    item = {"vsock_id": values["id"], "guest_cid": values["guest-cid"]}
+    if "vhostfd" in values:
+        return {**item, "vhost_fd": inherited_char_fd(values["vhostfd"])}
     if not os.path.exists(VHOST_VSOCK_PATH):
         raise ValueError(f"{VHOST_VSOCK_PATH} does not exist on this host, and"
                          " vhost-vsock-device is the kernel's vhost backend (load vhost_vsock,"
                          " or use -device vsock,id=ID,guest-cid=N[,uds-path=PATH] for the"
                          " unix-socket bridge)")
-    if "vhostfd" in values:
-        raise ValueError("vhostfd=: an inherited vhost-vsock fd is not supported (leave it"
-                         f" out and {VHOST_VSOCK_PATH} is opened here)")
-    return {"vsock_id": values["id"], "guest_cid": values["guest-cid"]}
+    return item
 
 
 VHOST_VSOCK_OPTION = OptionSpec(
@@ -83,21 +101,24 @@ VHOST_VSOCK_OPTION = OptionSpec(
     sub=(SubOption("id", "vsock_id", required=True),
          SubOption("guest-cid", "guest_cid", ValueKind.INT, required=True,
                    help="the guest's CID, 3 <= N < 2^32-1"),
-         SubOption("vhostfd", None, ValueKind.INT, help="refused (see above)")),
-    metavar="id=ID,guest-cid=N",
+         SubOption("vhostfd", None, ValueKind.INT,
+                   help="an inherited /dev/vhost-vsock fd, used instead of opening it")),
+    metavar="id=ID,guest-cid=N[,vhostfd=N]",
 )
 
 
 def uses_vhost(item: dict[str, Any]) -> bool:
-    """vhost-vsock serves the device: no ``uds_path`` and the host has the device."""
-    return "uds_path" not in item and os.path.exists(VHOST_VSOCK_PATH)
+    """vhost-vsock serves the device: an inherited fd, or no ``uds_path`` and the host has
+    the device."""
+    return "vhost_fd" in item or ("uds_path" not in item and os.path.exists(VHOST_VSOCK_PATH))
 
 
 def create_vsock(ctx: BuildContext, item: dict[str, Any]) -> VhostVsockDevice | VsockDevice:
     """Build the virtio-vsock device with its backend."""
     vsock_id, cid = item["vsock_id"], item["guest_cid"]
     if uses_vhost(item):
-        vhost = open_vhost_vsock(cid, WHERE)
+        vhost = (adopt_vhost_vsock(item["vhost_fd"], cid, "-device vhost-vsock-device")
+                 if "vhost_fd" in item else open_vhost_vsock(cid, WHERE))
         device: VhostVsockDevice | VsockDevice = VhostVsockDevice(vsock_id, cid, vhost,
                                                                   ctx.main_loop)
     else:
@@ -131,8 +152,12 @@ def vmm_register_devices(registry: DeviceRegistry) -> None:
 
 @hookimpl
 def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
-    """A given socket path must be usable."""
+    """A given socket path must be usable; an inherited vhost fd and a socket path are two
+    backends."""
     item = config.get("vsock")
+    if isinstance(item, dict) and "uds_path" in item and "vhost_fd" in item:
+        raise ConfigError(f"{WHERE}: give uds_path (the unix-socket bridge) or vhost_fd"
+                          " (vhost-vsock), not both")
     if isinstance(item, dict) and "uds_path" in item:
         check_socket_path(item["uds_path"], f"{WHERE} uds-path", paths.PORT_SUFFIX)
 

@@ -18,6 +18,9 @@ VSOCK_SCHEMA: dict[str, Any] = {
         "vsock_id": ITEM_ID_SCHEMA,
         "guest_cid": {"type": "integer", "minimum": MIN_CID, "maximum": MAX_CID,
                       "description": "the guest's context id, 3 <= N < 2^32-1"},
+        "vhost_fd": {"type": "integer", "minimum": 0,
+                     "description": "an inherited /dev/vhost-vsock fd used instead of opening"
+                                    " it (StratoVirt 2.x's vhostfd=)"},
         "uds_path": {"type": "string", "minLength": 1,
                      "description": "userspace backend: host unix socket bridging the guest's"
                                     " vsock streams (PATH, and PATH_<port> for guest-initiated"

@@ -11,6 +11,14 @@ with the VMM, because vhost does not serve it (virtio 1.2 §5.10.2: its only
 event, TRANSPORT_RESET, follows a migration).  On a reset
 ``VHOST_VSOCK_SET_RUNNING 0``, then the rings are taken back.
 
+StratoVirt 2.x's ``vhostfd=N`` (Kata passes the fd it opened to pick a free CID):
+the inherited fd is used instead of opening the device, with the same sequence
+(QEMU also takes ownership of a passed fd); a fd on which ``VHOST_SET_OWNER``,
+``VHOST_GET_FEATURES`` or ``VHOST_VSOCK_SET_GUEST_CID`` fails is not a usable
+vhost-vsock fd and is refused.  Setting the CID the parent already set on the
+same fd is allowed by the kernel (``vhost_vsock_set_cid``: a CID in use only by
+*another* vsock is EADDRINUSE).
+
 Not run against a real ``/dev/vhost-vsock``: the development host has none.
 The ioctl sequence is unit-tested against a recorder.
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import os
 import struct
 
 from stratovmm.api import (
@@ -29,6 +38,8 @@ from stratovmm.api import (
     F_VERSION_1,
     ID_VSOCK,
     RING_IOCTLS,
+    VHOST_GET_FEATURES,
+    VHOST_SET_OWNER,
     ConfigError,
     EventLoop,
     Ioctl,
@@ -61,6 +72,35 @@ def open_vhost_vsock(guest_cid: int, option: str, path: str = VHOST_VSOCK_PATH,
     """``path`` owned by this process with the guest's CID set; a CID in use elsewhere is a
     ``ConfigError`` naming ``guest-cid``."""
     backend = VhostBackend.open(path, option, ioctl)
+    _set_cid(backend, guest_cid, option, path)
+    return backend
+
+
+def adopt_vhost_vsock(fd: int, guest_cid: int, option: str,
+                      ioctl: Ioctl = fcntl.ioctl) -> VhostBackend:
+    """The parent's ``/dev/vhost-vsock`` fd (``vhostfd=N``), owned by this process with the
+    guest's CID set; a fd that is closed or not vhost-vsock is a ``ConfigError`` naming
+    ``vhostfd``."""
+    where = f"{option} vhostfd"
+    try:
+        os.fstat(fd)
+    except OSError:
+        raise ConfigError(f"{where}: fd {fd} is not open (the parent must pass it)") from None
+    try:
+        ioctl(fd, VHOST_SET_OWNER)
+        features = _U64.unpack(ioctl(fd, VHOST_GET_FEATURES, bytes(8)))[0]
+    except OSError as exc:
+        raise ConfigError(f"{where}: fd {fd} is not a usable vhost-vsock fd"
+                          f" ({exc.strerror})") from None
+    path = f"{VHOST_VSOCK_PATH} (fd {fd})"
+    backend = VhostBackend(fd, features, path, ioctl)
+    _set_cid(backend, guest_cid, where, path)
+    return backend
+
+
+def _set_cid(backend: VhostBackend, guest_cid: int, option: str, path: str) -> None:
+    """``VHOST_VSOCK_SET_GUEST_CID``; on failure the backend is closed and the error names
+    the CID (in use elsewhere) or the device's refusal (not vhost-vsock, ...)."""
     try:
         backend.request(VHOST_VSOCK_SET_GUEST_CID, _U64.pack(guest_cid))
     except OSError as exc:
@@ -70,7 +110,6 @@ def open_vhost_vsock(guest_cid: int, option: str, path: str = VHOST_VSOCK_PATH,
                               " host") from None
         raise ConfigError(f"{option} guest-cid: {path} refused CID {guest_cid}:"
                           f" {exc.strerror}") from None
-    return backend
 
 
 class VhostVsockDevice(VirtioDevice):

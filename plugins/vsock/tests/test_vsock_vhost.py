@@ -24,11 +24,18 @@ from stratovmm_vsock.vhost import (
     VHOST_VSOCK_SET_GUEST_CID,
     VHOST_VSOCK_SET_RUNNING,
     VhostVsockDevice,
+    adopt_vhost_vsock,
     open_vhost_vsock,
 )
 
 from stratovmm import api
-from stratovmm.api import VHOST_GET_FEATURES, VHOST_GET_VRING_BASE, ConfigError, EventLoop
+from stratovmm.api import (
+    VHOST_GET_FEATURES,
+    VHOST_GET_VRING_BASE,
+    VHOST_SET_OWNER,
+    ConfigError,
+    EventLoop,
+)
 from stratovmm.testing import spec as c
 from stratovmm.testing.harness import DeviceHarness
 
@@ -188,3 +195,64 @@ def test_cid_in_use_names_guest_cid(tmp_path: Path) -> None:
     recorder = Recorder(refuse={VHOST_VSOCK_SET_GUEST_CID: errno.EINVAL})
     with pytest.raises(ConfigError, match=r"guest-cid: .* refused CID 42: Invalid argument"):
         open_vhost_vsock(CID, "-device vsock", str(device_file), recorder)
+
+
+def test_vhostfd_is_adopted_with_the_same_sequence(tmp_path: Path) -> None:
+    """An inherited fd (vhostfd=) is not reopened: SET_OWNER, GET_FEATURES and SET_GUEST_CID
+    go to that fd, and the backend serves the device from it."""
+    fd = os.open(tmp_path / "vhost-vsock", os.O_RDWR | os.O_CREAT)
+    recorder = Recorder()
+    seen: list[int] = []
+
+    def on_fd(used: int, request: int, arg: bytes = b"") -> bytes:
+        seen.append(used)
+        return recorder(used, request, arg)
+
+    backend = adopt_vhost_vsock(fd, CID, "-device vhost-vsock-device", on_fd)
+    try:
+        assert recorder.names() == ["VHOST_SET_OWNER", "VHOST_GET_FEATURES",
+                                    "VHOST_VSOCK_SET_GUEST_CID"]
+        assert recorder.args("VHOST_VSOCK_SET_GUEST_CID") == [struct.pack("<Q", CID)]
+        assert set(seen) == {fd} and backend.fd == fd and backend.features == VHOST_FEATURES
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize(("refuse", "needle"), [
+    ({VHOST_SET_OWNER: errno.ENOTTY}, "vhostfd: fd .* is not a usable vhost-vsock fd"),
+    ({VHOST_GET_FEATURES: errno.ENOTTY}, "vhostfd: fd .* is not a usable vhost-vsock fd"),
+    ({VHOST_VSOCK_SET_GUEST_CID: errno.ENOTTY}, "vhostfd guest-cid: .* refused CID 42"),
+    ({VHOST_VSOCK_SET_GUEST_CID: errno.EADDRINUSE}, "vhostfd guest-cid: 42 is in use"),
+])
+def test_a_vhostfd_that_is_not_vhost_vsock_is_refused(tmp_path: Path, refuse: dict[int, int],
+                                                      needle: str) -> None:
+    """A fd on which a vhost or vhost-vsock request fails is refused, naming vhostfd."""
+    fd = os.open(tmp_path / "not-vhost", os.O_RDWR | os.O_CREAT)
+    try:
+        with pytest.raises(ConfigError, match=needle):
+            adopt_vhost_vsock(fd, CID, "-device vhost-vsock-device", Recorder(refuse))
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass                      # a refused CID closes the backend, as for the device
+
+
+def test_a_regular_file_fd_is_refused_by_the_kernel(tmp_path: Path) -> None:
+    """With the real ioctl, a regular file's fd (not a vhost device) fails VHOST_SET_OWNER
+    (ENOTTY) and is refused as not a usable vhost-vsock fd."""
+    fd = os.open(tmp_path / "plain", os.O_RDWR | os.O_CREAT)
+    try:
+        with pytest.raises(ConfigError, match=r"vhostfd: fd \d+ is not a usable vhost-vsock"
+                                              r" fd \(Inappropriate ioctl"):
+            adopt_vhost_vsock(fd, CID, "-device vhost-vsock-device")
+    finally:
+        os.close(fd)
+
+
+def test_a_closed_vhostfd_is_refused() -> None:
+    """A vhostfd= the parent did not pass (not open here) is refused, naming it."""
+    fd = os.open("/dev/null", os.O_RDONLY)
+    os.close(fd)
+    with pytest.raises(ConfigError, match=f"vhostfd: fd {fd} is not open"):
+        adopt_vhost_vsock(fd, CID, "-device vhost-vsock-device")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stratovmm.errors import GuestError
 from stratovmm.memory import GuestMemoryProtocol
@@ -51,16 +51,14 @@ class DescriptorChain:
     head: int
     readable: tuple[Descriptor, ...]
     writable: tuple[Descriptor, ...]
+    #: bytes the driver gave us, and bytes we may write back: summed once, when the chain
+    #: is made, since a device asks for them several times per request
+    readable_len: int = field(init=False, repr=False, compare=False)
+    writable_len: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def readable_len(self) -> int:
-        """Bytes the driver gave us."""
-        return sum(d.length for d in self.readable)
-
-    @property
-    def writable_len(self) -> int:
-        """Bytes we may write back."""
-        return sum(d.length for d in self.writable)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "readable_len", sum(d.length for d in self.readable))
+        object.__setattr__(self, "writable_len", sum(d.length for d in self.writable))
 
     def read_views(self, memory: GuestMemoryProtocol) -> list[memoryview]:
         """Views of the readable buffers (zero-copy, for ``os.pwritev``)."""

@@ -70,6 +70,8 @@ class DescriptorChain:
 
     def read_all(self, memory: GuestMemoryProtocol, limit: int) -> bytes:
         """Copy up to ``limit`` readable bytes (for small headers and control requests)."""
+        if self.readable and self.readable[0].length >= limit:     # the usual framing
+            return memory.read(self.readable[0].addr, limit)
         out = bytearray()
         for d in self.readable:
             if len(out) >= limit:
@@ -112,6 +114,8 @@ class DescriptorChain:
 def skip_views(views: Sequence[memoryview], offset: int) -> list[memoryview]:
     """``views`` without their first ``offset`` bytes (past a header, past what a short
     write took); empty views are dropped."""
+    if not offset:
+        return [view for view in views if view]
     out = []
     for view in views:
         if offset >= len(view):

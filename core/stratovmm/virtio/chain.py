@@ -46,13 +46,14 @@ class Descriptor:
 
 @dataclass(frozen=True, slots=True)
 class DescriptorChain:
-    """A validated chain: readable buffers first, then writable ones (§2.7.4.2)."""
+    """A validated chain: readable buffers first, then writable ones (§2.7.4.2).
+    ``readable_len`` is the bytes the driver gave us, ``writable_len`` the bytes we may
+    write back."""
 
     head: int
     readable: tuple[Descriptor, ...]
     writable: tuple[Descriptor, ...]
-    #: bytes the driver gave us, and bytes we may write back: summed once, when the chain
-    #: is made, since a device asks for them several times per request
+    # summed once, when the chain is made: a device asks for them several times a request
     readable_len: int = field(init=False, repr=False, compare=False)
     writable_len: int = field(init=False, repr=False, compare=False)
 

@@ -3,8 +3,8 @@
 (``STRATOVMM_FASTPATH=1``, the default) and in pure Python (``STRATOVMM_FASTPATH=0``).
 
 ``pump``: in this process, no guest: a blk device behind the real virtio-mmio transport on
-bytearray guest RAM (``stratovmm.testing.harness``), a driver that keeps ``--depth``
-requests posted per kick against a page-cached image; the CPU time of the device's serving
+bytearray guest RAM (``stratovmm.testing.harness``), a driver that posts 32 requests of
+4 KiB, or one of 512 KiB in 128 pages, per kick, against a page-cached image; the CPU time of the device's serving
 (``process_queue``: pop, handler, preadv/pwritev, used ring, interrupt decision) per
 request.  The two paths alternate, ``--runs`` times each.
 
@@ -44,9 +44,11 @@ DD = {
     "read1m": "if=/dev/vda of=/dev/null bs=1M count=100 iflag=direct",
     "write1m": "if=/dev/zero of=/dev/vda bs=1M count=100 oflag=direct",
 }
-# pump jobs: name -> (request type, data bytes)
-PUMP = {"read4k": (0, 4096), "write4k": (1, 4096), "read1m": (0, 1 << 20),
-        "write1m": (1, 1 << 20)}
+# pump jobs: name -> (request type, data bytes, requests per kick); the 512 KiB requests are
+# 128 buffers of 4 KiB each, as Linux sends a large request (its pages are scattered)
+PUMP = {"read4k": (0, 4096, 32), "write4k": (1, 4096, 32), "read512k": (0, 512 << 10, 1),
+        "write512k": (1, 512 << 10, 1)}
+PAGE = 4096
 PATHS = {"fast": "1", "python": "0"}
 
 
@@ -63,16 +65,18 @@ def pump_once(kind: int, size: int, requests: int, depth: int, image: str) -> fl
 
     loop = EventLoop("pump")
     device = BlockDevice("pump", BlockBackend(image), "", loop)
-    h = DeviceHarness(device, memory_size=depth * (size + 8192) + (1 << 20),
-                      queue_size=4 * depth, loop=loop)
+    pages = size // PAGE
+    h = DeviceHarness(device, memory_size=depth * (size + 2 * PAGE) + (1 << 20),
+                      queue_size=1 << (depth * (pages + 2) - 1).bit_length(), loop=loop)
     h.start(event_idx=True)
     ring = h.queues[0]
     chains = []
     sectors = os.path.getsize(image) // 512 - size // 512
     for n in range(depth):
-        header, status, data = h.alloc(16), h.alloc(1), h.alloc(size, 4096)
+        header, status, data = h.alloc(16), h.alloc(1), h.alloc(size, PAGE)
         h.memory.write(header, struct.pack("<IIQ", kind, 0, (n * size // 512) % sectors))
-        chains.append([Buffer(header, 16), Buffer(data, size, kind == 0),
+        chains.append([Buffer(header, 16),
+                       *(Buffer(data + PAGE * i, PAGE, kind == 0) for i in range(pages)),
                        Buffer(status, 1, True)])
     spent = 0.0
     done = 0
@@ -100,10 +104,10 @@ def pump(a: argparse.Namespace) -> None:
         for _ in range(a.runs):
             for path, value in PATHS.items():
                 os.environ["STRATOVMM_FASTPATH"] = value
-                for job, (kind, size) in PUMP.items():
-                    count = a.requests if size <= 4096 else max(a.requests // 16, 64)
+                for job, (kind, size, depth) in PUMP.items():
+                    count = a.requests if size <= PAGE else max(a.requests // 16, 64)
                     results[path][job].append(
-                        pump_once(kind, size, count, a.depth, image.name) * 1e6)
+                        pump_once(kind, size, count, depth, image.name) * 1e6)
     common.dump(results, a.out)
     print("| job | µs/request, C path | pure Python |")
     print("|---|---|---|")
@@ -206,7 +210,6 @@ def main() -> None:
     p = sub.add_parser("pump", help="in-process request pump, both paths")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--requests", type=int, default=20000)
-    p.add_argument("--depth", type=int, default=32)
     p.add_argument("--out")
     g = sub.add_parser("guest", help="dd in the Linux guest, both paths (and QEMU)")
     g.add_argument("--runs", type=int, default=2)

@@ -4,9 +4,9 @@
 
 ``pump``: in this process, no guest: a blk device behind the real virtio-mmio transport on
 bytearray guest RAM (``stratovmm.testing.harness``), a driver that posts 32 requests of
-4 KiB, or one of 512 KiB in 128 pages, per kick, against a page-cached image; the CPU time of the device's serving
-(``process_queue``: pop, handler, preadv/pwritev, used ring, interrupt decision) per
-request.  The two paths alternate, ``--runs`` times each.
+4 KiB, or one of 512 KiB in 128 pages, per kick, against a page-cached image; the CPU
+time of the device's serving (``process_queue``: pop, handler, preadv/pwritev, used
+ring, interrupt decision) per request.  The two paths alternate, ``--runs`` times each.
 
 ``guest``: the Linux test guest runs ``dd`` with O_DIRECT on a drive (4 KiB and 1 MiB,
 read and write; each request waits for the one before, so every request is one kick,

@@ -192,6 +192,10 @@ def dataclass_fields(cls: type) -> list[str]:
             continue
         text = f"{item.target.id}: {ast.unparse(item.annotation)}"
         value = item.value
+        if isinstance(value, ast.Call) and any(
+                k.arg == "init" and isinstance(k.value, ast.Constant) and k.value.value is False
+                for k in value.keywords):
+            continue                  # computed by the class, not a constructor argument
         if isinstance(value, ast.Call) and ast.unparse(value.func) == "field":
             factory = next((k.value for k in value.keywords if k.arg == "default_factory"), None)
             if isinstance(factory, ast.Lambda):

@@ -10,7 +10,7 @@ at its root (``errors``, ``memory``, ``registry``, ``plugin``, ``hookspecs``, ``
 ``cli``; ``stratovmm`` is the package's ``__init__``, which holds only the version).
 An edge ``a -> b`` means a module of ``a`` imports a module of ``b``; a module whose
 name starts with ``_`` (the compiled cffi modules: ``kvm._kvm``, ``boot._bootparam``,
-``virtio._barrier``, ``host._sandbox``) is private to its part.  Imports inside a
+``virtio._barrier``, ``virtio._ring``, ``host._sandbox``) is private to its part.  Imports inside a
 function count: they run.  Imports under ``if TYPE_CHECKING:`` do not run; they are
 listed apart, as "typing only", and the checks leave them out (they let a lower part
 name a higher part's type in an annotation, e.g. the ``VmApi`` that QMP handlers get).

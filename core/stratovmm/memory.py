@@ -104,6 +104,18 @@ class GuestMemory:
         table)."""
         return self._host_base + region.offset
 
+    def native_layout(self) -> tuple[memoryview, int, tuple[tuple[int, int, int], ...]] | None:
+        """What C code walking guest RAM needs (``stratovmm.virtio.native``): a view that
+        keeps the buffer mapped while the caller holds it (an mmap with an export cannot be
+        closed), the host address of the buffer, and the regions as (guest start, guest
+        end, delta), the host buffer offset of a guest address being ``gpa + delta`` — the
+        bounds ``_offset`` checks every access against.  None when a subclass reaches guest
+        RAM its own way (overrides an accessor): C must not go around it."""
+        cls = type(self)
+        if any(getattr(cls, name) is not getattr(GuestMemory, name) for name in _ACCESSORS):
+            return None
+        return self._view[:0], self._host_base, self._bounds
+
     def contains(self, gpa: int, length: int) -> bool:
         """True when [gpa, gpa+length) lies wholly inside one RAM region."""
         try:
@@ -155,6 +167,11 @@ class GuestMemory:
     def discard(self, gpa: int, length: int) -> None:
         """Give [gpa, gpa+length) back: the guest reads zeros there afterwards."""
         self.slice(gpa, length)[:] = bytes(length)
+
+
+# how guest RAM is reached: a subclass overriding one of these is not bypassed by C code
+_ACCESSORS = ("_offset", "contains", "slice", "read", "write", "read_u16", "read_u32",
+              "read_u64", "write_u16", "write_u32", "write_u64")
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
+
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
 from stratovmm.virtio import constants as c
 from stratovmm.virtio.chain import DescriptorChain
 from stratovmm.virtio.device import Frames, HeldChains, VirtioDevice
+from stratovmm.virtio.native import FASTPATH_ENV
 
 
 class WaitingDevice(VirtioDevice):
@@ -105,3 +108,28 @@ def test_frames_gather_chains_refuse_bad_ones_and_complete_items_together() -> N
     h.kick(0)
     assert q.used_elements() == [(first, 3), (second, 1), (third, 3), (fourth, 1)]
     assert device.held_chains(0) == 0 and h.interrupts == interrupts + 1
+
+
+def test_a_batch_is_published_with_one_used_idx_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """§2.7.8.2: the chains one kick serves reach the used ring first and ``used->idx`` is
+    stored once, after the batch (pure-Python path, whose stores can be watched), with one
+    interrupt."""
+    monkeypatch.setenv(FASTPATH_ENV, "0")
+    device = WaitingDevice()
+    device.data = b"abcde"
+    h = DeviceHarness(device)
+    h.start()
+    q = h.queues[0]
+    heads = [q.add_chain([Buffer(h.alloc(4), 4, True)]) for _ in range(5)]
+    stores: list[int] = []
+    write_u16 = h.memory.write_u16
+
+    def logged(gpa: int, value: int) -> None:
+        stores.append(gpa)
+        write_u16(gpa, value)
+
+    monkeypatch.setattr(h.memory, "write_u16", logged)
+    interrupts = h.interrupts
+    h.kick(0)
+    assert q.used_elements() == [(head, 1) for head in heads]
+    assert stores.count(q.used_ring + 2) == 1 and h.interrupts == interrupts + 1

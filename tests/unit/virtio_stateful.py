@@ -17,6 +17,8 @@ balloon target).  After every step it checks:
   buffer waiting for data), or the device asked for a reset (DEVICE_NEEDS_RESET);
 - while DRIVER_OK is clear (after a reset) the device writes nothing into guest RAM.
 
+Each example serves its queues on the ring's C path or the pure-Python one (drawn).
+
 CI runs ``EXAMPLES`` examples of ``STEPS`` steps per device (about a second each);
 ``STRATOVMM_FUZZ_EXAMPLES`` raises the example count for a long run.
 """
@@ -46,6 +48,7 @@ from stratovmm.virtio import constants as c
 from stratovmm.virtio.constants import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE
 from stratovmm.virtio.device import VirtioDevice
 from stratovmm.virtio.mmio import VirtioMmioTransport
+from stratovmm.virtio.native import FASTPATH_ENV
 
 RAM = 0x40000                       # 256 KiB of guest RAM at guest address 0
 CANARY = b"\xa5" * 4096             # right after RAM in the host buffer
@@ -134,6 +137,7 @@ class VirtioGuest(RuleBasedStateMachine):
         self.avail: list[int] = []
         self.next_data = DATA
         self.interrupts = 0
+        self.saved_fastpath: str | None = None
 
     # -- what subclasses provide ----------------------------------------------------------
 
@@ -162,6 +166,11 @@ class VirtioGuest(RuleBasedStateMachine):
 
     @initialize(data=st.data())
     def build(self, data: st.DataObject) -> None:
+        # the ring's C path or the pure-Python one (read when each queue is made), both held
+        # to every invariant below
+        fast = data.draw(st.booleans(), label="fastpath")
+        self.saved_fastpath = os.environ.get(FASTPATH_ENV)
+        os.environ[FASTPATH_ENV] = "1" if fast else "0"
         self.device = self.make_device(data)
         # a small budget makes every kick end in a retry on a later loop turn
         self.device.SERVE_BUDGET = data.draw(st.sampled_from([1, 2, 64]), label="budget")
@@ -186,6 +195,10 @@ class VirtioGuest(RuleBasedStateMachine):
             self.loop.close()
             self.errors.detach()
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if self.saved_fastpath is None:
+                os.environ.pop(FASTPATH_ENV, None)
+            else:
+                os.environ[FASTPATH_ENV] = self.saved_fastpath
 
     # -- register access (a vCPU) -----------------------------------------------------------
 

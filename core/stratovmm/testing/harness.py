@@ -101,8 +101,9 @@ class DeviceHarness:
         self.queues = []
         for index in range(count):
             size = min(self.queue_size, self.device.QUEUE_SIZES[index])
-            mock = MockSplitQueue(self.memory, self.alloc(16 * size + 8 * size + 64, 4096), size,
-                                  event_idx)
+            # descriptors, avail ring (6 + 2n), used ring (6 + 8n) and alignment (§2.7)
+            rings = self.alloc(16 * size + 2 * size + 8 * size + 64, 4096)
+            mock = MockSplitQueue(self.memory, rings, size, event_idx)
             self.write_reg(c.QUEUE_SEL, index)
             self.write_reg(c.QUEUE_NUM, size)
             for low, value in ((c.QUEUE_DESC_LOW, mock.desc_table),

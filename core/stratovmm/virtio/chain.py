@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stratovmm.errors import GuestError
 from stratovmm.memory import GuestMemoryProtocol
@@ -46,21 +46,20 @@ class Descriptor:
 
 @dataclass(frozen=True, slots=True)
 class DescriptorChain:
-    """A validated chain: readable buffers first, then writable ones (§2.7.4.2)."""
+    """A validated chain: readable buffers first, then writable ones (§2.7.4.2).
+    ``readable_len`` is the bytes the driver gave us, ``writable_len`` the bytes we may
+    write back."""
 
     head: int
     readable: tuple[Descriptor, ...]
     writable: tuple[Descriptor, ...]
+    # summed once, when the chain is made: a device asks for them several times a request
+    readable_len: int = field(init=False, repr=False, compare=False)
+    writable_len: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def readable_len(self) -> int:
-        """Bytes the driver gave us."""
-        return sum(d.length for d in self.readable)
-
-    @property
-    def writable_len(self) -> int:
-        """Bytes we may write back."""
-        return sum(d.length for d in self.writable)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "readable_len", sum(d.length for d in self.readable))
+        object.__setattr__(self, "writable_len", sum(d.length for d in self.writable))
 
     def read_views(self, memory: GuestMemoryProtocol) -> list[memoryview]:
         """Views of the readable buffers (zero-copy, for ``os.pwritev``)."""
@@ -72,6 +71,8 @@ class DescriptorChain:
 
     def read_all(self, memory: GuestMemoryProtocol, limit: int) -> bytes:
         """Copy up to ``limit`` readable bytes (for small headers and control requests)."""
+        if self.readable and self.readable[0].length >= limit:     # the usual framing
+            return memory.read(self.readable[0].addr, limit)
         out = bytearray()
         for d in self.readable:
             if len(out) >= limit:
@@ -114,6 +115,8 @@ class DescriptorChain:
 def skip_views(views: Sequence[memoryview], offset: int) -> list[memoryview]:
     """``views`` without their first ``offset`` bytes (past a header, past what a short
     write took); empty views are dropped."""
+    if not offset:
+        return [view for view in views if view]
     out = []
     for view in views:
         if offset >= len(view):

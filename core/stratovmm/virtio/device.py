@@ -12,18 +12,20 @@ request, a packet, a received frame) it admits the item — a budget of items pe
 loop turn (the rest waits for a later turn, so one guest cannot starve QMP or
 the other devices of its loop), rate limiters, an optional gate — takes the
 chains the item needs, calls the device's handler, and completes the chains;
-after the batch it counts the bad chains and interrupts the driver once, if it
-asked (§2.7.7).  When the ring runs dry it re-enables the driver's notifications
-and looks again (§2.7.10).  A receive path whose host side has nothing yet keeps
-its chains: ``serve`` holds them and offers them first when the device serves
-the queue again, on host data.  A handler that raises ``GuestError`` completes
+after the batch it publishes the used chains with one ``used->idx`` store, counts
+the bad chains and interrupts the driver once, if it asked (§2.7.7).  When the
+ring runs dry it re-enables the driver's notifications and looks again
+(§2.7.10).  A receive path whose host side has nothing yet keeps its chains:
+``serve`` holds them and offers them first when the device serves the queue
+again, on host data.  A handler that raises ``GuestError`` completes
 its chain with length 0 instead of losing it.
 
 Two calls carry the per-chain work and are the seams for a faster
-implementation (a C helper) under this loop: ``SplitQueue.pop`` walks and checks
-one chain (§2.7.5), ``SplitQueue.add_used_batch`` writes one item's used
-elements and publishes ``used->idx`` once (§2.7.8).  Nothing else here touches
-the rings, except the notification re-enable and the interrupt decision.
+implementation under this loop (``stratovmm.virtio.native``, in C):
+``SplitQueue.pop`` walks and checks one chain (§2.7.5),
+``SplitQueue.add_used_batch`` writes the batch's used elements and publishes
+``used->idx`` once (§2.7.8).  Nothing else here touches the rings, except the
+notification re-enable and the interrupt decision.
 
 Threading: ``activate``, ``handle_queue`` and ``reset`` run on the device's own
 loop (the main loop or its ``iothread``); ``read_config``/``write_config`` and
@@ -100,10 +102,10 @@ class HeldChains:
     def take(self, count: int) -> list[DescriptorChain]:
         """Remove and return the first ``count`` chains (the ones an item used)."""
         taken = [self._chains.popleft() for _ in range(count)]
-        for _ in range(count):
+        for chain in taken:
             self._views.popleft()
-        self.room -= sum(chain.writable_len for chain in taken)
-        self.descriptors -= sum(_descriptors(chain) for chain in taken)
+            self.room -= chain.writable_len
+            self.descriptors -= _descriptors(chain)
         return taken
 
 
@@ -289,7 +291,8 @@ class VirtioDevice(DeviceCounters):
               gate: Gate | None = None) -> int:
         """Serve queue ``index``: up to ``budget`` items (default ``SERVE_BUDGET``), each one
         chain given to ``handler(chain)`` — or several, with ``Frames`` — and completed with
-        the bytes the handler wrote; then one interrupt, if the driver asked (§2.7.7).
+        the bytes the handler wrote, all published together after the batch (§2.7.8.2);
+        then one interrupt, if the driver asked (§2.7.7).
         Returns the items served.
 
         Before each item: the budget, shared by every call in one loop turn (spent: the
@@ -314,6 +317,7 @@ class VirtioDevice(DeviceCounters):
         served = earlier = spent if spent_turn == turn else 0     # by every call this turn
         budget = self.SERVE_BUDGET if budget is None else budget
         bad_before, used_before = queue.bad_chains, queue.completed
+        done: list[tuple[int, int]] = []        # (head, length) of the chains items used
         while self.active:
             if served >= budget:
                 if (held or queue.has_available()
@@ -331,12 +335,14 @@ class VirtioDevice(DeviceCounters):
             if lengths is None:
                 break
             used = held.take(len(lengths))
-            queue.add_used_batch([(chain.head, n) for chain, n in zip(used, lengths, strict=True)])
+            done += zip([chain.head for chain in used], lengths, strict=True)
             if ops_limit is not None:
                 ops_limit.take(1)
             if byte_limit is not None:
                 byte_limit.take(sum(lengths))
             served += 1
+        # the batch's used elements, then used->idx once (§2.7.8.2): one store per batch
+        queue.add_used_batch(done)
         self._serve_spent[index] = (turn, served)
         bad = queue.bad_chains - bad_before
         if bad:

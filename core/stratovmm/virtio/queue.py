@@ -22,6 +22,7 @@ from stratovmm.memory import GuestMemoryProtocol
 from stratovmm.virtio._barrier import lib as _barrier
 from stratovmm.virtio.chain import ChainError, DescriptorChain, walk_chain
 from stratovmm.virtio.constants import AVAIL_F_NO_INTERRUPT, MAX_QUEUE_SIZE, USED_F_NO_NOTIFY
+from stratovmm.virtio.native import Deferred, NativeRing, fastpath_enabled
 
 log = logging.getLogger(__name__)
 _USED_ELEM = struct.Struct("<II")
@@ -83,6 +84,11 @@ class SplitQueue:
     bad_chains: int = 0
     completed: int = 0
     errors: list[str] = field(default_factory=list)
+    # the C path for pop/add_used_batch (``stratovmm.virtio.native``; STRATOVMM_FASTPATH)
+    fastpath: bool = field(default_factory=fastpath_enabled)
+
+    def __post_init__(self) -> None:
+        self._native = NativeRing.over(self.memory, self.size) if self.fastpath else None
 
     @classmethod
     def from_config(cls, memory: GuestMemoryProtocol, config: QueueConfig,
@@ -106,8 +112,16 @@ class SplitQueue:
 
         Bad chains are completed with length 0 and skipped (counted in
         ``bad_chains``); a broken ring raises ``QueueProtocolError``.  The one
-        per-chain walk of ``VirtioDevice.serve``: a faster walker replaces this call.
+        per-chain walk of ``VirtioDevice.serve``; with the fast path, C takes the common
+        case (an empty ring, a good chain) and this code everything else.
         """
+        if self._native is not None:
+            chain = self._native.pop(self.desc_table, self.avail_ring, self.size,
+                                     self.last_avail)
+            if not isinstance(chain, Deferred):
+                if chain is not None:
+                    self.last_avail = (self.last_avail + 1) & 0xFFFF
+                return chain
         while True:
             avail = self.avail_idx()
             pending = (avail - self.last_avail) & 0xFFFF
@@ -147,9 +161,15 @@ class SplitQueue:
         element (§2.7.8.2: the elements are written before idx), so the driver sees them
         together: the buffers of one merged receive frame (§5.1.6.4) never appear one by
         one, as QEMU's virtqueue_fill + virtqueue_flush.  ``VirtioDevice.serve`` completes
-        each item with one call: a faster used-ring writer replaces this one."""
+        each item with one call; with the fast path, one C call does it."""
         if not elements:
             return
+        if self._native is not None:
+            used = self._native.push_used(self.used_ring, self.size, self.next_used, elements)
+            if used is not None:
+                self.next_used = used
+                self.completed += len(elements)
+                return
         used = self.next_used
         for head, length in elements:
             slot = self.used_ring + 4 + 8 * (used % self.size)

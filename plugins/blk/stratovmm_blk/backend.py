@@ -69,8 +69,10 @@ class BlockBackend:
         if self.direct and not _aligned(views, offset):
             return self._bounce_read(views, offset)
         done = _loop_io(os.preadv, self.fd, views, offset)
-        _zero_tail(views, done)
-        return sum(len(v) for v in views)
+        length = sum(len(v) for v in views)
+        if done < length:
+            _zero_tail(views, done)
+        return length
 
     def write(self, views: list[memoryview], offset: int) -> int:
         """Write ``views`` at ``offset``."""
@@ -184,7 +186,7 @@ def _loop_io(op: object, fd: int, views: list[memoryview], offset: int) -> int:
     total = sum(len(v) for v in views)
     done = 0
     while done < total:
-        rest = skip_views(views, done)
+        rest = skip_views(views, done) if done else views     # one call, usually
         n = op(fd, rest, offset + done)  # type: ignore[operator]
         if n <= 0:
             break

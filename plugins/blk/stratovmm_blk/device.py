@@ -35,6 +35,7 @@ F_SEG_MAX, F_RO, F_BLK_SIZE, F_FLUSH = 2, 5, 6, 9
 T_IN, T_OUT, T_FLUSH, T_GET_ID = 0, 1, 4, 8
 S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
 ID_BYTES = 20
+_STATUS = tuple(bytes([status]) for status in range(3))
 HEADER = struct.Struct("<IIQ")
 # §5.2.4 config layout: capacity u64, size_max u32, seg_max u32, geometry u32, blk_size u32
 CONFIG = struct.Struct("<QIIIIBBHIBBHIIII")
@@ -175,7 +176,11 @@ class BlockDevice(VirtioDevice):
                 data_written: int) -> int:
         """Store the status byte (the chain's last writable byte, §5.2.6); returns the used
         length."""
-        chain.write_all(memory, bytes([status]), offset=chain.writable_len - 1)
+        last = chain.writable[-1]
+        if last.length:            # the usual framing: the status byte ends the last buffer
+            memory.write(last.addr + last.length - 1, _STATUS[status])
+        else:
+            chain.write_all(memory, _STATUS[status], offset=chain.writable_len - 1)
         return data_written + 1
 
     def close(self) -> None:
@@ -188,7 +193,14 @@ class BlockDevice(VirtioDevice):
 def _data_views(memory: GuestMemoryProtocol, chain: DescriptorChain,
                 writable: bool) -> list[memoryview]:
     """The data part of a request: readable bytes after the header, or writable bytes
-    before the status byte (any framing, §5.2.6)."""
+    before the status byte (any framing, §5.2.6); Linux's framing (header, data buffers,
+    status byte, each its own descriptor) without slicing twice."""
     if writable:
+        data = chain.writable
+        if data[-1].length == 1:
+            return [memory.slice(d.addr, d.length) for d in data[:-1] if d.length]
         return trim_views(chain.write_views(memory), chain.writable_len - 1)
+    data = chain.readable
+    if data[0].length == HEADER.size:
+        return [memory.slice(d.addr, d.length) for d in data[1:] if d.length]
     return skip_views(chain.read_views(memory), HEADER.size)

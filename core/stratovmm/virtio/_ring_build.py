@@ -1,0 +1,220 @@
+"""cffi (API mode) builder for ``stratovmm.virtio._ring``: the split ring's innermost loop in C.
+
+Two functions, the per-request work of ``SplitQueue.pop`` and ``SplitQueue.add_used_batch``
+(``stratovmm.virtio.native`` wraps them; the pure-Python path stays and both are checked
+against each other):
+
+- ``svmm_pop`` reads ``avail->idx`` and the next head (§2.7.6) and walks the chain with
+  every check of ``stratovmm.virtio.chain.walk_chain`` (§2.7.5, §2.7.5.2, §2.7.5.3.1,
+  §2.7.4.2), in the same order, so the same bad chain fails with the same reason; it
+  writes the buffers' addresses and lengths to arrays the caller owns;
+- ``svmm_push_used`` writes used elements and then ``used->idx`` once (§2.7.8.2).
+
+Guest RAM is given as a host base pointer and the regions of ``GuestMemory`` (guest
+start, guest end, offset of the host buffer from the guest address): every guest access
+goes through ``svmm_host``, the same overflow-safe check as ``GuestMemory._offset``
+(the range starts inside a region and its length fits in what is left of it), so no
+address the guest chose can reach outside guest RAM.  Descriptors are copied out of
+guest memory once and checked on the copy (the guest may rewrite them meanwhile).
+"""
+
+from __future__ import annotations
+
+from cffi import FFI
+
+ffibuilder = FFI()
+ffibuilder.cdef("""
+struct svmm_region { uint64_t start; uint64_t end; int64_t delta; };
+struct svmm_guest { uint8_t *base; const struct svmm_region *regions; int count; };
+
+#define SVMM_EMPTY ...
+#define SVMM_CHAIN ...
+#define SVMM_RING_JUMP ...
+#define SVMM_BAD_HEAD ...
+#define SVMM_RING_OUTSIDE ...
+#define SVMM_E_INDEX ...
+#define SVMM_E_TOO_LONG ...
+#define SVMM_E_TABLE_OUTSIDE ...
+#define SVMM_E_NESTED ...
+#define SVMM_E_INDIRECT_NEXT ...
+#define SVMM_E_INDIRECT_LEN ...
+#define SVMM_E_INDIRECT_OUTSIDE ...
+#define SVMM_E_BUFFER_OUTSIDE ...
+#define SVMM_E_TOO_BIG ...
+#define SVMM_E_READ_AFTER_WRITE ...
+
+int svmm_pop(const struct svmm_guest *g, uint64_t desc_table, uint64_t avail_ring,
+             uint32_t size, uint32_t last_avail, uint64_t *addrs, uint32_t *lens,
+             uint32_t *out);
+int svmm_push_used(const struct svmm_guest *g, uint64_t used_ring, uint32_t size,
+                   uint32_t next_used, const uint32_t *elements, uint32_t count);
+""")
+
+ffibuilder.set_source("stratovmm.virtio._ring", r"""
+#include <stdint.h>
+#include <string.h>
+
+struct svmm_region { uint64_t start; uint64_t end; int64_t delta; };
+struct svmm_guest { uint8_t *base; const struct svmm_region *regions; int count; };
+
+/* what svmm_pop found: a ring state, or a chain (good, or refused for one reason) */
+#define SVMM_EMPTY 0
+#define SVMM_CHAIN 1
+#define SVMM_RING_JUMP 2
+#define SVMM_BAD_HEAD 3
+#define SVMM_RING_OUTSIDE 4
+#define SVMM_E_INDEX 10
+#define SVMM_E_TOO_LONG 11
+#define SVMM_E_TABLE_OUTSIDE 12
+#define SVMM_E_NESTED 13
+#define SVMM_E_INDIRECT_NEXT 14
+#define SVMM_E_INDIRECT_LEN 15
+#define SVMM_E_INDIRECT_OUTSIDE 16
+#define SVMM_E_BUFFER_OUTSIDE 17
+#define SVMM_E_TOO_BIG 18
+#define SVMM_E_READ_AFTER_WRITE 19
+
+#define F_NEXT 1
+#define F_WRITE 2
+#define F_INDIRECT 4
+
+/* The host address of guest [gpa, gpa+len), or NULL when the range is not wholly inside
+   one RAM region; never computes past gpa + len (GuestMemory._offset's rule). */
+static uint8_t *svmm_host(const struct svmm_guest *g, uint64_t gpa, uint64_t len)
+{
+    for (int i = 0; i < g->count; i++) {
+        const struct svmm_region *r = &g->regions[i];
+        if (r->start <= gpa && gpa <= r->end && len <= r->end - gpa)
+            return g->base + (int64_t)gpa + r->delta;
+    }
+    return NULL;
+}
+
+static int svmm_read_u16(const struct svmm_guest *g, uint64_t gpa, uint16_t *value)
+{
+    uint8_t *p = svmm_host(g, gpa, 2);
+    if (p == NULL)
+        return -1;
+    memcpy(value, p, 2);     /* little-endian host: x86-64 only, as the KVM bindings */
+    return 0;
+}
+
+/* Walk the chain at head (walk_chain's checks, in its order); 0 or an SVMM_E_* code. */
+static int svmm_walk(const struct svmm_guest *g, uint64_t desc_table, uint32_t size,
+                     uint32_t head, uint64_t *addrs, uint32_t *lens, uint32_t *out)
+{
+    uint64_t table = desc_table, table_size = size, index = head, total = 0;
+    uint32_t steps = 0, count = 0, readable = 0;
+    int in_indirect = 0, writing = 0;
+    for (;;) {
+        uint8_t raw[16];
+        uint64_t addr;
+        uint32_t len;
+        uint16_t flags, next;
+        uint8_t *p;
+        if (index >= table_size) {
+            return SVMM_E_INDEX;
+        }
+        if (++steps > size)
+            return SVMM_E_TOO_LONG;
+        p = svmm_host(g, table + index * 16, 16);
+        if (p == NULL) {
+            return SVMM_E_TABLE_OUTSIDE;
+        }
+        memcpy(raw, p, 16);      /* one copy: the checks below see one version of it */
+        memcpy(&addr, raw, 8);
+        memcpy(&len, raw + 8, 4);
+        memcpy(&flags, raw + 12, 2);
+        memcpy(&next, raw + 14, 2);
+        if (flags & F_INDIRECT) {
+            if (in_indirect)
+                return SVMM_E_NESTED;
+            if (flags & F_NEXT)
+                return SVMM_E_INDIRECT_NEXT;
+            if (len == 0 || len % 16 || len / 16 > size) {
+                return SVMM_E_INDIRECT_LEN;
+            }
+            if (svmm_host(g, addr, len) == NULL) {
+                return SVMM_E_INDIRECT_OUTSIDE;
+            }
+            table = addr; table_size = len / 16; index = 0;
+            in_indirect = 1;
+            steps = 0;
+            continue;
+        }
+        if (svmm_host(g, addr, len) == NULL) {
+            return SVMM_E_BUFFER_OUTSIDE;
+        }
+        total += len;
+        if (total >= ((uint64_t)1 << 32))
+            return SVMM_E_TOO_BIG;
+        if (flags & F_WRITE)
+            writing = 1;
+        else if (writing)
+            return SVMM_E_READ_AFTER_WRITE;
+        else
+            readable++;
+        /* at most size direct descriptors, then at most size in one indirect table */
+        addrs[count] = addr;
+        lens[count] = len;
+        count++;
+        if (!(flags & F_NEXT)) {
+            out[1] = count;
+            out[2] = readable;
+            return 0;
+        }
+        index = next;
+    }
+}
+
+/* The next chain: SVMM_EMPTY, a broken ring (SVMM_RING_JUMP, SVMM_BAD_HEAD,
+   SVMM_RING_OUTSIDE), or SVMM_CHAIN with out[0] = head, and either out[3] = 0 and
+   out[1] buffers (out[2] of them readable) in addrs/lens, or out[3] = the SVMM_E_*
+   reason the chain is refused.  The caller advances last_avail past a chain either way. */
+int svmm_pop(const struct svmm_guest *g, uint64_t desc_table, uint64_t avail_ring,
+             uint32_t size, uint32_t last_avail, uint64_t *addrs, uint32_t *lens,
+             uint32_t *out)
+{
+    uint16_t avail, head;
+    uint32_t pending;
+    if (svmm_read_u16(g, avail_ring + 2, &avail) != 0)
+        return SVMM_RING_OUTSIDE;
+    pending = (uint32_t)(avail - last_avail) & 0xFFFF;
+    if (pending == 0)
+        return SVMM_EMPTY;
+    if (pending > size) {
+        return SVMM_RING_JUMP;
+    }
+    /* the head is read after the index that published it (§2.7.13.3: a read barrier) */
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (svmm_read_u16(g, avail_ring + 4 + 2 * (uint64_t)(last_avail % size), &head) != 0)
+        return SVMM_RING_OUTSIDE;
+    out[0] = head;
+    if (head >= size)
+        return SVMM_BAD_HEAD;
+    out[3] = (uint32_t)svmm_walk(g, desc_table, size, head, addrs, lens, out);
+    return SVMM_CHAIN;
+}
+
+/* Write count (head, len) pairs from next_used on, then used->idx once after them
+   (§2.7.8.2); the new used index, or -1 (nothing written) when the ring is outside RAM. */
+int svmm_push_used(const struct svmm_guest *g, uint64_t used_ring, uint32_t size,
+                   uint32_t next_used, const uint32_t *elements, uint32_t count)
+{
+    uint8_t *ring = svmm_host(g, used_ring, 4 + 8 * (uint64_t)size);
+    uint16_t idx = (uint16_t)next_used;
+    if (ring == NULL)
+        return -1;
+    for (uint32_t i = 0; i < count; i++) {
+        memcpy(ring + 4 + 8 * (uint64_t)(idx % size), &elements[2 * i], 8);
+        idx++;
+    }
+    /* the elements before the index the driver reads them by (QEMU: smp_wmb()) */
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    memcpy(ring + 2, &idx, 2);
+    return idx;
+}
+""")
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,98 @@
+"""The split ring's per-request work in C (``stratovmm.virtio._ring``), under ``SplitQueue``.
+
+``SplitQueue.pop`` and ``SplitQueue.add_used_batch`` are the two calls ``VirtioDevice.serve``
+makes per request; with the fast path on, a queue over a ``GuestMemory`` hands them to
+``NativeRing``: one C call reads the avail index and head and walks the chain with every
+check of ``walk_chain`` (§2.7.5), one C call writes the used elements and ``used->idx``
+(§2.7.8.2).  The C code only takes the common case: an empty ring, or a chain that passes
+every check.  Anything else — a refused chain, a broken ring — is left to the pure-Python
+path, which then reads the same ring again and decides, counts and logs as it always
+does, so a guest sees the same device and the same error accounting either way (the
+hypothesis tests check both paths against each other on hostile rings).
+
+The switch: ``STRATOVMM_FASTPATH=0`` in the environment serves every queue in pure Python;
+unset or any other value uses the C path (the default).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from stratovmm.memory import GuestMemory, GuestMemoryProtocol
+from stratovmm.virtio._ring import ffi, lib
+from stratovmm.virtio.chain import Descriptor, DescriptorChain
+
+FASTPATH_ENV = "STRATOVMM_FASTPATH"
+
+
+def fastpath_enabled() -> bool:
+    """The documented switch: the C path unless ``STRATOVMM_FASTPATH=0``."""
+    return os.environ.get(FASTPATH_ENV, "1") != "0"
+
+
+class Deferred:
+    """``NativeRing.pop``'s answer when the pure-Python path must decide (a refused chain,
+    a broken ring): it reads the ring again itself."""
+
+
+DEFER = Deferred()
+
+
+class NativeRing:
+    """The C side of one split queue of ``size`` entries over ``memory``."""
+
+    @classmethod
+    def over(cls, memory: GuestMemoryProtocol, size: int) -> NativeRing | None:
+        """The C side for a queue over ``memory``, or None when C cannot reach it (not a
+        ``GuestMemory``, or one whose accesses go through a subclass's own methods)."""
+        layout = memory.native_layout() if isinstance(memory, GuestMemory) else None
+        return None if layout is None else cls(layout, size)
+
+    def __init__(self, layout: tuple[memoryview, int, tuple[tuple[int, int, int], ...]],
+                 size: int) -> None:
+        pin, base, bounds = layout
+        self._pin = pin        # guest RAM stays mapped while C holds its address
+        self._regions = ffi.new("struct svmm_region[]", [list(b) for b in bounds] or 1)
+        self._guest = ffi.new("struct svmm_guest *", {
+            "base": ffi.cast("uint8_t *", base), "regions": self._regions,
+            "count": len(bounds)})
+        # a chain has at most ``size`` direct buffers, then at most ``size`` indirect ones
+        self._addrs = ffi.new("uint64_t[]", 2 * size)
+        self._lens = ffi.new("uint32_t[]", 2 * size)
+        self._out = ffi.new("uint32_t[4]")
+        self._elements = ffi.new("uint32_t[]", 2 * size)
+        self._capacity = size
+
+    def pop(self, desc_table: int, avail_ring: int, size: int,
+            last_avail: int) -> DescriptorChain | Deferred | None:
+        """The chain at ``last_avail``, None when the ring is empty, or ``DEFER``."""
+        out = self._out
+        found = lib.svmm_pop(self._guest, desc_table, avail_ring, size, last_avail,
+                             self._addrs, self._lens, out)
+        if found == lib.SVMM_EMPTY:
+            return None
+        if found != lib.SVMM_CHAIN or out[3]:
+            return DEFER
+        count, readable = out[1], out[2]
+        addrs = ffi.unpack(self._addrs, count)
+        lens = ffi.unpack(self._lens, count)
+        return DescriptorChain(
+            out[0],
+            tuple(Descriptor(addrs[i], lens[i], False) for i in range(readable)),
+            tuple(Descriptor(addrs[i], lens[i], True) for i in range(readable, count)))
+
+    def push_used(self, used_ring: int, size: int, next_used: int,
+                  elements: Sequence[tuple[int, int]]) -> int | None:
+        """Write ``elements`` and ``used->idx``; the new used index, or None (nothing written)
+        when the pure-Python path must do it (more elements than one ring holds, a used
+        ring outside RAM: it raises as it always does)."""
+        if len(elements) > self._capacity:
+            return None
+        buffer = self._elements
+        for position, (head, length) in enumerate(elements):
+            buffer[2 * position] = head
+            buffer[2 * position + 1] = length
+        used = lib.svmm_push_used(self._guest, used_ring, size, next_used, buffer,
+                                  len(elements))
+        return None if used < 0 else int(used)

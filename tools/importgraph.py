@@ -18,9 +18,10 @@ name a higher part's type in an annotation, e.g. the ``VmApi`` that QMP handlers
 The layers, bottom to top (a part may import parts of lower layers, and parts of its
 own layer as long as no cycle forms; never a higher one):
 
-1. ``stratovmm``, ``errors``, ``registry``: the version, the exception tree, and the
-   plugin contract's vocabulary (option specs, device types, QMP commands, seccomp
-   rules: plain data that the core and plugins fill in).
+1. ``stratovmm``, ``errors``, ``registry``, ``conforms``: the version, the exception
+   tree, the plugin contract's vocabulary (option specs, device types, QMP commands,
+   seccomp rules: plain data that the core and plugins fill in), and the quick
+   JSON-schema walk that spares a valid run from importing jsonschema.
 2. ``kvm``, ``memory``: the KVM fds and guest RAM.
 3. ``host``: the process's services (event loop, unix sockets, logging, seccomp
    filter, daemonizing).
@@ -52,7 +53,7 @@ CORE = REPO / "core" / "stratovmm"
 PACKAGE = "stratovmm"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("stratovmm", "errors", "registry"),
+    ("stratovmm", "errors", "registry", "conforms"),
     ("kvm", "memory"),
     ("host",),
     ("boot", "devices"),

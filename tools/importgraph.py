@@ -28,7 +28,8 @@ own layer as long as no cycle forms; never a higher one):
 4. ``boot``, ``devices``: loading the kernel; what every device model builds on
    (counters, log-once, rate limits, the register-window base).
 5. ``virtio``: split queues, the device base, the mmio transport, vhost hand-over.
-6. ``hookspecs``, ``plugin``: the hooks and the pluggy host that calls them.
+6. ``hookspecs``, ``plugin``, ``entrypoints``: the hooks, the pluggy host that calls
+   them, and the cache of the plugins' entry points.
 7. ``config``: the command line, the JSON file and the one schema module.
 8. ``qmp``: the monitor.
 9. ``machine``: the VM, which puts all of the above together.
@@ -58,7 +59,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("host",),
     ("boot", "devices"),
     ("virtio",),
-    ("hookspecs", "plugin"),
+    ("hookspecs", "plugin", "entrypoints"),
     ("config",),
     ("qmp",),
     ("machine",),

@@ -13,7 +13,7 @@ import logging
 from stratovmm.config import schema
 from stratovmm.config.model import VmConfig
 from stratovmm.devices.ratelimit import TokenBucket
-from stratovmm.host import daemon, sandbox
+from stratovmm.host import daemon, gcpause, sandbox
 from stratovmm.machine import seccomp
 from stratovmm.machine.microvm import MicroVm
 from stratovmm.plugin import PluginHost
@@ -40,4 +40,5 @@ def run_vm(config: VmConfig, host: PluginHost, registry: Registry) -> int:
     session.detach()  # pidfile; -daemonize: stdio to /dev/null
     sandbox.apply(box)  # every thread, before any vCPU runs
     session.release()  # -daemonize: the parent exits 0
+    gcpause.resume()  # set-up is over: the running VM collects its garbage
     return vm.run()

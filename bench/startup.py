@@ -14,6 +14,7 @@ modules built in place, e.g. the commit before a change) run from the same
 interpreter with ``PYTHONPATH`` on its ``core/`` and ``plugins/*/`` directories, so
 "before" and "after" are measured in the same run.  Linux boots take the
 machine-wide boot lock (``/tmp/stratovmm-boot.lock``) as the tests do.
+``--no-boot-lock`` boots without it.
 ``--importtime`` also prints the slowest imports (``python -X importtime``,
 cumulative, median of 5 starts) of each StratoVMM for the first-byte command.
 
@@ -84,14 +85,15 @@ def first_byte(runs: int, elf: Path, vmms: list[tuple[str, str | None]]
     return results
 
 
-def boot_overhead(runs: int, vmms: list[tuple[str, str | None]]) -> dict[str, list[float]]:
+def boot_overhead(runs: int, vmms: list[tuple[str, str | None]], lock: bool = True
+                  ) -> dict[str, list[float]]:
     """Peak VMM overhead (MiB) over a Linux boot to its reboot, per VMM."""
     kernel, initrd = common.GUEST / "vmlinux", common.GUEST / "initramfs.cpio"
     results: dict[str, list[float]] = {name: [] for name, _ in [*vmms, ("qemu", None)]}
     for _ in range(runs):
         for name, path in [*vmms, ("qemu", None)]:
             builder = common.qemu if name == "qemu" else common.stratovmm
-            with python_path(path), file_lock(BOOT_LOCK):
+            with python_path(path), file_lock(BOOT_LOCK) if lock else contextlib.nullcontext():
                 m = vmmrun.run(builder(2, "512M", kernel, common.APPEND, initrd),
                                ["GUEST-READY"], timeout=300)
             if m.markers["GUEST-READY"] is None:
@@ -152,6 +154,9 @@ def main() -> None:
     ap.add_argument("--boot-runs", type=int, default=10)
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR")
     ap.add_argument("--importtime", action="store_true")
+    ap.add_argument("--no-boot-lock", action="store_true",
+                    help="boot without waiting for the machine-wide boot lock (flock is not"
+                    " fair: a busy test run can hold the benchmark off for good)")
     ap.add_argument("--out")
     a = ap.parse_args()
     vmms = contenders(a.tree)
@@ -160,7 +165,8 @@ def main() -> None:
         elf = build_first_byte(Path(tmp))
         imports = {name: importtime(elf, path) for name, path in vmms} if a.importtime else {}
         fb = first_byte(a.first_byte_runs, elf, vmms)
-    boot = boot_overhead(a.boot_runs, vmms) if a.boot_runs else {n: [] for n in [*names, "qemu"]}
+    boot = (boot_overhead(a.boot_runs, vmms, not a.no_boot_lock) if a.boot_runs
+            else {n: [] for n in [*names, "qemu"]})
     load = os.getloadavg()
     common.dump({"first_byte_s": fb, "overhead_mib": boot, "importtime_ms": imports,
                  "loadavg_at_end": load}, a.out)

@@ -100,6 +100,8 @@ def boot_overhead(runs: int, vmms: list[tuple[str, str | None]], lock: bool = Tr
                 print(f"{name}: no GUEST-READY (rc {m.returncode})", file=sys.stderr)
                 continue
             results[name].append(m.peak_overhead_kib / 1024)
+            print(f"{name}: {results[name][-1]:.1f} MiB (ready {m.markers['GUEST-READY']} s)",
+                  file=sys.stderr, flush=True)
     return results
 
 

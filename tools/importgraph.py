@@ -18,16 +18,18 @@ name a higher part's type in an annotation, e.g. the ``VmApi`` that QMP handlers
 The layers, bottom to top (a part may import parts of lower layers, and parts of its
 own layer as long as no cycle forms; never a higher one):
 
-1. ``stratovmm``, ``errors``, ``registry``: the version, the exception tree, and the
-   plugin contract's vocabulary (option specs, device types, QMP commands, seccomp
-   rules: plain data that the core and plugins fill in).
+1. ``stratovmm``, ``errors``, ``registry``, ``conforms``: the version, the exception
+   tree, the plugin contract's vocabulary (option specs, device types, QMP commands,
+   seccomp rules: plain data that the core and plugins fill in), and the quick
+   JSON-schema walk that spares a valid run from importing jsonschema.
 2. ``kvm``, ``memory``: the KVM fds and guest RAM.
 3. ``host``: the process's services (event loop, unix sockets, logging, seccomp
    filter, daemonizing).
 4. ``boot``, ``devices``: loading the kernel; what every device model builds on
    (counters, log-once, rate limits, the register-window base).
 5. ``virtio``: split queues, the device base, the mmio transport, vhost hand-over.
-6. ``hookspecs``, ``plugin``: the hooks and the pluggy host that calls them.
+6. ``hookspecs``, ``plugin``, ``entrypoints``: the hooks, the pluggy host that calls
+   them, and the cache of the plugins' entry points.
 7. ``config``: the command line, the JSON file and the one schema module.
 8. ``qmp``: the monitor.
 9. ``machine``: the VM, which puts all of the above together.
@@ -52,12 +54,12 @@ CORE = REPO / "core" / "stratovmm"
 PACKAGE = "stratovmm"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("stratovmm", "errors", "registry"),
+    ("stratovmm", "errors", "registry", "conforms"),
     ("kvm", "memory"),
     ("host",),
     ("boot", "devices"),
     ("virtio",),
-    ("hookspecs", "plugin"),
+    ("hookspecs", "plugin", "entrypoints"),
     ("config",),
     ("qmp",),
     ("machine",),

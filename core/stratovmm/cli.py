@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# isort: off
+from stratovmm.host import gcpause  # first: the imports below run with the collector paused
+# isort: on
+
 import logging
 import sys
 import types
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None,
     module); returns the exit status: 0 when the guest powers off or QMP quits, 2 for bad
     user input or a broken plugin, 1 for a host or VM failure."""
     args = sys.argv[1:] if argv is None else argv
+    gcpause.pause()  # until the VM runs (stratovmm.machine.runner) or start-up ends
     try:
         host = PluginHost.discover() if plugins is None else PluginHost(dict(plugins))
         registry = build_registry(host)
@@ -81,7 +86,11 @@ def main(argv: list[str] | None = None,
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    finally:
+        gcpause.resume()
 
+
+gcpause.resume()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,6 @@ import ctypes
 import mmap
 import os
 import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -238,6 +237,8 @@ def _open_backing(path: str, size: int) -> int:
     """Open (a fresh unlinked file in) ``path`` and size it to ``size`` bytes."""
     try:
         if os.path.isdir(path):
+            import tempfile  # only for a -mem-path directory (it brings shutil, bz2, lzma)
+
             fd, name = tempfile.mkstemp(prefix="stratovmm-ram-", dir=path)
             os.unlink(name)
         else:

@@ -3,7 +3,9 @@
 stevedore loads every module listed under the ``stratovmm.devices`` entry point
 group; a module that fails to import, or was written for an incompatible
 plugin API, stops start-up with its name and the reason (stevedore's default of
-logging and skipping is wrong for a VMM).  Each module is registered with a
+logging and skipping is wrong for a VMM).  While nothing installed has changed,
+the group's entries come from a cache (``stratovmm.entrypoints``) and the same
+modules are imported without scanning every distribution.  Each module is registered with a
 ``pluggy.PluginManager``.  The core calls hooks only through the typed methods
 of ``PluginHost``, always with keyword arguments, and always through pluggy's
 own callers (``pm.hook.NAME``, ``pm.subset_hook_caller``), so ``tryfirst`` /
@@ -29,6 +31,7 @@ The others (``vmm_check_config``, ``vmm_vm_created``, ``vmm_vm_started``,
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import types
 from collections.abc import Collection, Iterable, Iterator
@@ -36,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from stratovmm import hookspecs
+from stratovmm import entrypoints, hookspecs
 from stratovmm.errors import ConfigError, PluginError, StratoVmmError
 from stratovmm.registry import Registry, SeccompRules
 
@@ -68,27 +71,102 @@ def check_api_version(name: str, module: types.ModuleType) -> None:
 
 
 def discover() -> dict[str, types.ModuleType]:
-    """Load every ``stratovmm.devices`` entry point; any failure is a ``PluginError``."""
+    """Load every ``stratovmm.devices`` entry point; any failure is a ``PluginError``.
+
+    The entry points come from ``stratovmm.entrypoints``' cache while what is installed
+    has not changed since it was written (no scan, no ``importlib.metadata``); otherwise
+    stevedore scans and loads them, and the cache is rewritten."""
+    fingerprint = entrypoints.fingerprint()
+    cached = entrypoints.load(NAMESPACE, fingerprint)
+    if cached is not None:
+        return _load_entries(cached)
+    modules, entries = _scan()
+    entrypoints.store(NAMESPACE, fingerprint, entries)
+    return modules
+
+
+def _scan() -> tuple[dict[str, types.ModuleType], list[entrypoints.Entry]]:
+    """stevedore's discovery over a fresh listing: the loaded modules and the entry points
+    they came from.
+
+    stevedore's own cache is keyed by 32-bit float modification times (128 s apart at
+    today's dates), so a plugin installed within a couple of minutes of the last start
+    could stay unseen; our cache found that something changed, so the listing is read
+    afresh from ``importlib.metadata`` (deduplicated as stevedore does) and stevedore
+    loads it."""
     from stevedore import ExtensionManager
+
+    class FreshManager(ExtensionManager):  # type: ignore[type-arg]
+        def list_entry_points(self) -> list[Any]:
+            from importlib.metadata import entry_points
+
+            return list({(ep.name, ep.value): ep
+                         for ep in entry_points(group=self.namespace)}.values())
 
     def failed(_manager: Any, entrypoint: Any, exc: BaseException) -> None:
         raise PluginError(f"plugin {entrypoint.name} failed to load: {exc}") from exc
 
-    manager = ExtensionManager(NAMESPACE, invoke_on_load=False,
-                               on_load_failure_callback=failed)
+    manager = FreshManager(NAMESPACE, invoke_on_load=False, on_load_failure_callback=failed)
     modules: dict[str, types.ModuleType] = {}
+    entries: list[entrypoints.Entry] = []
     for ext in manager:
-        if not isinstance(ext.plugin, types.ModuleType):
-            raise PluginError(f"plugin {ext.name}: entry point must name a module")
-        modules[ext.name] = ext.plugin
+        modules[ext.name] = _as_module(ext.name, ext.plugin)
+        entries.append((ext.name, ext.entry_point.module, ext.entry_point.attr or ""))
+    return modules, entries
+
+
+def _load_entries(entries: list[entrypoints.Entry]) -> dict[str, types.ModuleType]:
+    """Import cached entry points as ``EntryPoint.load`` would (module, then attributes)."""
+    modules: dict[str, types.ModuleType] = {}
+    for name, module_name, attr in entries:
+        try:
+            plugin: Any = importlib.import_module(module_name)
+            for part in filter(None, attr.split(".")):
+                plugin = getattr(plugin, part)
+        except Exception as exc:
+            raise PluginError(f"plugin {name} failed to load: {exc}") from exc
+        modules[name] = _as_module(name, plugin)
     return modules
+
+
+def _as_module(name: str, plugin: Any) -> types.ModuleType:
+    if not isinstance(plugin, types.ModuleType):
+        raise PluginError(f"plugin {name}: entry point must name a module")
+    return plugin
+
+
+_HOOKABLE = (types.FunctionType, types.MethodType, staticmethod, classmethod)
+_MISSING = object()
+
+
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager, reading a plugin module's attributes from its ``__dict__``.
+
+    ``register`` asks ``parse_hookimpl_opts`` about every name in ``dir(module)``, and
+    pluggy answers with ``inspect.getattr_static``, which walks the module type's MRO
+    each time: with a few hundred names per plugin (everything imported from
+    ``stratovmm.api``) that was ~5 ms of every start.  For a module the answer is in
+    its ``__dict__``: a value that is not a function, method, staticmethod or
+    classmethod cannot be a hook implementation; a plain function is one exactly when
+    it carries the ``stratovmm_impl`` marker; anything else is left to pluggy.
+    """
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        if isinstance(plugin, types.ModuleType):
+            value = vars(plugin).get(name, _MISSING)
+            if value is not _MISSING and not isinstance(value, _HOOKABLE):
+                return None
+            if isinstance(value, types.FunctionType):
+                opts = getattr(value, self.project_name + "_impl", None)
+                return opts if isinstance(opts, dict) else None
+        return super().parse_hookimpl_opts(plugin, name)
 
 
 class PluginHost:
     """The typed facade over the plugin manager: one method per hook."""
 
     def __init__(self, modules: dict[str, types.ModuleType]) -> None:
-        self.pm = pluggy.PluginManager("stratovmm")
+        self.pm: pluggy.PluginManager = _PluginManager("stratovmm")
         self.pm.add_hookspecs(hookspecs)
         for name, module in sorted(modules.items()):
             check_api_version(name, module)

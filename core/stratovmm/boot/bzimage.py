@@ -8,6 +8,7 @@ to a file offset or a length is bounded by the file size before use.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,7 @@ class BzImage:
     init_size: int
 
 
-def looks_like_bzimage(data: bytes) -> bool:
+def looks_like_bzimage(data: bytes | mmap.mmap) -> bool:
     """True when the file carries the boot sector flag and the ``HdrS`` magic."""
     if len(data) < 0x206:
         return False
@@ -42,11 +43,14 @@ def looks_like_bzimage(data: bytes) -> bool:
     return bool(hdr.boot_flag == BOOT_FLAG and hdr.header == HDRS_MAGIC)
 
 
-def _header(data: bytes) -> Any:
-    return ffi.from_buffer("struct setup_header *", memoryview(data)[HDR_OFFSET:])
+def _header(data: bytes | mmap.mmap) -> Any:
+    """The setup header, over a copy of its bytes: a view of a mapped kernel file would
+    keep the mapping from being closed while a traceback holds the header."""
+    size = ffi.sizeof("struct setup_header")
+    return ffi.from_buffer("struct setup_header *", data[HDR_OFFSET : HDR_OFFSET + size])
 
 
-def parse_bzimage(data: bytes, name: str = "kernel") -> BzImage:
+def parse_bzimage(data: bytes | mmap.mmap, name: str = "kernel") -> BzImage:
     """Validate and describe a bzImage, or raise ``KernelImageError``."""
     if len(data) < 0x1000:
         raise KernelImageError(f"{name}: too short for a bzImage ({len(data)} bytes)")

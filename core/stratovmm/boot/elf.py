@@ -10,6 +10,7 @@ loader's low-memory structures is refused.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 
@@ -57,12 +58,12 @@ class ElfKernel:
         return max(s.paddr + s.memsz for s in self.segments)
 
 
-def looks_like_elf(data: bytes) -> bool:
+def looks_like_elf(data: bytes | mmap.mmap) -> bool:
     """True when the file starts with the ELF magic."""
     return data[:4] == ELF_MAGIC
 
 
-def parse_elf(data: bytes, name: str = "kernel") -> ElfKernel:
+def parse_elf(data: bytes | mmap.mmap, name: str = "kernel") -> ElfKernel:
     """Validate an x86 ELF kernel and list what to load, or raise ``KernelImageError``."""
     if len(data) < _EHDR64.size or data[:4] != ELF_MAGIC:
         raise KernelImageError(f"{name}: not an ELF file")

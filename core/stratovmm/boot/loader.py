@@ -4,12 +4,24 @@
 note is entered in 32-bit mode at the note's address; any other ELF vmlinux
 and every bzImage are entered in 64-bit mode with a zero page.  The result says
 where and how the boot vCPU starts; ``cpu.py`` turns that into registers.
+
+The kernel file is never read whole into the VMM's heap: the parsers see a
+read-only mapping of it (only the header pages they look at become resident)
+and its loadable parts go straight from the file into guest RAM with
+``preadv``, as the initrd does.  A vmlinux is some 16 MiB; read into a
+``bytes`` object, twice (the pre-flight check and the load), it stayed in the
+heap after being freed (glibc raises its mmap threshold to the size of a freed
+mapping, so the second read came from the heap, which is not trimmed below
+twice that threshold) and was a third of the VMM's own memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from stratovmm.boot import cpu, layout, mptable, params
@@ -36,7 +48,7 @@ class BootEntry:
     stack: int = layout.BOOT_STACK_ADDR
 
 
-def parse_kernel(data: bytes, path: str) -> ElfKernel | BzImage:
+def parse_kernel(data: bytes | mmap.mmap, path: str) -> ElfKernel | BzImage:
     """The parsed kernel image, whichever of the two formats it is."""
     if looks_like_elf(data):
         return parse_elf(data, f"-kernel {path}")
@@ -48,7 +60,8 @@ def parse_kernel(data: bytes, path: str) -> ElfKernel | BzImage:
 def check_boot_files(kernel_path: str, initrd_path: str | None) -> None:
     """Refuse a missing, unreadable or unbootable kernel, or a missing initrd, before any
     host resource (KVM, guest RAM) is taken, so the user sees the file's problem first."""
-    parse_kernel(_read(kernel_path, "-kernel"), kernel_path)
+    with _kernel_file(kernel_path) as (_fd, data):
+        parse_kernel(data, kernel_path)
     if initrd_path is not None:
         os.close(_open_regular(initrd_path, "-initrd"))
 
@@ -66,12 +79,42 @@ def _open_regular(path: str, option: str) -> int:
     return fd
 
 
-def _read(path: str, option: str) -> bytes:
-    with os.fdopen(_open_regular(path, option), "rb") as f:
+@contextlib.contextmanager
+def _kernel_file(path: str) -> Iterator[tuple[int, bytes | mmap.mmap]]:
+    """The kernel's fd and a read-only mapping of it for the parsers (``b""`` for an empty
+    file, which cannot be mapped); both closed on leaving."""
+    fd = _open_regular(path, "-kernel")
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            yield fd, b""
+            return
         try:
-            return f.read()
+            data = mmap.mmap(fd, size, prot=mmap.PROT_READ)
         except OSError as exc:
-            raise KernelImageError(f"{option} {path}: {exc.strerror}") from exc
+            raise KernelImageError(f"-kernel {path}: {exc.strerror}") from exc
+        try:
+            yield fd, data
+        finally:
+            data.close()
+    finally:
+        os.close(fd)
+
+
+def _copy_in(memory: GuestMemory, fd: int, offset: int, gpa: int, length: int,
+             what: str) -> None:
+    """``length`` bytes of the file at ``offset`` into guest RAM at ``gpa`` (checked
+    against RAM by ``memory.slice``), without passing through the VMM's heap."""
+    view = memory.slice(gpa, length)
+    done = 0
+    while done < length:
+        try:
+            n = os.preadv(fd, [view[done:]], offset + done)
+        except OSError as exc:
+            raise KernelImageError(f"{what}: {exc.strerror}") from exc
+        if n <= 0:
+            raise KernelImageError(f"{what}: file shrank while reading")
+        done += n
 
 
 def load_kernel(
@@ -82,26 +125,26 @@ def load_kernel(
     initrd_path: str | None = None,
 ) -> BootEntry:
     """Load everything the guest needs to boot and return its entry state."""
-    data = _read(kernel_path, "-kernel")
     ram_end = memory.regions[0].end
-    image = parse_kernel(data, kernel_path)
-    elf: ElfKernel | None = None
-    if isinstance(image, ElfKernel):
-        elf = image
-        _load_elf(memory, data, elf, kernel_path, _loader_ranges(vcpus))
-        kernel_end, header, cmdline_limit = elf.end, b"", ELF_CMDLINE_LIMIT
-        initrd_max = ram_end
-    else:
-        bz = image
-        kernel_end = max(layout.HIGH_RAM_START + bz.kernel_size,
-                         BZIMAGE_DECOMPRESS_AT + bz.init_size)
-        if kernel_end > ram_end:
-            raise KernelImageError(f"-kernel {kernel_path}: kernel does not fit in guest RAM")
-        memory.write(layout.HIGH_RAM_START, memoryview(data)[bz.kernel_offset:])
-        header = bz.header
-        cmdline_limit = min(bz.cmdline_size or 255, layout.CMDLINE_MAX - 1)
-        initrd_max = min(ram_end, bz.initrd_addr_max + 1)
-    del data
+    with _kernel_file(kernel_path) as (fd, data):
+        image = parse_kernel(data, kernel_path)
+        elf: ElfKernel | None = None
+        if isinstance(image, ElfKernel):
+            elf = image
+            _load_elf(memory, fd, elf, kernel_path, _loader_ranges(vcpus))
+            kernel_end, header, cmdline_limit = elf.end, b"", ELF_CMDLINE_LIMIT
+            initrd_max = ram_end
+        else:
+            bz = image
+            kernel_end = max(layout.HIGH_RAM_START + bz.kernel_size,
+                             BZIMAGE_DECOMPRESS_AT + bz.init_size)
+            if kernel_end > ram_end:
+                raise KernelImageError(f"-kernel {kernel_path}: kernel does not fit in guest RAM")
+            _copy_in(memory, fd, bz.kernel_offset, layout.HIGH_RAM_START, bz.kernel_size,
+                     f"-kernel {kernel_path}")
+            header = bz.header
+            cmdline_limit = min(bz.cmdline_size or 255, layout.CMDLINE_MAX - 1)
+            initrd_max = min(ram_end, bz.initrd_addr_max + 1)
     initrd = _load_initrd(memory, initrd_path, kernel_end, initrd_max) if initrd_path else None
     memory.write(layout.CMDLINE_ADDR, cmdline.render(cmdline_limit))
     memory.write(layout.EBDA_START, mptable.build_mptable(vcpus))
@@ -128,7 +171,7 @@ def _loader_ranges(vcpus: int) -> list[tuple[int, int]]:
             (layout.EBDA_START, layout.EBDA_START + mptable.mptable_size(vcpus))]
 
 
-def _load_elf(memory: GuestMemory, data: bytes, elf: ElfKernel, path: str,
+def _load_elf(memory: GuestMemory, fd: int, elf: ElfKernel, path: str,
               reserved: list[tuple[int, int]]) -> None:
     """Copy each PT_LOAD to its physical address and zero its bss tail."""
     for seg in elf.segments:
@@ -138,7 +181,7 @@ def _load_elf(memory: GuestMemory, data: bytes, elf: ElfKernel, path: str,
         if any(seg.paddr < end and start < seg.paddr + seg.memsz for start, end in reserved):
             raise KernelImageError(f"{where} overlaps the boot structures below 0x30000 or"
                                    " the MP table")
-        memory.write(seg.paddr, memoryview(data)[seg.offset : seg.offset + seg.filesz])
+        _copy_in(memory, fd, seg.offset, seg.paddr, seg.filesz, f"-kernel {path}")
         _zero(memory, seg.paddr + seg.filesz, seg.memsz - seg.filesz)
 
 
@@ -163,13 +206,7 @@ def _load_initrd(
             raise KernelImageError(
                 f"-initrd {path}: {size} bytes do not fit in guest RAM above the kernel"
             )
-        view = memory.slice(addr, size)
-        done = 0
-        while done < size:
-            n = os.preadv(fd, [view[done:]], done)
-            if n <= 0:
-                raise KernelImageError(f"-initrd {path}: file shrank while reading")
-            done += n
+        _copy_in(memory, fd, 0, addr, size, f"-initrd {path}")
         return addr, size
     finally:
         os.close(fd)

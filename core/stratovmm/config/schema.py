@@ -11,20 +11,27 @@ violation is told.
   drive[0].iops``), a QMP command's argument (``device_add: addr``).
 * ``assemble``: the config file's schema, from the core's properties and every
   device type's fragment.
+
+jsonschema is imported on first use, not with this module: ``check`` first asks
+``conforms`` (a quick walk that only ever says "surely valid"), so a run whose
+configuration is valid never loads it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from stratovmm.config.core_options import CORE_SCHEMA
 from stratovmm.config.grammar import format_size
+from stratovmm.conforms import conforms
 from stratovmm.errors import ConfigError
 from stratovmm.registry import DeviceRegistry
+
+if TYPE_CHECKING:
+    import jsonschema
 
 Where = Callable[[Sequence[str | int]], str]
 """Names the location of a JSON path (the keys and indexes down to the bad value)."""
@@ -36,10 +43,31 @@ def _is_integer(_checker: Any, instance: Any) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
-Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
-)
+@functools.cache
+def _validator_class() -> Any:
+    import jsonschema
+
+    return jsonschema.validators.extend(
+        jsonschema.Draft202012Validator,
+        type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer",
+                                                                           _is_integer),
+    )
+
+
+def load_validator() -> None:
+    """Import jsonschema and run every path an error takes, now: a VM whose QMP clients
+    may send invalid arguments calls this before its seccomp filter goes on, since an
+    import after it could make a call the filter forbids (``uuid`` asks ``uname``)."""
+    problem(_validator_class()({"type": "object", "required": ["x"],
+                                 "properties": {"x": {"type": "integer"}}}),
+            {"x": 1.0}, under("warm-up"))
+
+
+def __getattr__(name: str) -> Any:
+    """``Validator``: the jsonschema validator class, built on first use."""
+    if name == "Validator":
+        return _validator_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def assemble(devices: DeviceRegistry) -> dict[str, Any]:
@@ -106,6 +134,8 @@ def problem(validator: jsonschema.protocols.Validator, instance: Any, where: Whe
             ) -> str | None:
     """``WHERE: REASON`` for the most relevant violation of ``instance``; None when it is
     valid.  ``where(path)`` names the location at the JSON path of the violation."""
+    import jsonschema
+
     error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
     if error is None:
         return None
@@ -114,7 +144,9 @@ def problem(validator: jsonschema.protocols.Validator, instance: Any, where: Whe
 
 def check(document: Any, schema: dict[str, Any], where: Where) -> None:
     """Validate ``document``; ``ConfigError`` with the ``problem`` line."""
-    message = problem(Validator(schema), document, where)
+    if conforms(schema, document):
+        return
+    message = problem(_validator_class()(schema), document, where)
     if message is not None:
         raise ConfigError(message)
 

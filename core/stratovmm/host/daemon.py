@@ -36,7 +36,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import types
 
 from stratovmm.errors import ConfigError
@@ -104,6 +103,8 @@ class PidFile:
         directory, base = os.path.split(self.path)
         tmp = None
         try:
+            import tempfile  # only with -pidfile (it brings shutil, random, bz2, lzma)
+
             fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
             try:
                 os.write(fd, f"{os.getpid()}\n".encode())

@@ -41,6 +41,7 @@ import errno
 import logging
 import os
 import signal
+import sys
 import termios
 import time
 from dataclasses import dataclass
@@ -161,8 +162,44 @@ def core_rules(rules: SeccompRules | None = None) -> SeccompRules:
     return rules
 
 
+_SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+
+
+def _pyseccomp() -> Any:
+    """pyseccomp, imported without running ldconfig.
+
+    At import it asks ``ctypes.util.find_library`` for libc and libseccomp, and on
+    Linux each ask runs ``ldconfig -p`` in a child process: two fork/execs at every
+    start of every VM.  While it imports, the sonames that ldconfig would name are
+    tried first with ``dlopen``; a name that does not load (another libseccomp
+    major) is left to ``find_library`` as before."""
+    if "pyseccomp" in sys.modules:
+        return sys.modules["pyseccomp"]
+    import ctypes.util
+
+    original = ctypes.util.find_library
+
+    def find_library(name: str) -> str | None:
+        soname = _SONAMES.get(name)
+        if soname is not None:
+            try:
+                ctypes.CDLL(soname)
+            except OSError:
+                pass
+            else:
+                return soname
+        return original(name)
+
+    ctypes.util.find_library = find_library
+    try:
+        import pyseccomp
+    finally:
+        ctypes.util.find_library = original
+    return pyseccomp
+
+
 def _syscall_number(name: str, owner: str) -> int:
-    import pyseccomp
+    pyseccomp = _pyseccomp()
 
     number = int(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name))
     if number < 0:
@@ -173,7 +210,7 @@ def _syscall_number(name: str, owner: str) -> int:
 
 def _to_arg(condition: ArgCondition) -> Any:
     """The pyseccomp ``Arg`` for one condition."""
-    import pyseccomp
+    pyseccomp = _pyseccomp()
 
     value, mask = condition.value & _ALL64, condition.mask & _ALL64    # -100 as the register has it
     if condition.op == "masked_eq":
@@ -184,7 +221,7 @@ def _to_arg(condition: ArgCondition) -> Any:
 
 def build_filter(rules: SeccompRules, reporter: bool) -> Any:
     """A ``pyseccomp.SyscallFilter`` allowing exactly ``rules`` (not loaded yet)."""
-    import pyseccomp
+    pyseccomp = _pyseccomp()
 
     default = pyseccomp.TRAP if reporter else pyseccomp.KILL_PROCESS
     flt = pyseccomp.SyscallFilter(default)
@@ -215,7 +252,7 @@ def build_filter(rules: SeccompRules, reporter: bool) -> Any:
 
 def syscall_names() -> bytes:
     """The table the SIGSYS reporter prints names from: one NUL-padded slot per number."""
-    import pyseccomp
+    pyseccomp = _pyseccomp()
 
     from stratovmm.host._sandbox import lib as sb
 

@@ -9,10 +9,11 @@ and ``IO iothread0`` are.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 PR_SET_NAME = 15
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# the process's own symbols, libc's prctl among them: ctypes.util.find_library("c")
+# would run ldconfig in a child process at every start just to name the same libc
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def set_native_name(name: str) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from stratovmm.config import schema
 from stratovmm.config.core_options import ITEM_ID_SCHEMA
+from stratovmm.conforms import conforms
 from stratovmm.errors import ConfigError, HotplugError
 from stratovmm.qmp.errors import DeviceNotFound, GenericError
 from stratovmm.registry import QmpCommand
@@ -93,8 +94,8 @@ def driver_arguments(driver: HotplugDriver[Any], args: dict[str, Any]) -> dict[s
     if ignored:
         log.info("device_add %s: ignoring %s", driver.driver, ", ".join(ignored))
     chosen = {k: v for k, v in args.items() if k in own}
-    message = schema.problem(schema.Validator(driver.schema), chosen,
-                             schema.under(f"device_add {driver.driver}"))
+    message = None if conforms(driver.schema, chosen) else schema.problem(
+        schema.Validator(driver.schema), chosen, schema.under(f"device_add {driver.driver}"))
     if message is not None:
         raise GenericError(message)
     return chosen

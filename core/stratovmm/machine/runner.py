@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 
+from stratovmm.config import schema
 from stratovmm.config.model import VmConfig
 from stratovmm.devices.ratelimit import TokenBucket
-from stratovmm.host import daemon, sandbox
+from stratovmm.host import daemon, gcpause, sandbox
 from stratovmm.machine import seccomp
 from stratovmm.machine.microvm import MicroVm
 from stratovmm.plugin import PluginHost
@@ -34,8 +35,10 @@ def run_vm(config: VmConfig, host: PluginHost, registry: Registry) -> int:
     if runtime.api_channel is not None:
         dispatcher = Dispatcher(registry.qmp, vm.api, TokenBucket(runtime.qmp_rate))
         serve_qmp(runtime.api_channel, vm.main_loop, dispatcher, vm.events)
+        schema.load_validator()  # QMP errors are worded by jsonschema, under seccomp too
     box = seccomp.prepare(config, host, registry)  # errors reach the terminal
     session.detach()  # pidfile; -daemonize: stdio to /dev/null
     sandbox.apply(box)  # every thread, before any vCPU runs
     session.release()  # -daemonize: the parent exits 0
+    gcpause.resume()  # set-up is over: the running VM collects its garbage
     return vm.run()

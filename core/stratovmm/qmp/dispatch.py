@@ -29,16 +29,17 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import jsonschema
-
 from stratovmm.config import schema
 from stratovmm.config.model import QMP_COMMANDS_PER_SECOND
+from stratovmm.conforms import conforms
 from stratovmm.devices.ratelimit import TokenBucket
 from stratovmm.errors import StratoVmmError
 from stratovmm.qmp.errors import CommandNotFound, GenericError, OperationThrottled, QmpError
 from stratovmm.qmp.framing import BadInput, Frame
 
 if TYPE_CHECKING:
+    import jsonschema
+
     from stratovmm.machine.vmapi import VmApi
     from stratovmm.registry import QmpCommand, QmpRegistry
 
@@ -157,6 +158,8 @@ class Dispatcher:
         command = self.registry.commands.get(name)
         if command is None:
             raise CommandNotFound(f"The command {name} has not been found")
+        if conforms(command.schema, arguments):
+            return command, arguments
         message = schema.problem(self._validator(command), arguments, schema.under(name))
         if message is not None:
             raise GenericError(message)

@@ -26,7 +26,6 @@ buffers for the rest (``_Spill``).
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
 import logging
 import os
@@ -148,7 +147,11 @@ def parse_mac(text: str, option: str) -> bytes:
 
 
 def generated_mac(seed: str) -> bytes:
-    """A locally administered unicast MAC derived from ``seed`` (stable across boots)."""
+    """A locally administered unicast MAC derived from ``seed`` (stable across boots).
+    hashlib is imported here, not with the module: it loads OpenSSL's libcrypto (3 MiB of
+    RSS), which a VM without a default MAC never needs."""
+    import hashlib
+
     digest = hashlib.sha256(seed.encode()).digest()
     return bytes([(digest[0] & 0xFC) | 0x02]) + digest[1:6]
 

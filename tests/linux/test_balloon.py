@@ -56,6 +56,9 @@ while :; do
   [ "${up%.*}" -gt @DEADLINE@ ] && break
   sleep 0.3
 done
+# BALLOON_CHANGED leaves at most once a second (coalesced, as QEMU throttles it): stay
+# up past that interval so the last event is sent before the guest ends the VM
+sleep 2
 echo "BALLOON-DONE low=$low"
 """.replace("@DEADLINE@", str(int(TIMEOUT)))
 

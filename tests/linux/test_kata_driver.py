@@ -186,6 +186,21 @@ class Sandbox:
 # -- govmm's QMP client, as qmp.go reads and writes --------------------------------------------
 
 
+def dial(path: Path, timeout: float, what: str) -> socket.socket:
+    """Connect to the unix socket at ``path``, retrying every 50 ms (as govmm's ``waitVM``
+    does) until the VMM has bound it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            assert time.monotonic() < deadline, f"no {what} socket at {path}"
+            time.sleep(0.05)
+
+
 class GovmmQmp:
     """One govmm QMP connection: newline-framed JSON (``bufio.Scanner``), commands without
     ids, one at a time, events matched by a filter (``qmpEventFilter``)."""
@@ -193,16 +208,7 @@ class GovmmQmp:
     def __init__(self, path: Path, timeout: float) -> None:
         """``QMPStart`` as ``waitVM`` calls it: dial every 50 ms until the socket answers,
         then the greeting, parsed as ``parseVersion`` parses it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.sock.connect(str(path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                self.sock.close()
-                assert time.monotonic() < deadline, f"no QMP socket at {path}"
-                time.sleep(0.05)
+        self.sock = dial(path, timeout, "QMP")
         self.sock.settimeout(STEP)
         self._lines = self._scan()
         self.events: list[dict[str, Any]] = []
@@ -263,16 +269,7 @@ class ConsoleReader:
 
     def __init__(self, path: Path, timeout: float, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
-        deadline = time.monotonic() + timeout
-        while True:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.sock.connect(str(path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                self.sock.close()
-                assert time.monotonic() < deadline, f"no console socket at {path}"
-                time.sleep(0.05)
+        self.sock = dial(path, timeout, "console")
         self.data = bytearray()
         self._lock = threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()

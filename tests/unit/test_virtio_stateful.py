@@ -20,6 +20,7 @@ from virtio_stateful import RAM, VirtioGuest, settings_for
 from stratovmm.virtio.device import VirtioDevice
 
 Request = list[tuple[bytes, int, bool]]
+IMAGE = bytes(i % 251 for i in range(64 * 512))   # built once: a long run makes thousands
 
 
 def connect(path: str) -> socket.socket:
@@ -45,7 +46,7 @@ class BlkGuest(VirtioGuest):
 
         path = os.path.join(self.tmp, "disk.img")
         with open(path, "wb") as f:
-            f.write(bytes(i % 251 for i in range(64 * 512)))
+            f.write(IMAGE)
         direct = data.draw(st.booleans(), label="direct")
         read_only = data.draw(st.booleans(), label="read_only")
         iops = data.draw(st.sampled_from([None, 50]), label="iops")

@@ -54,7 +54,7 @@ CORE = REPO / "core" / "stratovmm"
 PACKAGE = "stratovmm"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("stratovmm", "errors", "registry", "conforms"),
+    ("stratovmm", "errors", "registry", "conforms", "fastpath"),
     ("kvm", "memory"),
     ("host",),
     ("boot", "devices"),

@@ -3,9 +3,11 @@
 The C compiler reads ``<linux/kvm.h>``: every struct below is declared
 *partially* (``...;``) so cffi takes the real offsets and sizes from the
 header, and every ``#define X ...`` takes its value from the header, so no
-layout or ioctl number is ever copied by hand.  The only C we add are typedefs
-naming the anonymous members of ``struct kvm_run``'s exit union, so Python can
-reach them without knowing where they sit.
+layout or ioctl number is ever copied by hand.  The C we add: typedefs naming
+the anonymous members of ``struct kvm_run``'s exit union, so Python can reach
+them without knowing where they sit, and ``svmm_vcpu_run`` (``_RUN_LOOP``), the
+vCPU's KVM_RUN loop, which answers exits to addresses no device claims without
+returning to Python.
 
 Only ``stratovmm.kvm`` imports this module; the other native pieces are built
 beside the part that uses them (``boot/_bootparam_build.py``: the zero page;
@@ -112,6 +114,86 @@ svmm_run_system_event *svmm_run_system_event_of(struct kvm_run *run);
 svmm_run_fail_entry *svmm_run_fail_entry_of(struct kvm_run *run);
 
 int ioctl(int fd, unsigned long request, ...);
+
+#define SVMM_MAX_WINDOWS ...
+struct svmm_windows { uint32_t seq; uint32_t count; uint64_t base[...]; uint64_t end[...]; ...; };
+struct svmm_exit_counts { uint64_t pio; uint64_t mmio; };
+int svmm_unclaimed(const struct svmm_windows *t, uint64_t addr);
+int svmm_vcpu_run(int fd, struct kvm_run *run, size_t run_size, struct svmm_windows *pio,
+                  struct svmm_windows *mmio, struct svmm_exit_counts *counts);
+"""
+
+# The vCPU's run loop.  A guest touches many addresses no device claims (Linux probes
+# legacy ports; port 0x80 is its I/O delay), and each such exit answered in Python costs
+# several microseconds of interpreter time.  ``svmm_vcpu_run`` answers those itself, the way
+# the Python loop would (a PIO read floats high, an MMIO read is zero, a write is dropped,
+# each counted), and returns to Python for every other exit.  Which addresses are claimed
+# comes from each bus's window table, which Python rewrites under a sequence count (odd while
+# it writes); a lookup that races a rewrite, or a table that never fit, sends the exit to
+# Python, whose bus lookup is the authority.  With NULL tables it is one KVM_RUN.
+_RUN_LOOP = """
+#include <errno.h>
+#include <string.h>
+
+#define SVMM_MAX_WINDOWS 256
+struct svmm_windows {
+    uint32_t seq;                   /* odd while Python rewrites the table */
+    uint32_t count;
+    uint64_t base[SVMM_MAX_WINDOWS];  /* sorted; window i is [base[i], end[i]) */
+    uint64_t end[SVMM_MAX_WINDOWS];
+};
+struct svmm_exit_counts { uint64_t pio; uint64_t mmio; };
+
+/* 1 when ``addr`` is in no window of a consistent snapshot of ``t``; 0 when it is in one,
+ * or when the table is being rewritten or is not in use (the caller then asks Python). */
+static int svmm_unclaimed(const struct svmm_windows *t, uint64_t addr)
+{
+    uint32_t seq = __atomic_load_n(&t->seq, __ATOMIC_ACQUIRE);
+    if (seq & 1)
+        return 0;
+    uint32_t lo = 0, hi = t->count;
+    if (hi > SVMM_MAX_WINDOWS)
+        return 0;
+    while (lo < hi) {               /* the first window whose end lies above addr */
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (t->end[mid] <= addr) lo = mid + 1; else hi = mid;
+    }
+    int unclaimed = lo == t->count || addr < t->base[lo];
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    return unclaimed && __atomic_load_n(&t->seq, __ATOMIC_RELAXED) == seq;
+}
+
+static int svmm_unclaimed(const struct svmm_windows *t, uint64_t addr);
+int svmm_vcpu_run(int fd, struct kvm_run *run, size_t run_size,
+                         struct svmm_windows *pio, struct svmm_windows *mmio,
+                         struct svmm_exit_counts *counts)
+{
+    for (;;) {
+        if (ioctl(fd, KVM_RUN, 0) < 0)
+            return -errno;
+        if (pio == NULL || mmio == NULL)
+            return (int)run->exit_reason;
+        if (run->exit_reason == KVM_EXIT_IO) {
+            uint64_t bytes = (uint64_t)run->io.size * run->io.count;
+            if (run->io.data_offset > run_size || bytes > run_size - run->io.data_offset
+                    || !svmm_unclaimed(pio, run->io.port))
+                return KVM_EXIT_IO;
+            if (run->io.direction == KVM_EXIT_IO_IN)   /* an undriven ISA bus floats high */
+                memset((char *)run + run->io.data_offset, 0xff, bytes);
+            counts->pio += run->io.count;
+            continue;
+        }
+        if (run->exit_reason == KVM_EXIT_MMIO) {
+            if (!svmm_unclaimed(mmio, run->mmio.phys_addr))
+                return KVM_EXIT_MMIO;
+            if (!run->mmio.is_write)
+                memset(run->mmio.data, 0, sizeof run->mmio.data);
+            counts->mmio += 1;
+            continue;
+        }
+        return (int)run->exit_reason;
+    }
+}
 """
 
 _SOURCE = """
@@ -139,7 +221,7 @@ def _defines(names: str) -> str:
 
 
 ffibuilder.cdef(_CDEF + _defines(_IOCTLS) + _defines(_CONSTANTS))
-ffibuilder.set_source("stratovmm.kvm._kvm", _SOURCE)
+ffibuilder.set_source("stratovmm.kvm._kvm", _SOURCE + _RUN_LOOP)
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stratovmm.errors import HostError, KvmError
+from stratovmm.fastpath import fastpath_enabled
 from stratovmm.kvm import exits
 from stratovmm.kvm._kvm import ffi, lib
 
@@ -108,12 +109,38 @@ def _new_cpuid2(n: int) -> tuple[Any, Any]:
     return owner, cpuid
 
 
+class ExitWindows:
+    """The windows a bus's devices claim, mirrored into C for ``VcpuFd.run``: an exit to an
+    address outside all of them is answered without returning to Python.  ``publish`` is the
+    bus's to call, with the whole sorted list, whenever it changes (one writer at a time)."""
+
+    def __init__(self) -> None:
+        self.table = ffi.new("struct svmm_windows *")
+
+    def publish(self, windows: Sequence[tuple[int, int]]) -> None:
+        """Replace the table with ``windows`` ((base, length) pairs sorted by base).  The
+        count is odd while the entries change, so C never trusts a half-written table; a list
+        longer than the table leaves it odd for good, and every exit then goes to Python."""
+        table = self.table
+        table.seq |= 1          # odd (it already is after a list that did not fit)
+        if len(windows) > lib.SVMM_MAX_WINDOWS:
+            return
+        for i, (base, length) in enumerate(windows):
+            table.base[i] = base
+            table.end[i] = base + length
+        table.count = len(windows)
+        table.seq += 1          # even again, and unlike any value C read before
+
+
 class VmFd:
     """A KVM VM: memory slots, irqchip, PIT, irqfd/ioeventfd, vCPU creation."""
 
     def __init__(self, kvm: Kvm, fd: int) -> None:
         self.kvm = kvm
         self.fd = fd
+        # filled by the machine's PIO and MMIO buses; shared by every vCPU
+        self.pio_windows = ExitWindows()
+        self.mmio_windows = ExitWindows()
 
     def set_user_memory_region(
         self, slot: int, guest_phys_addr: int, size: int, host_addr: int, flags: int = 0
@@ -199,7 +226,8 @@ class VmFd:
     def create_vcpu(self, index: int) -> VcpuFd:
         """KVM_CREATE_VCPU with APIC id ``index``; maps its ``kvm_run`` area."""
         fd = _ioctl(self.fd, lib.KVM_CREATE_VCPU, index, f"KVM_CREATE_VCPU {index}")
-        return VcpuFd(fd, index, self.kvm.vcpu_mmap_size())
+        windows = (self.pio_windows, self.mmio_windows) if fastpath_enabled() else None
+        return VcpuFd(fd, index, self.kvm.vcpu_mmap_size(), windows)
 
     def close(self) -> None:
         """Close the VM fd."""
@@ -214,9 +242,14 @@ _SYSTEM_EVENTS = {
 
 
 class VcpuFd:
-    """One vCPU: register state and ``run()``, which returns an exit object."""
+    """One vCPU: register state and ``run()``, which returns an exit object.
 
-    def __init__(self, fd: int, index: int, mmap_size: int) -> None:
+    With ``windows`` (the VM's PIO and MMIO ``ExitWindows``), ``run()`` answers exits to
+    unclaimed addresses in C and counts them (``unclaimed_exits``); without, every exit
+    comes back to Python (``STRATOVMM_FASTPATH=0``)."""
+
+    def __init__(self, fd: int, index: int, mmap_size: int,
+                 windows: tuple[ExitWindows, ExitWindows] | None = None) -> None:
         self.fd = fd
         self.index = index
         self._area = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -225,17 +258,23 @@ class VcpuFd:
         self._io = lib.svmm_run_io_of(self._run)
         self._mmio = lib.svmm_run_mmio_of(self._run)
         self._pending_read: tuple[int, int] | None = None
+        self._counts = ffi.new("struct svmm_exit_counts *")
+        pio, mmio = (windows[0].table, windows[1].table) if windows else (ffi.NULL, ffi.NULL)
+        self._args = (fd, self._run, mmap_size, pio, mmio, self._counts)
 
     # -- running -------------------------------------------------------------
 
+    def unclaimed_exits(self) -> tuple[int, int]:
+        """PIO items and MMIO accesses to unclaimed addresses answered in C so far."""
+        return self._counts.pio, self._counts.mmio
+
     def run(self) -> exits.VcpuExit:
         """KVM_RUN until the next exit that userspace must handle."""
-        if lib.ioctl(self.fd, lib.KVM_RUN, ffi.cast("unsigned long", 0)) < 0:
-            err = ffi.errno
-            if err in (_errno.EINTR, _errno.EAGAIN):
+        reason = lib.svmm_vcpu_run(*self._args)
+        if reason < 0:
+            if -reason in (_errno.EINTR, _errno.EAGAIN):
                 return exits.INTERRUPTED
-            raise KvmError(f"KVM_RUN on vCPU {self.index}", err)
-        reason = self._run.exit_reason
+            raise KvmError(f"KVM_RUN on vCPU {self.index}", -reason)
         if reason == lib.KVM_EXIT_IO:
             return self._io_exit()
         if reason == lib.KVM_EXIT_MMIO:

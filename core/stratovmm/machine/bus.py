@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,6 +39,7 @@ class Bus:
         self._lock = threading.Lock()
         self._ranges: tuple[BusRange, ...] = ()
         self._bases: tuple[int, ...] = ()
+        self._mirrors: list[Callable[[Sequence[tuple[int, int]]], None]] = []
 
     def insert(self, device: BusDevice, base: int, length: int, name: str) -> None:
         """Claim [base, base+length) for ``device``; overlapping an existing window is an error."""
@@ -63,9 +65,18 @@ class Bus:
                     return r.device
         raise KeyError(f"{self.name}: nothing at {base:#x}")
 
+    def mirror(self, publish: Callable[[Sequence[tuple[int, int]]], None]) -> None:
+        """Tell ``publish`` the (base, length) of every window, sorted, now and after every
+        change, before the change returns (the vCPUs' C exit path keeps such a copy)."""
+        with self._lock:
+            self._mirrors.append(publish)
+            publish([(r.base, r.length) for r in self._ranges])
+
     def _publish(self, ranges: list[BusRange]) -> None:
         self._ranges = tuple(ranges)
         self._bases = tuple(r.base for r in ranges)
+        for publish in self._mirrors:
+            publish([(r.base, r.length) for r in ranges])
 
     def find(self, addr: int) -> tuple[BusDevice, int] | None:
         """The device at ``addr`` and the offset into its window, or None."""

@@ -91,6 +91,8 @@ class MicroVm:
         self._irq_lines: dict[int, IrqLine] = {}
         self._lock = threading.Lock()
         self._setup_kvm()
+        self.pio.mirror(self.vm.pio_windows.publish)
+        self.mmio.mirror(self.vm.mmio_windows.publish)
         self._setup_memory()
         self.pio.insert(I8042(self._guest_reset), PORT_BASE, PORT_LENGTH, "i8042")
         self.pio.insert(PvPanic(self._guest_panic), PVPANIC_PORT, PVPANIC_LENGTH, "pvpanic")
@@ -295,6 +297,10 @@ class MicroVm:
             vcpu.stop()
         for vcpu in self.vcpus:
             vcpu.join(2.0)
+            if vcpu.unhandled_pio or vcpu.unhandled_mmio:
+                log.info("vCPU %d: %d PIO and %d MMIO accesses to addresses no device claims"
+                         " (%d answered by the C run loop)", vcpu.index, vcpu.unhandled_pio,
+                         vcpu.unhandled_mmio, sum(vcpu.fd.unclaimed_exits()))
         self.host.vm_shutdown(self.api, self.shutdown_reason or "host-error")
         for thread in self.iothreads.values():
             thread.join(2.0)

@@ -69,8 +69,18 @@ class Vcpu:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._thread_id: int | None = None
-        self.unhandled_pio = 0
-        self.unhandled_mmio = 0
+        self._unhandled_pio = 0     # in Python; the C run loop counts its own
+        self._unhandled_mmio = 0
+
+    @property
+    def unhandled_pio(self) -> int:
+        """PIO items to ports no device claims (answered in C or in Python)."""
+        return self._unhandled_pio + self.fd.unclaimed_exits()[0]
+
+    @property
+    def unhandled_mmio(self) -> int:
+        """MMIO accesses to addresses no device claims."""
+        return self._unhandled_mmio + self.fd.unclaimed_exits()[1]
 
     # -- set-up ---------------------------------------------------------------
 
@@ -209,7 +219,7 @@ class Vcpu:
         size, data = ex.size, ex.data
         for i in range(0, len(data), size):
             if not self._pio.write(ex.port, data[i : i + size]):
-                self.unhandled_pio += 1
+                self._unhandled_pio += 1
         return True
 
     def _io_in(self, ex: exits.VcpuExit) -> bool:
@@ -220,7 +230,7 @@ class Vcpu:
             if data is None:
                 # nothing drives the ISA bus: it floats high, as on real hardware and in
                 # QEMU, so a guest polling a status register of an absent device moves on
-                self.unhandled_pio += 1
+                self._unhandled_pio += 1
                 data = b"\xff" * ex.size
             out += data
         self.fd.complete_read(bytes(out))
@@ -229,14 +239,14 @@ class Vcpu:
     def _mmio_write(self, ex: exits.VcpuExit) -> bool:
         assert isinstance(ex, exits.MmioWrite)
         if not self._mmio.write(ex.addr, ex.data):
-            self.unhandled_mmio += 1
+            self._unhandled_mmio += 1
         return True
 
     def _mmio_read(self, ex: exits.VcpuExit) -> bool:
         assert isinstance(ex, exits.MmioRead)
         data = self._mmio.read(ex.addr, ex.size)
         if data is None:
-            self.unhandled_mmio += 1
+            self._unhandled_mmio += 1
             data = bytes(ex.size)
         self.fd.complete_read(data)
         return True

@@ -16,19 +16,14 @@ unset or any other value uses the C path (the default).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
+# the switch, named here too for the ring's callers
+from stratovmm.fastpath import FASTPATH_ENV as FASTPATH_ENV
+from stratovmm.fastpath import fastpath_enabled as fastpath_enabled
 from stratovmm.memory import GuestMemory, GuestMemoryProtocol
 from stratovmm.virtio._ring import ffi, lib
 from stratovmm.virtio.chain import Descriptor, DescriptorChain
-
-FASTPATH_ENV = "STRATOVMM_FASTPATH"
-
-
-def fastpath_enabled() -> bool:
-    """The documented switch: the C path unless ``STRATOVMM_FASTPATH=0``."""
-    return os.environ.get(FASTPATH_ENV, "1") != "0"
 
 
 class Deferred:

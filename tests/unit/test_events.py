@@ -109,3 +109,22 @@ def test_storm_from_other_threads_queues_one_callback() -> None:
     assert len(loop.soon) == 1
     loop.turn()
     assert len(sent) == 1
+
+
+def test_flush_sends_what_is_held_once() -> None:
+    """As the VM ends, the value held back by the interval is sent at once, and only once:
+    the interval's end then finds nothing; with nothing held, flush sends nothing."""
+    throttle, loop, sent = make()
+    throttle.emit({"v": 1})
+    loop.turn()
+    throttle.emit({"v": 2})
+    throttle.emit({"v": 3})
+    throttle.flush()
+    assert sent == [("CHANGED", {"v": 1}), ("CHANGED", {"v": 3})]
+    throttle.flush()
+    loop.now += 1.0
+    loop.turn()
+    assert len(sent) == 2
+    throttle.emit({"v": 4})
+    loop.turn()
+    assert sent[-1] == ("CHANGED", {"v": 4}), "after a quiet interval the throttle is idle"

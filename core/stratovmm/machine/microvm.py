@@ -41,7 +41,7 @@ from stratovmm.machine.vcpu import StopReason, Vcpu, install_kick_handler
 from stratovmm.machine.vmapi import VmApi
 from stratovmm.memory import HostGuestMemory, MemoryOptions
 from stratovmm.plugin import PluginHost
-from stratovmm.qmp.events import EventBus
+from stratovmm.qmp.events import EventBus, EventThrottle
 from stratovmm.registry import HotplugDriver, Registry
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class MicroVm:
         self.named_fds: dict[str, int] = {}
         self.plugin_state: dict[str, dict[str, Any]] = {}
         self.events = EventBus()
+        self.throttles: list[EventThrottle] = []     # VmApi.throttled_event's
         self.main_loop = EventLoop("main")
         self.iothreads = {name: IoThread(name) for name in config.iothreads}
         self.cmdline = Cmdline(config.boot.append)
@@ -287,6 +288,8 @@ class MicroVm:
         log.log(logging.ERROR if status else logging.INFO, "VM shutting down: %s (%s)", reason,
                 detail)
         guest = reason.startswith("guest")
+        for throttle in self.throttles:
+            throttle.flush()
         self.events.emit("SHUTDOWN", {"guest": guest, "reason": reason})
         for vcpu in self.vcpus:
             vcpu.stop()

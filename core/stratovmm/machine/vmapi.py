@@ -58,6 +58,8 @@ class Machine(Protocol):
     @property
     def events(self) -> EventBus: ...
     @property
+    def throttles(self) -> list[EventThrottle]: ...
+    @property
     def named_fds(self) -> dict[str, int]: ...
     @property
     def plugin_state(self) -> dict[str, dict[str, Any]]: ...
@@ -181,7 +183,9 @@ class VmApi:
         def send(event: str, data: dict[str, Any]) -> None:
             bus.emit(event, data, level=logging.DEBUG)
 
-        return EventThrottle(name, send, self._machine.main_loop, interval)
+        throttle = EventThrottle(name, send, self._machine.main_loop, interval)
+        self._machine.throttles.append(throttle)     # flushed before SHUTDOWN
+        return throttle
 
     # -- lifecycle (QMP stop / cont / quit) ------------------------------------------
 

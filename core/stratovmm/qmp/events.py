@@ -116,3 +116,12 @@ class EventThrottle:
         if data is not None:
             self._loop.call_later(self._interval, self._release)
             self._send(self.name, data)
+
+    def flush(self) -> None:
+        """On the loop, as the VM ends: send what is held now rather than drop it with the
+        process, so a client sees the device's last state before ``SHUTDOWN`` (QEMU drops
+        it; nothing is gained by that).  A pending interval then finds nothing held."""
+        with self._lock:
+            data, self._held = self._held, None
+        if data is not None:
+            self._send(self.name, data)

@@ -13,7 +13,6 @@ import contextlib
 import os
 import re
 import resource
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -25,45 +24,28 @@ from pathlib import Path
 import pytest
 
 from stratovmm.testing.guest import file_lock, stratovmm_command
+from stratovmm.testing.tinyguest import TinyGuestUnavailable, build_pvh_guest
 
 HUGETLBFS_LOCK = "/tmp/stratovmm-hugetlbfs.lock"
 
-_PVH_NOTE = """
-.section .note.Xen, "a"
-.align 4
-.long 4
-.long 4
-.long 18
-.asciz "Xen"
-.long _start
-.text
-.code32
-.globl _start
-_start:
-  mov $0x3f8, %dx
-"""
-
 GUESTS = {
     # prints X, then 0xFE on port 0x64: the i8042 reset ends the VM
-    "reset": _PVH_NOTE + """
-  mov $'X', %al
-  out %al, %dx
-  mov $'\\n', %al
-  out %al, %dx
-  mov $0xfe, %al
-  out %al, $0x64
-1: hlt
-  jmp 1b
+    "reset": """
+main:
+    mov $'X', %al
+    call putc
+    mov $'\\n', %al
+    call putc
+    call reset
 """,
     # prints L, then sleeps in hlt with interrupts off until the VMM stops it
-    "loop": _PVH_NOTE + """
-  mov $'L', %al
-  out %al, %dx
-  mov $'\\n', %al
-  out %al, %dx
-  cli
-1: hlt
-  jmp 1b
+    "loop": """
+main:
+    mov $'L', %al
+    call putc
+    mov $'\\n', %al
+    call putc
+    call halt
 """,
 }
 
@@ -72,22 +54,13 @@ _BUILT: dict[str, Path] = {}
 
 def tiny_guest(kind: str) -> Path:
     """The ELF of tiny guest ``kind`` (built once per test session)."""
-    if kind in _BUILT:
-        return _BUILT[kind]
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is needed to assemble the tiny PVH guests")
-    out = Path(tempfile.mkdtemp(prefix="stratovmm-tiny-"))
-    src = out / f"{kind}.S"
-    src.write_text(GUESTS[kind])
-    elf = out / f"{kind}.elf"
-    proc = subprocess.run([gcc, "-m32", "-nostdlib", "-static", "-Wl,-Ttext=0x100000",
-                           "-Wl,--build-id=none", "-o", str(elf), str(src)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot assemble a 32-bit PVH guest: {proc.stderr.strip()}")
-    _BUILT[kind] = elf
-    return elf
+    if kind not in _BUILT:
+        out = Path(tempfile.mkdtemp(prefix="stratovmm-tiny-"))
+        try:
+            _BUILT[kind] = build_pvh_guest(out, kind, GUESTS[kind])
+        except TinyGuestUnavailable as exc:
+            pytest.skip(f"cannot assemble a 32-bit PVH guest: {exc}")
+    return _BUILT[kind]
 
 
 def no_core_dumps() -> None:

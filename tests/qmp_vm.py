@@ -15,46 +15,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+import pytest
+
 from stratovmm.testing.guest import stratovmm_command
 from stratovmm.testing.qmp import QmpTestClient
+from stratovmm.testing.tinyguest import TinyGuestUnavailable, build_pvh_guest
 
-# A minimal 32-bit PVH guest (an ELF with a Xen PVH note): it prints "READY" on the 8250
-# at 0x3f8 and then halts for ever with interrupts off, so it stays up until QMP ends it
-# (bench/first-byte-guest.S is the same guest, printing "X" and resetting instead).
-LOOP_GUEST_ASM = r"""
-.section .note.Xen, "a"
-.align 4
-.long 4
-.long 4
-.long 18
-.asciz "Xen"
-.long _start
-.text
-.code32
-.globl _start
-_start:
-  mov $0x3f8, %dx
-  mov $msg, %esi
-1: lodsb
-  test %al, %al
-  jz 2f
-  out %al, %dx
-  jmp 1b
-2: cli
-3: hlt
-  jmp 3b
-msg: .asciz "READY\n"
+# A tiny PVH guest that prints "READY" on the 8250 at 0x3f8 and then halts for ever with
+# interrupts off, so it stays up until QMP ends it.
+LOOP_GUEST = r"""
+main:
+    mov $ready, %esi
+    call print
+    call halt
+ready: .asciz "READY\n"
 """
 
 
 def build_loop_guest(directory: Path) -> Path:
-    """Assemble the loop guest into ``directory``; returns the ELF."""
-    source = directory / "loop-guest.S"
-    elf = directory / "loop-guest.elf"
-    source.write_text(LOOP_GUEST_ASM)
-    subprocess.run(["gcc", "-m32", "-nostdlib", "-static", "-Wl,-Ttext=0x100000",
-                    "-Wl,--build-id=none", "-o", str(elf), str(source)], check=True)
-    return elf
+    """Assemble the loop guest into ``directory``; returns the ELF (skips without gcc)."""
+    try:
+        return build_pvh_guest(directory, "loop-guest", LOOP_GUEST)
+    except TinyGuestUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 class VmProcess:

@@ -19,10 +19,8 @@ Any difference and the cache is not used: the caller scans (through stevedore)
 and writes a new one.  A fingerprint is not written while any of its times is
 within ``SETTLE_S`` seconds of now, so an install in the same clock tick as the
 scan cannot hide behind an equal time stamp (the "racy" case git also guards).
-The file lives in ``$STRATOVMM_CACHE_DIR``, else ``$XDG_CACHE_HOME/stratovmm``,
-else ``~/.cache/stratovmm``; it is written atomically (a temporary file renamed
-over it) with mode 0600, and a cache that cannot be read or written is simply not
-used.
+The file lives in the cache directory of ``stratovmm.cachefile``, which says how it
+is written and read; a cache that cannot be read or written is simply not used.
 """
 
 from __future__ import annotations
@@ -34,21 +32,14 @@ import time
 import zlib
 from typing import Any
 
+from stratovmm.cachefile import cache_dir, read_private, write_private
+
 SETTLE_S = 2.0
 FORMAT = 1
 _METADATA_SUFFIXES = (".dist-info", ".egg-info")
 
 Entry = tuple[str, str, str]
 """(name, module, attribute path or "") of one entry point."""
-
-
-def cache_dir() -> str:
-    """Where the cache lives (see the module docstring)."""
-    explicit = os.environ.get("STRATOVMM_CACHE_DIR")
-    if explicit:
-        return explicit
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "stratovmm")
 
 
 def _mtime(path: str) -> int:
@@ -91,10 +82,10 @@ def _file(group: str, print_: list[Any]) -> str:
 
 def load(group: str, print_: list[Any]) -> list[Entry] | None:
     """The cached entries of ``group`` if the cache matches ``print_``; else None."""
+    text = read_private(_file(group, print_))
     try:
-        with open(_file(group, print_), encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+        data = json.loads(text) if text is not None else None
+    except ValueError:
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return None
@@ -116,16 +107,4 @@ def store(group: str, print_: list[Any], entries: list[Entry]) -> None:
     path = _file(group, print_)
     data = json.dumps({"format": FORMAT, "fingerprint": print_,
                        "entries": [list(e) for e in entries]})
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-                     | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-        os.replace(temporary, path)
-    except OSError:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
+    write_private(path, data)

@@ -6,6 +6,7 @@ VMM does right before its vCPUs run) and then does one thing.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -38,7 +39,10 @@ libc.syscall.argtypes = [ctypes.c_long] * 4
 rules = sandbox.core_rules()
 {rules}
 REPORTER = {reporter}
-sandbox.Sandbox(rules, sandbox.build_filter(rules, REPORTER), REPORTER).apply()
+if REPORTER:    # as the VMM does: libseccomp's program, compiled now or kept from a run before
+    sandbox.prepare(rules).apply()
+else:           # without the C helper: pyseccomp's filter, loaded by libseccomp
+    sandbox.Sandbox(rules, sandbox.build_filter(rules, False), False).apply()
 """
 
 
@@ -65,8 +69,9 @@ def run_filtered(body: str, tmp_path: Path, reporter: bool = True, setup: str = 
     first), run ``body``; no core file is left behind."""
     script = (textwrap.dedent(setup) + PRELUDE.format(reporter=reporter, rules=rules)
               + textwrap.dedent(body))
+    env = {**os.environ, "STRATOVMM_CACHE_DIR": str(tmp_path / "cache")}
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=60,
+                          cwd=tmp_path, timeout=60, env=env,
                           preexec_fn=lambda: __import__("resource").setrlimit(
                               __import__("resource").RLIMIT_CORE, (0, 0)))
 
@@ -204,6 +209,24 @@ def test_forbidden_call_kills_with_a_log_line_naming_it(tmp_path: Path, body: st
     killed_by_sigsys(proc, name)
     assert "SURVIVED" not in proc.stdout
     assert not (tmp_path / "written").exists()
+
+
+def test_a_kept_program_filters_as_a_fresh_one(tmp_path: Path) -> None:
+    """The second start with the same rules loads the program kept by the first (no
+    pyseccomp import), and it filters the same: the workload passes, a socket kills."""
+    if not sandbox.reporter_available():
+        pytest.skip("stratovmm.host._sandbox is not built")
+    probe = "print('PYSECCOMP', 'pyseccomp' in sys.modules, flush=True)\n"
+    first = run_filtered(probe + "socket.socket()\n", tmp_path)
+    killed_by_sigsys(first, "socket")
+    assert "PYSECCOMP True" in first.stdout
+    assert len(list((tmp_path / "cache").glob("seccomp-*.json"))) == 1
+    second = run_filtered(probe + "socket.socket()\n", tmp_path)
+    killed_by_sigsys(second, "socket")
+    assert "PYSECCOMP False" in second.stdout
+    workload = run_filtered(WORKLOAD, tmp_path, setup=WORKLOAD_SETUP)
+    assert workload.returncode == 0, workload.stderr
+    assert "WORKLOAD-OK" in workload.stdout
 
 
 def test_ioctl_outside_the_list_kills_and_names_the_request(tmp_path: Path) -> None:

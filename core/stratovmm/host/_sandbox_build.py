@@ -17,6 +17,11 @@ its default action and unblocks it (``force_sig_info_to_task``), and the
 default action of ``SIGSYS`` terminates the whole process, as
 ``SECCOMP_RET_KILL_PROCESS`` would.  The lines after that call only run
 outside the filter (never in practice) and kill the process the ordinary way.
+
+``svmm_load_filter`` loads a BPF program libseccomp compiled earlier (kept by
+``stratovmm.host.seccompcache``) the way ``seccomp_load`` does with our attributes:
+``PR_SET_NO_NEW_PRIVS``, then ``seccomp(SECCOMP_SET_MODE_FILTER)`` with
+``SECCOMP_FILTER_FLAG_TSYNC`` (every thread).
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ ffibuilder.cdef("""
 #define SVMM_NAME_COUNT ...
 #define SVMM_MAX_FDS ...
 int svmm_install_sigsys(const int *fds, int nfds, const char *names, long utc_offset);
+#define SVMM_FILTER_TSYNC ...
+#define SVMM_FILTER_LOG ...
+#define SVMM_MAX_INSNS ...
+int svmm_load_filter(const unsigned char *program, unsigned int insns, unsigned int flags);
 """)
 
 _SOURCE = r"""
@@ -39,6 +48,10 @@ _SOURCE = r"""
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 
 #define SVMM_NAME_WIDTH 32
@@ -200,6 +213,25 @@ int svmm_install_sigsys(const int *fds, int nfds, const char *names, long utc_of
     sa.sa_flags = SA_SIGINFO;
     sigemptyset(&sa.sa_mask);
     return sigaction(SIGSYS, &sa, NULL);
+}
+
+#define SVMM_FILTER_TSYNC SECCOMP_FILTER_FLAG_TSYNC
+#define SVMM_FILTER_LOG SECCOMP_FILTER_FLAG_LOG
+#define SVMM_MAX_INSNS BPF_MAXINSNS
+
+/* 0, or -errno; with TSYNC the kernel answers the id of a thread it could not
+ * synchronise (positive), which is returned as is. */
+int svmm_load_filter(const unsigned char *program, unsigned int insns, unsigned int flags)
+{
+    struct sock_fprog prog;
+    if (insns == 0 || insns > BPF_MAXINSNS)
+        return -EINVAL;
+    prog.len = (unsigned short)insns;
+    prog.filter = (struct sock_filter *)program;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        return -errno;
+    long rc = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+    return rc < 0 ? -errno : (int)rc;
 }
 """
 

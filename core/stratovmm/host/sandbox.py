@@ -21,7 +21,11 @@ the call to stderr and the ``-D`` log file and then ends the process with
 ``SECCOMP_RET_KILL_PROCESS`` with ``SECCOMP_FILTER_FLAG_LOG``, and the kernel
 log (``dmesg``, audit type 1326) names the call instead.
 
-The core allows 43 calls where StratoVirt allows 39, and not the same ones: a
+The program libseccomp compiles for a set of rules is kept between starts
+(``stratovmm.host.seccompcache``) and loaded by the same C extension, so a start
+with devices it has seen before neither imports pyseccomp nor compiles.
+
+The core allows 44 calls where StratoVirt allows 39, and not the same ones: a
 Rust VMM after set-up makes only the calls its own code makes, while a CPython
 process also runs its interpreter.  Objects come and go through pymalloc arenas
 and glibc malloc (``mmap``, ``munmap``, ``mprotect``, ``madvise``, ``brk``,
@@ -29,10 +33,10 @@ and glibc malloc (``mmap``, ``munmap``, ``mprotect``, ``madvise``, ``brk``,
 set-up (``clone``, ``set_robust_list``, ``rseq``); signals go through Python's
 handlers (``rt_sigaction``); any ``import`` or traceback while the VM runs
 reads files (``openat`` read-only, ``newfstatat``, ``lseek``, ``getdents64``,
-``fcntl``, ``getcwd``); a socket left to the garbage collector asks for its
-names (``getsockname``, ``getpeername``).  Forbidding those would turn a
-logged exception into a crash.  The block layer's calls are not here: they
-belong to the blk plugin's list.
+``fcntl``, ``getcwd``) and may seed ``random`` (``getrandom``); a socket left
+to the garbage collector asks for its names (``getsockname``, ``getpeername``).
+Forbidding those would turn a logged exception into a crash.  The block layer's
+calls are not here: they belong to the blk plugin's list.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stratovmm.errors import HostError, PluginError
+from stratovmm.host import seccompcache
 from stratovmm.host.logsetup import log_fds
 from stratovmm.kvm import request_number
 from stratovmm.registry import ArgCondition, SeccompRules
@@ -97,8 +102,11 @@ CORE_SYSCALLS: dict[str, tuple[str, ...]] = {
     # traceback; openat is read-only (see core_conditions).  io.open asks
     # isatty (ioctl TCGETS) and the interpreter's own traceback printer dups the
     # file (fcntl F_DUPFD_CLOEXEC).  A relative path (``''`` on sys.path, a
-    # relative file name given over QMP) is resolved with getcwd.
-    "reading files": ("openat", "newfstatat", "lseek", "getdents64", "fcntl", "getcwd"),
+    # relative file name given over QMP) is resolved with getcwd.  A module imported
+    # then may seed itself from the kernel's entropy (``random``, which ``email``,
+    # ``tempfile`` and ``uuid`` import, calls os.urandom: getrandom).
+    "reading files": ("openat", "newfstatat", "lseek", "getdents64", "fcntl", "getcwd",
+                      "getrandom"),
     # the process itself: logging records the pid; the pidfile and the QMP
     # socket are removed on exit.
     "process": ("getpid", "unlink"),
@@ -250,6 +258,65 @@ def build_filter(rules: SeccompRules, reporter: bool) -> Any:
     return flt
 
 
+def export_program(flt: Any) -> bytes:
+    """The BPF program libseccomp compiles for ``flt`` (what ``flt.load()`` would load)."""
+    fd = os.memfd_create("stratovmm-seccomp", os.MFD_CLOEXEC)
+    try:
+        with os.fdopen(fd, "w+b", closefd=False) as f:
+            flt.export_bpf(f)
+            f.seek(0)
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def compile_rules(rules: SeccompRules) -> seccompcache.Compiled:
+    """The program for ``rules`` with the reporter, and its name table: kept from an
+    earlier start with the same rules, or compiled now by libseccomp and kept (with
+    ``PID_MARKER`` standing for our process id, written in before it is loaded)."""
+    from stratovmm.host._sandbox import lib as sb
+
+    pid = os.getpid()
+    template = pid_template(rules, pid)
+    if template is None:
+        return seccompcache.Compiled(export_program(build_filter(rules, True)),
+                                     syscall_names())
+    description = seccompcache.describe(template, True, __file__)
+    compiled = seccompcache.load(description, sb.SVMM_NAME_COUNT * sb.SVMM_NAME_WIDTH)
+    if compiled is None:
+        compiled = seccompcache.Compiled(export_program(build_filter(template, True)),
+                                         syscall_names())
+        seccompcache.store(description, compiled)
+    program = seccompcache.with_pid(compiled.program, pid)
+    if program is None:
+        return seccompcache.Compiled(export_program(build_filter(rules, True)),
+                                     syscall_names())
+    return compiled._replace(program=program)
+
+
+def pid_template(rules: SeccompRules, pid: int) -> SeccompRules | None:
+    """A copy of ``rules`` with ``PID_MARKER`` for ``pid`` in the ``tgkill`` rules ("our
+    own process"); None when the marker is a constant of some other rule already."""
+    marker = seccompcache.PID_MARKER
+    halves = {half for name in rules.rules for _owner, conditions in rules.rules[name]
+              for c in conditions for v in (c.value, c.mask)
+              for half in (v & _LOW32, (v & _ALL64) >> 32)}
+    if marker in halves | {r & _LOW32 for r in rules.ioctls}:
+        return None
+    template = SeccompRules(rules.plugin)
+    template.syscalls = dict(rules.syscalls)
+    template.owners = {name: set(owners) for name, owners in rules.owners.items()}
+    template.ioctls = dict(rules.ioctls)
+    template.rules = {name: list(entries) for name, entries in rules.rules.items()}
+    ours = (ArgCondition(0, "eq", pid),)
+    template.rules["tgkill"] = [
+        (owner, (ArgCondition(0, "eq", marker),) if conditions == ours else conditions)
+        for owner, conditions in rules.rules.get("tgkill", [])]
+    if not template.rules["tgkill"]:
+        del template.rules["tgkill"]
+    return template
+
+
 def syscall_names() -> bytes:
     """The table the SIGSYS reporter prints names from: one NUL-padded slot per number."""
     pyseccomp = _pyseccomp()
@@ -268,14 +335,27 @@ def syscall_names() -> bytes:
     return bytes(table)
 
 
-def _install_reporter() -> None:
+def _install_reporter(names: bytes) -> None:
     from stratovmm.host._sandbox import ffi
     from stratovmm.host._sandbox import lib as sb
 
     fds = sorted({2, *log_fds()})[: sb.SVMM_MAX_FDS]
     offset = time.localtime().tm_gmtoff
-    if sb.svmm_install_sigsys(ffi.new("int[]", fds), len(fds), syscall_names(), offset) != 0:
+    if sb.svmm_install_sigsys(ffi.new("int[]", fds), len(fds), names, offset) != 0:
         raise HostError(f"cannot install the SIGSYS handler: {os.strerror(ffi.errno)}")
+
+
+def _load_program(program: bytes) -> None:
+    """Load a compiled program on every thread, as ``seccomp_load`` does with our
+    attributes (no new privileges, TSYNC)."""
+    from stratovmm.host._sandbox import lib as sb
+
+    rc = sb.svmm_load_filter(program, len(program) // seccompcache.INSN_SIZE,
+                             sb.SVMM_FILTER_TSYNC)
+    if rc < 0:
+        raise HostError(f"cannot load the seccomp filter: {os.strerror(-rc)}")
+    if rc > 0:
+        raise HostError(f"cannot load the seccomp filter: thread {rc} cannot take it")
 
 
 def reporter_available() -> bool:
@@ -289,10 +369,11 @@ def reporter_available() -> bool:
 
 @dataclass
 class Sandbox:
-    """A filter built from the allow-list, ready to load."""
+    """A filter built from the allow-list, ready to load: a compiled program (with the
+    reporter, ``compile_rules``) or a pyseccomp filter that libseccomp loads itself."""
 
     rules: SeccompRules
-    filter: Any
+    filter: seccompcache.Compiled | Any
     reporter: bool
 
     @property
@@ -302,12 +383,16 @@ class Sandbox:
 
     def apply(self) -> None:
         """Install the SIGSYS reporter and load the filter on every thread (TSYNC)."""
-        if self.reporter:
-            _install_reporter()
-        try:
-            self.filter.load()
-        except OSError as exc:
-            raise HostError(f"cannot load the seccomp filter: {exc.strerror}") from exc
+        if isinstance(self.filter, seccompcache.Compiled):
+            _install_reporter(self.filter.names)
+            _load_program(self.filter.program)
+        else:
+            if self.reporter:
+                _install_reporter(syscall_names())
+            try:
+                self.filter.load()
+            except OSError as exc:
+                raise HostError(f"cannot load the seccomp filter: {exc.strerror}") from exc
         log.info("seccomp filter on: %d system calls, %d ioctl requests allowed; a forbidden"
                  " call %s", self.syscall_count, len(self.rules.ioctls),
                  "is logged and kills the process" if self.reporter
@@ -316,11 +401,11 @@ class Sandbox:
 
 def prepare(rules: SeccompRules) -> Sandbox:
     """The filter allowing exactly ``rules``, with the C reporter when it is built."""
-    reporter = reporter_available()
-    if not reporter:
-        log.warning("stratovmm.host._sandbox is not built: forbidden system calls will be named"
-                    " only in the kernel log")
-    return Sandbox(rules, build_filter(rules, reporter), reporter)
+    if reporter_available():
+        return Sandbox(rules, compile_rules(rules), True)
+    log.warning("stratovmm.host._sandbox is not built: forbidden system calls will be named"
+                " only in the kernel log")
+    return Sandbox(rules, build_filter(rules, False), False)
 
 
 def apply(sandbox: Sandbox | None) -> None:

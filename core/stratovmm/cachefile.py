@@ -1,0 +1,58 @@
+"""Files StratoVMM keeps between starts (``stratovmm.entrypoints``' plugin list,
+``stratovmm.host.seccompcache``'s compiled filters): where they live and how they are
+written and read.
+
+They live in ``$STRATOVMM_CACHE_DIR``, else ``$XDG_CACHE_HOME/stratovmm``, else
+``~/.cache/stratovmm`` (made 0700).  A file is written whole to a temporary name with
+mode 0600 and renamed over the old one, so a reader never sees half of it; it is read
+only when it belongs to this user and nobody else can write it.  A cache that cannot be
+written or read is not used: each caller then does the work it saves."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+
+def cache_dir() -> str:
+    """Where the cache lives (see the module docstring)."""
+    explicit = os.environ.get("STRATOVMM_CACHE_DIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "stratovmm")
+
+
+def write_private(path: str, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically, mode 0600 (nothing on failure)."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                     | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+
+
+def read_private(path: str) -> str | None:
+    """The text of ``path`` if it is a regular file of this user that no one else may
+    write; else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, encoding="utf-8") as f:
+        st = os.fstat(fd)
+        if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()
+                or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+            return None
+        try:
+            return f.read()
+        except (OSError, ValueError):
+            return None

@@ -14,12 +14,15 @@ modules built in place, e.g. the commit before a change) run from the same
 interpreter with ``PYTHONPATH`` on its ``core/`` and ``plugins/*/`` directories, so
 "before" and "after" are measured in the same run.  Linux boots take the
 machine-wide boot lock (``/tmp/stratovmm-boot.lock``) as the tests do.
-``--no-boot-lock`` boots without it.
+``--no-boot-lock`` boots without it.  ``--variant NAME=ARGS`` adds the installed
+StratoVMM again with ``ARGS`` appended to its command line (e.g.
+``nofilter=-disable-seccomp``: what the filter costs a start, measured in pairs).
 ``--importtime`` also prints the slowest imports (``python -X importtime``,
 cumulative, median of 5 starts) of each StratoVMM for the first-byte command.
 
 usage: python bench/startup.py [--first-byte-runs N] [--boot-runs N]
-                               [--tree NAME=DIR ...] [--importtime] [--out FILE]
+                               [--tree NAME=DIR ...] [--variant NAME=ARGS ...]
+                               [--importtime] [--out FILE]
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import common
@@ -61,40 +64,48 @@ def python_path(value: str | None) -> Iterator[None]:
             os.environ["PYTHONPATH"] = old
 
 
-def contenders(trees: list[str]) -> list[tuple[str, str | None]]:
-    """(name, PYTHONPATH) of each StratoVMM: the installed one, then each ``--tree``."""
-    out: list[tuple[str, str | None]] = [("stratovmm", None)]
+Contender = tuple[str, str | None, list[str]]
+"""(name, PYTHONPATH or None, extra arguments) of one StratoVMM."""
+
+
+def contenders(trees: list[str], variants: Sequence[str] = ()) -> list[Contender]:
+    """Each StratoVMM: the installed one, each ``--tree``, then each ``--variant``."""
+    out: list[Contender] = [("stratovmm", None, [])]
     for spec in trees:
         name, _, directory = spec.partition("=")
-        out.append((name, tree_path(Path(directory).resolve())))
+        out.append((name, tree_path(Path(directory).resolve()), []))
+    for spec in variants:
+        name, _, args = spec.partition("=")
+        out.append((name, None, args.split()))
     return out
 
 
-def first_byte(runs: int, elf: Path, vmms: list[tuple[str, str | None]]
-               ) -> dict[str, list[float]]:
+def first_byte(runs: int, elf: Path, vmms: list[Contender]) -> dict[str, list[float]]:
     """Seconds from exec to the guest's "X", per VMM."""
-    results: dict[str, list[float]] = {name: [] for name, _ in [*vmms, ("qemu", None)]}
+    everyone: list[Contender] = [*vmms, ("qemu", None, [])]
+    results: dict[str, list[float]] = {name: [] for name, _, _ in everyone}
     for round_ in range(runs + 1):
-        for name, path in [*vmms, ("qemu", None)]:
+        for name, path, extra in everyone:
             builder = common.qemu if name == "qemu" else common.stratovmm
             with python_path(path):
-                m = vmmrun.run(builder(1, "256M", elf, None, None), ["^X"], timeout=30)
+                m = vmmrun.run(builder(1, "256M", elf, None, None, extra), ["^X"], timeout=30)
             # round 0 warms up: bytecode written, entry point cache filled, files cached
             if round_ and m.markers["^X"] is not None:
                 results[name].append(m.markers["^X"])
     return results
 
 
-def boot_overhead(runs: int, vmms: list[tuple[str, str | None]], lock: bool = True
+def boot_overhead(runs: int, vmms: list[Contender], lock: bool = True
                   ) -> dict[str, list[float]]:
     """Peak VMM overhead (MiB) over a Linux boot to its reboot, per VMM."""
     kernel, initrd = common.GUEST / "vmlinux", common.GUEST / "initramfs.cpio"
-    results: dict[str, list[float]] = {name: [] for name, _ in [*vmms, ("qemu", None)]}
+    everyone: list[Contender] = [*vmms, ("qemu", None, [])]
+    results: dict[str, list[float]] = {name: [] for name, _, _ in everyone}
     for _ in range(runs):
-        for name, path in [*vmms, ("qemu", None)]:
+        for name, path, extra in everyone:
             builder = common.qemu if name == "qemu" else common.stratovmm
             with python_path(path), file_lock(BOOT_LOCK) if lock else contextlib.nullcontext():
-                m = vmmrun.run(builder(2, "512M", kernel, common.APPEND, initrd),
+                m = vmmrun.run(builder(2, "512M", kernel, common.APPEND, initrd, extra),
                                ["GUEST-READY"], timeout=300)
             if m.markers["GUEST-READY"] is None:
                 print(f"{name}: no GUEST-READY (rc {m.returncode})", file=sys.stderr)
@@ -155,17 +166,19 @@ def main() -> None:
     ap.add_argument("--first-byte-runs", type=int, default=10)
     ap.add_argument("--boot-runs", type=int, default=10)
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS")
     ap.add_argument("--importtime", action="store_true")
     ap.add_argument("--no-boot-lock", action="store_true",
                     help="boot without waiting for the machine-wide boot lock (flock is not"
                     " fair: a busy test run can hold the benchmark off for good)")
     ap.add_argument("--out")
     a = ap.parse_args()
-    vmms = contenders(a.tree)
-    names = [name for name, _ in vmms]
+    vmms = contenders(a.tree, a.variant)
+    names = [name for name, _, _ in vmms]
     with tempfile.TemporaryDirectory() as tmp:
         elf = build_first_byte(Path(tmp))
-        imports = {name: importtime(elf, path) for name, path in vmms} if a.importtime else {}
+        imports = ({name: importtime(elf, path) for name, path, extra in vmms if not extra}
+                   if a.importtime else {})
         fb = first_byte(a.first_byte_runs, elf, vmms)
     boot = (boot_overhead(a.boot_runs, vmms, not a.no_boot_lock) if a.boot_runs
             else {n: [] for n in [*names, "qemu"]})

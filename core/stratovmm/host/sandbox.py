@@ -279,19 +279,19 @@ def compile_rules(rules: SeccompRules) -> seccompcache.Compiled:
     pid = os.getpid()
     template = pid_template(rules, pid)
     if template is None:
-        return seccompcache.Compiled(export_program(build_filter(rules, True)),
-                                     syscall_names())
+        return _compile_now(rules)
     description = seccompcache.describe(template, True, __file__)
     compiled = seccompcache.load(description, sb.SVMM_NAME_COUNT * sb.SVMM_NAME_WIDTH)
     if compiled is None:
-        compiled = seccompcache.Compiled(export_program(build_filter(template, True)),
-                                         syscall_names())
+        compiled = _compile_now(template)
         seccompcache.store(description, compiled)
     program = seccompcache.with_pid(compiled.program, pid)
-    if program is None:
-        return seccompcache.Compiled(export_program(build_filter(rules, True)),
-                                     syscall_names())
-    return compiled._replace(program=program)
+    return _compile_now(rules) if program is None else compiled._replace(program=program)
+
+
+def _compile_now(rules: SeccompRules) -> seccompcache.Compiled:
+    """libseccomp's program for ``rules`` (with the reporter) and the name table."""
+    return seccompcache.Compiled(export_program(build_filter(rules, True)), syscall_names())
 
 
 def pid_template(rules: SeccompRules, pid: int) -> SeccompRules | None:

@@ -163,8 +163,7 @@ static int svmm_unclaimed(const struct svmm_windows *t, uint64_t addr)
     return unclaimed && __atomic_load_n(&t->seq, __ATOMIC_RELAXED) == seq;
 }
 
-static int svmm_unclaimed(const struct svmm_windows *t, uint64_t addr);
-int svmm_vcpu_run(int fd, struct kvm_run *run, size_t run_size,
+static int svmm_vcpu_run(int fd, struct kvm_run *run, size_t run_size,
                          struct svmm_windows *pio, struct svmm_windows *mmio,
                          struct svmm_exit_counts *counts)
 {

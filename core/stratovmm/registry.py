@@ -379,6 +379,15 @@ class SeccompRules:
         """The same rules, adding as ``plugin``."""
         return _view(self, plugin)
 
+    def copy(self) -> SeccompRules:
+        """Separate rules with the same content (changing one leaves the other as it was)."""
+        other = SeccompRules(self.plugin)
+        other.syscalls = dict(self.syscalls)
+        other.owners = {name: set(owners) for name, owners in self.owners.items()}
+        other.ioctls = dict(self.ioctls)
+        other.rules = {name: list(entries) for name, entries in self.rules.items()}
+        return other
+
     def allow(self, *syscalls: str, when: Sequence[ArgCondition] = ()) -> None:
         """Allow these syscalls; with ``when``, only while every condition holds.
 

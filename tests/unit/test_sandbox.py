@@ -42,7 +42,7 @@ REPORTER = {reporter}
 if REPORTER:    # as the VMM does: libseccomp's program, compiled now or kept from a run before
     sandbox.prepare(rules).apply()
 else:           # without the C helper: pyseccomp's filter, loaded by libseccomp
-    sandbox.Sandbox(rules, sandbox.build_filter(rules, False), False).apply()
+    sandbox.Sandbox(rules, sandbox.build_filter(rules, False)).apply()
 """
 
 
@@ -272,7 +272,7 @@ print("PID", os.getpid(), flush=True)
 def test_syscall_count_is_the_number_of_distinct_calls() -> None:
     """``Sandbox.syscall_count`` counts each allowed call once, conditional or not."""
     rules = sandbox.core_rules()
-    box = sandbox.Sandbox(rules, None, reporter=False)
+    box = sandbox.Sandbox(rules, None)
     names = {n for group in sandbox.CORE_SYSCALLS.values() for n in group} | {"ioctl"}
     assert box.syscall_count == len(names)
 

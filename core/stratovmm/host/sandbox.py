@@ -303,11 +303,7 @@ def pid_template(rules: SeccompRules, pid: int) -> SeccompRules | None:
               for half in (v & _LOW32, (v & _ALL64) >> 32)}
     if marker in halves | {r & _LOW32 for r in rules.ioctls}:
         return None
-    template = SeccompRules(rules.plugin)
-    template.syscalls = dict(rules.syscalls)
-    template.owners = {name: set(owners) for name, owners in rules.owners.items()}
-    template.ioctls = dict(rules.ioctls)
-    template.rules = {name: list(entries) for name, entries in rules.rules.items()}
+    template = rules.copy()
     ours = (ArgCondition(0, "eq", pid),)
     template.rules["tgkill"] = [
         (owner, (ArgCondition(0, "eq", marker),) if conditions == ours else conditions)
@@ -369,12 +365,17 @@ def reporter_available() -> bool:
 
 @dataclass
 class Sandbox:
-    """A filter built from the allow-list, ready to load: a compiled program (with the
-    reporter, ``compile_rules``) or a pyseccomp filter that libseccomp loads itself."""
+    """A filter built from the allow-list, ready to load: a compiled program with the
+    reporter (``compile_rules``), or without the C extension a pyseccomp filter that
+    libseccomp loads itself and the kernel reports on."""
 
     rules: SeccompRules
     filter: seccompcache.Compiled | Any
-    reporter: bool
+
+    @property
+    def reporter(self) -> bool:
+        """True when a forbidden call is logged by the C SIGSYS reporter."""
+        return isinstance(self.filter, seccompcache.Compiled)
 
     @property
     def syscall_count(self) -> int:
@@ -387,8 +388,6 @@ class Sandbox:
             _install_reporter(self.filter.names)
             _load_program(self.filter.program)
         else:
-            if self.reporter:
-                _install_reporter(syscall_names())
             try:
                 self.filter.load()
             except OSError as exc:
@@ -402,10 +401,10 @@ class Sandbox:
 def prepare(rules: SeccompRules) -> Sandbox:
     """The filter allowing exactly ``rules``, with the C reporter when it is built."""
     if reporter_available():
-        return Sandbox(rules, compile_rules(rules), True)
+        return Sandbox(rules, compile_rules(rules))
     log.warning("stratovmm.host._sandbox is not built: forbidden system calls will be named"
                 " only in the kernel log")
-    return Sandbox(rules, build_filter(rules, False), False)
+    return Sandbox(rules, build_filter(rules, False))
 
 
 def apply(sandbox: Sandbox | None) -> None:

@@ -75,8 +75,9 @@ class Bus:
     def _publish(self, ranges: list[BusRange]) -> None:
         self._ranges = tuple(ranges)
         self._bases = tuple(r.base for r in ranges)
+        windows = [(r.base, r.length) for r in ranges]
         for publish in self._mirrors:
-            publish([(r.base, r.length) for r in ranges])
+            publish(windows)
 
     def find(self, addr: int) -> tuple[BusDevice, int] | None:
         """The device at ``addr`` and the offset into its window, or None."""

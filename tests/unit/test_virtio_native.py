@@ -19,11 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stratovmm.errors import GuestError
+from stratovmm.fastpath import FASTPATH_ENV, fastpath_enabled
 from stratovmm.memory import GuestMemory
 from stratovmm.testing.memory import BytearrayGuestMemory
 from stratovmm.virtio.chain import ChainError, DescriptorChain, walk_chain
 from stratovmm.virtio.constants import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE
-from stratovmm.virtio.native import FASTPATH_ENV, Deferred, NativeRing, fastpath_enabled
+from stratovmm.virtio.native import Deferred, NativeRing
 from stratovmm.virtio.queue import SplitQueue
 
 LOW, HIGH = 0x8000, 0x4000                  # region 0 at 0, region 1 at HOLE

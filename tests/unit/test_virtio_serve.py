@@ -9,12 +9,12 @@ from collections.abc import Sequence
 
 import pytest
 
+from stratovmm.fastpath import FASTPATH_ENV
 from stratovmm.testing.harness import DeviceHarness
 from stratovmm.testing.virtqueue import Buffer
 from stratovmm.virtio import constants as c
 from stratovmm.virtio.chain import DescriptorChain
 from stratovmm.virtio.device import Frames, HeldChains, VirtioDevice
-from stratovmm.virtio.native import FASTPATH_ENV
 
 
 class WaitingDevice(VirtioDevice):

@@ -42,13 +42,13 @@ from hypothesis.stateful import (
     rule,
 )
 
+from stratovmm.fastpath import FASTPATH_ENV
 from stratovmm.host.eventloop import EventLoop
 from stratovmm.memory import GuestMemory
 from stratovmm.virtio import constants as c
 from stratovmm.virtio.constants import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE
 from stratovmm.virtio.device import VirtioDevice
 from stratovmm.virtio.mmio import VirtioMmioTransport
-from stratovmm.virtio.native import FASTPATH_ENV
 
 RAM = 0x40000                       # 256 KiB of guest RAM at guest address 0
 CANARY = b"\xa5" * 4096             # right after RAM in the host buffer

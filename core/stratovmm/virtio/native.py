@@ -10,17 +10,14 @@ path, which then reads the same ring again and decides, counts and logs as it al
 does, so a guest sees the same device and the same error accounting either way (the
 hypothesis tests check both paths against each other on hostile rings).
 
-The switch: ``STRATOVMM_FASTPATH=0`` in the environment serves every queue in pure Python;
-unset or any other value uses the C path (the default).
+The switch (``stratovmm.fastpath``): ``STRATOVMM_FASTPATH=0`` in the environment serves every
+queue in pure Python; unset or any other value uses the C path (the default).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-# the switch, named here too for the ring's callers
-from stratovmm.fastpath import FASTPATH_ENV as FASTPATH_ENV
-from stratovmm.fastpath import fastpath_enabled as fastpath_enabled
 from stratovmm.memory import GuestMemory, GuestMemoryProtocol
 from stratovmm.virtio._ring import ffi, lib
 from stratovmm.virtio.chain import Descriptor, DescriptorChain

@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from stratovmm.errors import GuestError
+from stratovmm.fastpath import fastpath_enabled
 from stratovmm.memory import GuestMemoryProtocol
 from stratovmm.virtio._barrier import lib as _barrier
 from stratovmm.virtio.chain import ChainError, DescriptorChain, walk_chain
 from stratovmm.virtio.constants import AVAIL_F_NO_INTERRUPT, MAX_QUEUE_SIZE, USED_F_NO_NOTIFY
-from stratovmm.virtio.native import Deferred, NativeRing, fastpath_enabled
+from stratovmm.virtio.native import Deferred, NativeRing
 
 log = logging.getLogger(__name__)
 _USED_ELEM = struct.Struct("<II")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from stratovmm.testing.fixtures import build_pvh_guest_or_skip
 from stratovmm.testing.guest import file_lock, stratovmm_command
-from stratovmm.testing.tinyguest import TinyGuestUnavailable, build_pvh_guest
 
 HUGETLBFS_LOCK = "/tmp/stratovmm-hugetlbfs.lock"
 
@@ -56,10 +56,7 @@ def tiny_guest(kind: str) -> Path:
     """The ELF of tiny guest ``kind`` (built once per test session)."""
     if kind not in _BUILT:
         out = Path(tempfile.mkdtemp(prefix="stratovmm-tiny-"))
-        try:
-            _BUILT[kind] = build_pvh_guest(out, kind, GUESTS[kind])
-        except TinyGuestUnavailable as exc:
-            pytest.skip(f"cannot assemble a 32-bit PVH guest: {exc}")
+        _BUILT[kind] = build_pvh_guest_or_skip(out, kind, GUESTS[kind])
     return _BUILT[kind]
 
 

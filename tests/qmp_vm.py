@@ -15,11 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-import pytest
-
+from stratovmm.testing.fixtures import build_pvh_guest_or_skip
 from stratovmm.testing.guest import stratovmm_command
 from stratovmm.testing.qmp import QmpTestClient
-from stratovmm.testing.tinyguest import TinyGuestUnavailable, build_pvh_guest
 
 # A tiny PVH guest that prints "READY" on the 8250 at 0x3f8 and then halts for ever with
 # interrupts off, so it stays up until QMP ends it.
@@ -34,10 +32,7 @@ ready: .asciz "READY\n"
 
 def build_loop_guest(directory: Path) -> Path:
     """Assemble the loop guest into ``directory``; returns the ELF (skips without gcc)."""
-    try:
-        return build_pvh_guest(directory, "loop-guest", LOOP_GUEST)
-    except TinyGuestUnavailable as exc:
-        pytest.skip(str(exc))
+    return build_pvh_guest_or_skip(directory, "loop-guest", LOOP_GUEST)
 
 
 class VmProcess:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from venvtools import Venv, find_modules
 
-from stratovmm.testing.tinyguest import TinyGuestUnavailable, build_pvh_guest
+from stratovmm.testing.fixtures import build_pvh_guest_or_skip
 from stratovmm.testing.vm import RunningVm
 
 SIGNAL_AND_HALT = """
@@ -30,10 +30,7 @@ main:
 def signal_guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny guest that stores 123 at 0xd3000000 and halts (a real ELF: the core checks the
     kernel before the plugins check their options)."""
-    try:
-        return build_pvh_guest(tmp_path_factory.mktemp("guest"), "signal", SIGNAL_AND_HALT)
-    except TinyGuestUnavailable as exc:
-        pytest.skip(str(exc))
+    return build_pvh_guest_or_skip(tmp_path_factory.mktemp("guest"), "signal", SIGNAL_AND_HALT)
 
 
 def test_example_is_installed_in_the_venv_only(contract_venv: Venv) -> None:

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tinyguest import build_guest
 
+from stratovmm.testing.fixtures import build_pvh_guest_or_skip
 from stratovmm.testing.guest import stratovmm_command
 
 # Says FLOOD, turns on MCR loopback and writes THR for ever (every byte loops back to RBR).
@@ -134,7 +134,7 @@ def test_uart_loopback_flood_keeps_the_vmm_rss_flat(
         guests: Path, reaper: list[subprocess.Popen[bytes]]) -> None:
     """A guest writing THR in loopback mode for 10 s: the loopback FIFO is bounded (16 bytes,
     overrun after that), so the VMM's RSS stays within 1 MiB of where the flood began."""
-    elf = build_guest(guests, "flood", SERIAL_FLOOD)
+    elf = build_pvh_guest_or_skip(guests, "flood", SERIAL_FLOOD)
     proc = start_vmm("-kernel", str(elf), "-serial", "stdio")
     reaper.append(proc)
     wait_for(proc, b"FLOOD\n")
@@ -158,7 +158,7 @@ def test_driver_ok_without_file_descriptors_sets_needs_reset(
     client opening images would leave it) when the guest sets DRIVER_OK: the ioeventfds
     cannot be made, so the guest reads DEVICE_NEEDS_RESET back and runs on; the VMM
     exits 0 when the guest resets."""
-    elf = build_guest(guests, "driverok", DRIVER_OK_ON_DEMAND)
+    elf = build_pvh_guest_or_skip(guests, "driverok", DRIVER_OK_ON_DEMAND)
     entropy = tmp_path / "entropy"
     entropy.write_bytes(os.urandom(4096))
     proc = start_vmm("-kernel", str(elf), "-serial", "stdio",

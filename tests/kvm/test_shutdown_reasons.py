@@ -25,8 +25,8 @@ import pytest
 from qmp_vm import VmProcess
 
 from stratovmm.machine.pvpanic import PVPANIC_PORT, SUPPORTED_EVENTS
+from stratovmm.testing.fixtures import build_pvh_guest_or_skip
 from stratovmm.testing.qmp import QmpTestClient
-from stratovmm.testing.tinyguest import TinyGuestUnavailable, build_pvh_guest
 
 TIMEOUT = 20.0
 
@@ -97,10 +97,8 @@ GUESTS = {"pvpanic": PVPANIC, "reset": RESET, "triple": TRIPLE_FAULT, "idle": ID
 def guests(kvm_available: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every guest of this module, assembled once."""
     directory = tmp_path_factory.mktemp("shutdown-guests")
-    try:
-        return {name: build_pvh_guest(directory, name, body) for name, body in GUESTS.items()}
-    except TinyGuestUnavailable as exc:
-        pytest.skip(str(exc))
+    return {name: build_pvh_guest_or_skip(directory, name, body)
+            for name, body in GUESTS.items()}
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tinyguest import build_guest
 
 from stratovmm.kvm import Kvm
+from stratovmm.testing.fixtures import build_pvh_guest_or_skip
 from stratovmm.testing.guest import stratovmm_command
 
 TIMEOUT = 60
@@ -247,7 +247,7 @@ def guests(kvm_available: None, tmp_path: Path) -> Path:
 
 def test_uart_output_reaches_stdout(guests: Path) -> None:
     """UART bytes reach stdout; the guest sees -append and -m in hvm_start_info; exit 0."""
-    elf = build_guest(guests, "hello", HELLO)
+    elf = build_pvh_guest_or_skip(guests, "hello", HELLO)
     run = run_vmm("-m", "512M", "-kernel", str(elf), "-serial", "stdio", "-append",
                   "tiny.guest=1", "quiet")
     assert run.rc == 0, run
@@ -259,7 +259,7 @@ def test_uart_output_reaches_stdout(guests: Path) -> None:
 
 def test_uart_output_from_json_config(guests: Path) -> None:
     """The same guest configured from a JSON file ("serial": {"stdio": true})."""
-    elf = build_guest(guests, "hello", HELLO)
+    elf = build_pvh_guest_or_skip(guests, "hello", HELLO)
     config = guests / "vm.json"
     config.write_text(json.dumps({
         "boot-source": {"kernel_image_path": str(elf), "boot_args": "from-json"},
@@ -274,14 +274,14 @@ def test_uart_output_from_json_config(guests: Path) -> None:
 
 def test_without_serial_the_guest_output_is_dropped(guests: Path) -> None:
     """Without -serial, writes to 0x3f8 go nowhere and the guest still resets; with it, out."""
-    elf = build_guest(guests, "blind", BLIND_WRITE)
+    elf = build_pvh_guest_or_skip(guests, "blind", BLIND_WRITE)
     assert run_vmm("-kernel", str(elf)) == Run(0, "", "")
     assert run_vmm("-kernel", str(elf), "-serial", "stdio") == Run(0, "X", "")
 
 
 def test_i8042_reset_exits_zero(guests: Path) -> None:
     """0xFE to port 0x64 ends the VM with status 0 and an info log line naming the reset."""
-    elf = build_guest(guests, "reset", SILENT_RESET)
+    elf = build_pvh_guest_or_skip(guests, "reset", SILENT_RESET)
     run = run_vmm("-kernel", str(elf), log_level="info")
     assert run.rc == 0, run
     assert "guest-reset" in run.err and "i8042 reset" in run.err, run.err
@@ -289,14 +289,14 @@ def test_i8042_reset_exits_zero(guests: Path) -> None:
 
 def test_i8042_reset_quiet_by_default(guests: Path) -> None:
     """At the default log level (error) a clean reset prints nothing at all."""
-    elf = build_guest(guests, "reset", SILENT_RESET)
+    elf = build_pvh_guest_or_skip(guests, "reset", SILENT_RESET)
     run = run_vmm("-kernel", str(elf))
     assert (run.rc, run.out, run.err) == (0, "", "")
 
 
 def test_triple_fault_exits_zero(guests: Path) -> None:
     """A triple fault (KVM_EXIT_SHUTDOWN) ends the VM with status 0 and a log line."""
-    elf = build_guest(guests, "triple", TRIPLE_FAULT)
+    elf = build_pvh_guest_or_skip(guests, "triple", TRIPLE_FAULT)
     run = run_vmm("-kernel", str(elf), log_level="info")
     assert run.rc == 0, run
     assert "guest-reset" in run.err and "triple fault" in run.err, run.err
@@ -305,7 +305,7 @@ def test_triple_fault_exits_zero(guests: Path) -> None:
 @pytest.mark.parametrize("vcpus", [2, 4])
 def test_application_processors_wake_up(guests: Path, vcpus: int) -> None:
     """INIT + SIPI wake every AP into a real-mode trampoline; each prints its APIC id."""
-    elf = build_guest(guests, "smp", SMP)
+    elf = build_pvh_guest_or_skip(guests, "smp", SMP)
     run = run_vmm("-smp", str(vcpus), "-kernel", str(elf), "-serial", "stdio", "-append",
                   str(vcpus))
     assert run.rc == 0, run
@@ -318,7 +318,7 @@ def test_application_processors_wake_up(guests: Path, vcpus: int) -> None:
 
 def test_single_vcpu_has_no_application_processor(guests: Path) -> None:
     """With -smp 1 nobody answers the SIPI (the SMP test's success is not a given)."""
-    elf = build_guest(guests, "smp", SMP)
+    elf = build_pvh_guest_or_skip(guests, "smp", SMP)
     run = run_vmm("-smp", "1", "-kernel", str(elf), "-serial", "stdio", "-append", "1")
     assert run.rc == 0, run
     assert "AP apic" not in run.out
@@ -327,7 +327,7 @@ def test_single_vcpu_has_no_application_processor(guests: Path) -> None:
 
 def test_emulation_failure_is_reported(guests: Path) -> None:
     """An emulation failure (code in the MMIO hole) exits non-zero with the registers."""
-    elf = build_guest(guests, "mmio_fetch", FETCH_FROM_MMIO)
+    elf = build_pvh_guest_or_skip(guests, "mmio_fetch", FETCH_FROM_MMIO)
     run = run_vmm("-kernel", str(elf))
     assert run.rc != 0, run
     assert "internal error" in run.err.lower(), run.err
@@ -353,7 +353,7 @@ def test_cpu_option_clears_kvm_feature_bits_the_guest_reads(guests: Path,
         os.close(kvm.fd)
     if not offered & PV_IPI:
         pytest.skip("this KVM does not offer PV_SEND_IPI")
-    elf = build_guest(guests, "kvm_features", KVM_FEATURE_BITS)
+    elf = build_pvh_guest_or_skip(guests, "kvm_features", KVM_FEATURE_BITS)
     base = ("-kernel", str(elf), "-serial", "stdio")
     assert kvm_feature_bits(run_vmm(*base)) == offered
     assert kvm_feature_bits(run_vmm(*base, "-cpu", "host,kvm-pv-ipi=off")) == offered & ~PV_IPI

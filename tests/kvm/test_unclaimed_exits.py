@@ -11,9 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tinyguest import build_guest
 
 from stratovmm.fastpath import FASTPATH_ENV
+from stratovmm.testing.fixtures import build_pvh_guest_or_skip
 from stratovmm.testing.guest import stratovmm_command
 
 # Port 0x99 and physical 0xc0000000 hold no device on our machine; every value read is
@@ -70,7 +70,7 @@ EXPECTED = "000000ff\n0000ffff\nffffffff\n00ffffff\n00000000\n00000000\n00000000
 def test_unclaimed_addresses_read_the_same_with_and_without_the_c_loop(
         kvm_available: None, tmp_path: Path, fastpath: str) -> None:
     """Same guest-visible values and the same counts from the C loop and from Python."""
-    elf = build_guest(tmp_path, "probe", PROBE)
+    elf = build_pvh_guest_or_skip(tmp_path, "probe", PROBE)
     env = {**os.environ, FASTPATH_ENV: fastpath, "STRATOVMM_LOG_LEVEL": "info"}
     env.pop("STRATOVIRT_LOG_LEVEL", None)
     proc = subprocess.run([*stratovmm_command(), "-kernel", str(elf), "-serial", "stdio"],

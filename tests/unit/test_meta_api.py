@@ -6,6 +6,9 @@ nothing of ``stratovmm`` but ``stratovmm.api`` (their tests also ``stratovmm.tes
 from __future__ import annotations
 
 import ast
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,9 +99,36 @@ def test_an_internal_import_would_be_caught(line: str) -> None:
 
 def test_api_exports_exactly_what_it_imports() -> None:
     """``__all__`` lists every public name of stratovmm.api and nothing it lacks: what a
-    plugin can import from it is what the module says it supports."""
+    plugin can import from it is what the module says it supports.  The names are
+    imported on first use, so three lists must agree: ``__all__``, the table the module
+    imports them by, and the imports mypy reads (under ``TYPE_CHECKING``)."""
+    source = Path(api.__file__).read_text()
+    checked = {alias.asname or alias.name
+               for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)
+               and node.module and node.module.startswith("stratovmm.")
+               for alias in node.names}
+    table = {name for names in api._SOURCES.values() for name in names}
+    assert sorted(api.__all__) == sorted(table) == sorted(checked)
+    assert len(api.__all__) == len(set(api.__all__))
+    for module, names in api._SOURCES.items():
+        for name in names:
+            assert getattr(api, name) is getattr(importlib.import_module(module), name)
     # (names starting with "@" are pytest's: it rewrites the asserts of the whole distribution
     # that ships its stratovmm.testing fixtures)
-    public = {name for name in vars(api) if name[0] not in "_@"} - {"annotations"}
-    assert sorted(api.__all__) == sorted(public)
-    assert len(api.__all__) == len(set(api.__all__))
+    public = {name for name in vars(api) if name[0] not in "_@"} - {
+        "annotations", "importlib", "TYPE_CHECKING", "Any"}
+    assert sorted(public) == sorted(api.__all__)
+
+
+def test_api_names_are_imported_on_first_use() -> None:
+    """Importing stratovmm.api imports none of the modules it re-exports from (a VM
+    without virtio devices never loads the virtio models); an unknown name is an
+    AttributeError, as for any module."""
+    code = ("import sys, stratovmm.api\n"
+            "print(sorted(m for m in sys.modules if m.startswith('stratovmm.virtio')))\n"
+            "from stratovmm.api import VirtioDevice\n"
+            "print('stratovmm.virtio.device' in sys.modules)\n"
+            "try:\n    stratovmm.api.NoSuchName\nexcept AttributeError:\n    print('no')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    assert out[:3] == ["[]", "True", "no"]

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from stratovmm.devices.placement import Built, Device, MmioWindow, PioWindow, VirtioSlot
 from stratovmm.errors import ConfigError, PluginError, StratoVmmError
-from stratovmm.virtio.device import VirtioDevice
 
 if TYPE_CHECKING:
     from stratovmm.host.eventloop import EventLoop
@@ -75,9 +74,7 @@ class DeviceTable:
         return device
 
     def _attach(self, built: Built) -> None:
-        if isinstance(built, VirtioDevice):
-            self._virtio.attach(built, self._loop_for(None))
-        elif isinstance(built, VirtioSlot):
+        if isinstance(built, VirtioSlot):
             self._virtio.attach(built.device, self._loop_for(built.iothread))
         elif isinstance(built, (PioWindow, MmioWindow)):
             bus = self._pio if isinstance(built, PioWindow) else self._mmio
@@ -85,6 +82,13 @@ class DeviceTable:
                 bus.insert(built.device, built.base, built.length, built.device.id)
             except ValueError as exc:        # overlapping another window, or empty
                 raise ConfigError(f"device {built.device.id}: {exc}") from None
+        else:
+            # imported here: a VM whose devices are all bus windows (the serial port alone)
+            # does not import the virtio models at start-up
+            from stratovmm.virtio.device import VirtioDevice
+
+            if isinstance(built, VirtioDevice):
+                self._virtio.attach(built, self._loop_for(None))
 
     # -- hot-replace ----------------------------------------------------------------------------
 

@@ -36,8 +36,6 @@ from stratovmm.boot import layout
 from stratovmm.errors import ConfigError, HotplugError
 from stratovmm.host.eventloop import EventLoop
 from stratovmm.registry import HotplugDriver
-from stratovmm.virtio.device import VirtioDevice
-from stratovmm.virtio.mmio import VirtioMmioTransport
 
 if TYPE_CHECKING:
     from stratovmm.boot.cmdline import Cmdline
@@ -46,6 +44,8 @@ if TYPE_CHECKING:
     from stratovmm.machine.irq import IrqLine
     from stratovmm.machine.vmapi import VmApi
     from stratovmm.memory import GuestMemoryProtocol
+    from stratovmm.virtio.device import VirtioDevice
+    from stratovmm.virtio.mmio import VirtioMmioTransport
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,8 @@ class VirtioSlots:
 
     def _place(self, index: int, device: VirtioDevice, loop: EventLoop,
                hotplug_driver: str | None = None, addr: int = 0) -> Slot:
+        from stratovmm.virtio.mmio import VirtioMmioTransport  # only once a VM has a virtio device
+
         base, irq = layout.virtio_mmio_window(index)
         transport = VirtioMmioTransport(device, self._vm, self._memory, base,
                                         self._irq_line(irq), loop)

@@ -6,11 +6,14 @@ Sizes on the QMP side are guest memory sizes in bytes, as in QEMU and
 StratoVirt: ``balloon value=V`` asks for a balloon of ``(RAM - V) / 4096``
 pages (a ``V`` at or above RAM empties it), ``query-balloon`` and
 ``BALLOON_CHANGED`` report ``RAM - actual * 4096``.
+
+The device model is imported when it is first needed, so that a VM without a balloon
+does not pay for importing it at start-up.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stratovmm.api import (
     BuildContext,
@@ -26,7 +29,6 @@ from stratovmm.api import (
     VmApi,
     hookimpl,
 )
-from stratovmm_balloon.device import PAGE_SHIFT, BalloonDevice
 from stratovmm_balloon.schema import (
     BALLOON_CHANGED_SCHEMA,
     BALLOON_COMMAND_SCHEMA,
@@ -34,6 +36,9 @@ from stratovmm_balloon.schema import (
     BALLOON_SCHEMA,
     QUERY_BALLOON_SCHEMA,
 )
+
+if TYPE_CHECKING:
+    from stratovmm_balloon.device import BalloonDevice
 
 STRATOVMM_API = "1.1"
 
@@ -63,6 +68,8 @@ BALLOON_DEVICE_OPTION = OptionSpec(
 
 def create_balloon(ctx: BuildContext, item: dict[str, Any]) -> BalloonDevice:
     """Build the balloon (id ``balloon``), served on the main loop."""
+    from stratovmm_balloon.device import PAGE_SHIFT, BalloonDevice
+
     ram_size = ctx.memory.size
     # the guest writes actual at will: coalesced to the latest value, one event per second
     changed = ctx.throttled_event(EVENT)
@@ -76,6 +83,8 @@ def create_balloon(ctx: BuildContext, item: dict[str, Any]) -> BalloonDevice:
 
 
 def _balloon(vm: VmApi) -> BalloonDevice:
+    from stratovmm_balloon.device import BalloonDevice
+
     device = vm.device(DEVICE_ID)
     if not isinstance(device, BalloonDevice):
         raise DeviceNotActive("No balloon device has been activated")
@@ -87,6 +96,8 @@ def qmp_balloon(vm: VmApi, args: dict[str, Any]) -> None:
     time (watch ``BALLOON_CHANGED`` or ``query-balloon``).  ``value`` >= 1 is checked by
     the schema; a value at or above RAM means an empty balloon (QEMU and StratoVirt clamp
     the same way)."""
+    from stratovmm_balloon.device import PAGE_SHIFT
+
     device = _balloon(vm)
     ram_size = vm.memory.size
     value = min(int(args["value"]), ram_size)
@@ -95,6 +106,8 @@ def qmp_balloon(vm: VmApi, args: dict[str, Any]) -> None:
 
 def qmp_query_balloon(vm: VmApi, _args: dict[str, Any]) -> dict[str, int]:
     """``{"actual": BYTES}``: RAM minus the pages the driver reports in the balloon."""
+    from stratovmm_balloon.device import PAGE_SHIFT
+
     device = _balloon(vm)
     return {"actual": vm.memory.size - (device.actual << PAGE_SHIFT)}
 

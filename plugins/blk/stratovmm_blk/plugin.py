@@ -1,11 +1,14 @@
 """The hookimpls of the blk plugin: ``-drive`` / ``"drive"``, StratoVirt 2.x's ``-device
 virtio-blk-device``, QMP ``blockdev-add``/``blockdev-del`` and the ``virtio-blk-mmio``
-hot-replace driver."""
+hot-replace driver.
+
+The device model and the image backend are imported when first needed, so that a VM
+without a disk does not pay for importing them at start-up."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stratovmm.api import (
     ArgCondition,
@@ -25,19 +28,21 @@ from stratovmm.api import (
     SeccompRules,
     SubOption,
     ValueKind,
-    VirtioDevice,
     VirtioSlot,
     VmApi,
     hookimpl,
 )
-from stratovmm_blk.backend import BlockBackend
-from stratovmm_blk.device import BlockDevice
 from stratovmm_blk.schema import (
     BLOCKDEV_ADD_SCHEMA,
     BLOCKDEV_DEL_SCHEMA,
     DEVICE_ADD_SCHEMA,
     DRIVE_SCHEMA,
 )
+
+if TYPE_CHECKING:
+    from stratovmm.api import VirtioDevice
+    from stratovmm_blk.backend import BlockBackend
+    from stratovmm_blk.device import BlockDevice
 
 STRATOVMM_API = "1.1"
 
@@ -96,6 +101,9 @@ def create_drive(ctx: BuildContext, item: dict[str, Any]) -> VirtioSlot:
     """Open the image and build a virtio-blk device for one ``drive`` item, served on its
     ``iothread``.  ``direct`` absent is v0.3's default: on, where the file system allows
     it."""
+    from stratovmm_blk.backend import BlockBackend
+    from stratovmm_blk.device import BlockDevice
+
     backend = BlockBackend(item["path_on_host"], item.get("read_only", False),
                            item.get("direct"))
     iothread = item.get("iothread")
@@ -131,6 +139,8 @@ def blockdev_add(vm: VmApi, args: dict[str, Any]) -> None:
     ``device_add``.  ``cache.direct`` defaults to on, as in v0.3; ``cache.no-flush``,
     ``read-zeros``, ``discard``, ``backing``, ``id``, ``options`` and ``file.aio`` are
     accepted and change nothing (flushes always reach the disk)."""
+    from stratovmm_blk.backend import BlockBackend
+
     name = args["node-name"]
     nodes = _nodes(vm)
     nodes.check_new(name)
@@ -151,11 +161,15 @@ def blockdev_del(vm: VmApi, args: dict[str, Any]) -> None:
 
 def placeholder(vm: VmApi, addr: int) -> BlockDevice:
     """An empty virtio-blk (capacity 0) holding reserved slot ``addr``."""
+    from stratovmm_blk.device import BlockDevice
+
     return BlockDevice(f"virtio-blk-slot{addr}", None, "", vm.main_loop)
 
 
 def takes_cold(device: VirtioDevice) -> bool:
     """Every ``-drive`` goes into a blk slot (StratoVirt's ``add_block_device``)."""
+    from stratovmm_blk.device import BlockDevice
+
     return isinstance(device, BlockDevice)
 
 

@@ -1,13 +1,16 @@
 """The hookimpls of the console plugin: ``-chardev id=ID,path=SOCKET`` / ``"console"``, and
 StratoVirt 2.x's ``-device virtio-serial-device`` + ``-device virtconsole,chardev=ID`` on a
-``-chardev socket``, ``file`` or ``pty``."""
+``-chardev socket``, ``file`` or ``pty``.
+
+The device model and its ports are imported when a console is built, so that a VM without
+one does not pay for importing them at start-up."""
 
 from __future__ import annotations
 
 import os
 import termios
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stratovmm.api import (
     BuildContext,
@@ -23,11 +26,10 @@ from stratovmm.api import (
     check_socket_path,
     hookimpl,
 )
-from stratovmm_console.backend import ConsoleSocket
-from stratovmm_console.device import ConsoleDevice, ConsolePort
-from stratovmm_console.logfile import ConsoleFile
-from stratovmm_console.ptyport import ConsolePty
 from stratovmm_console.schema import CONSOLE_SCHEMA
+
+if TYPE_CHECKING:
+    from stratovmm_console.device import ConsoleDevice, ConsolePort
 
 STRATOVMM_API = "1.1"
 
@@ -98,6 +100,11 @@ def _where(item: dict[str, Any]) -> str:
 def create_console(ctx: BuildContext, item: dict[str, Any]) -> ConsoleDevice:
     """Listen on the socket (or open the file or a new pty) and build a virtio-console for
     one ``console`` item (closing the device closes the socket, the file or the pty)."""
+    from stratovmm_console.backend import ConsoleSocket
+    from stratovmm_console.device import ConsoleDevice
+    from stratovmm_console.logfile import ConsoleFile
+    from stratovmm_console.ptyport import ConsolePty
+
     port: ConsolePort
     if item.get("pty"):
         port = ConsolePty(item.get("chardev_id", item["console_id"]), ctx.main_loop)

@@ -1,12 +1,15 @@
 """The hookimpls of the net plugin: ``-netdev`` / ``"net"``, QMP ``netdev_add`` and the
-``virtio-net-mmio`` hot-replace driver."""
+``virtio-net-mmio`` hot-replace driver.
+
+The device model and the vhost-net backend are imported when first needed, so that a VM
+without a NIC does not pay for importing them at start-up."""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stratovmm.api import (
     BackendTable,
@@ -25,14 +28,11 @@ from stratovmm.api import (
     SeccompRules,
     SubOption,
     ValueKind,
-    VhostBackend,
-    VirtioDevice,
     VirtioSlot,
     VmApi,
     hookimpl,
 )
 from stratovmm_net import tap as tap_mod
-from stratovmm_net.device import NetDevice, generated_mac, parse_mac
 from stratovmm_net.schema import (
     DEVICE_ADD_SCHEMA,
     NET_SCHEMA,
@@ -40,13 +40,10 @@ from stratovmm_net.schema import (
     NETDEV_DEL_SCHEMA,
 )
 from stratovmm_net.tap import Tap
-from stratovmm_net.vhost import (
-    RUNTIME_IOCTLS,
-    VhostNetDevice,
-    adopt_vhost_net,
-    check_vhost,
-    open_vhost_net,
-)
+
+if TYPE_CHECKING:
+    from stratovmm.api import VhostBackend, VirtioDevice
+    from stratovmm_net.device import NetDevice
 
 STRATOVMM_API = "1.1"
 
@@ -151,6 +148,9 @@ TUN_POOL = 8          # netdev_add ifname=... per VM under seccomp (fds=... has 
 def create_net(ctx: BuildContext, item: dict[str, Any]) -> VirtioSlot:
     """Attach to the tap and build a virtio-net device for one ``net`` item, served on its
     ``iothread``."""
+    from stratovmm_net.device import NetDevice, generated_mac, parse_mac
+    from stratovmm_net.vhost import VhostNetDevice
+
     iface = item["iface_id"]
     option = f"-netdev id={iface}"
     mac = parse_mac(item["mac"], f"{option} mac") if "mac" in item else None
@@ -173,6 +173,8 @@ def create_net(ctx: BuildContext, item: dict[str, Any]) -> VirtioSlot:
 
 def _open_vhost(item: dict[str, Any], option: str) -> VhostBackend:
     """The parent's vhost-net fd (``vhostfd=``), else ``/dev/vhost-net``."""
+    from stratovmm_net.vhost import adopt_vhost_net, open_vhost_net
+
     if "vhost_fd" in item:
         return adopt_vhost_net(item["vhost_fd"], f"{option} vhostfd")
     return open_vhost_net(f"{option} vhost")
@@ -243,6 +245,8 @@ def _wants_vhost(args: dict[str, Any]) -> bool:
 
 def _open_netdev(vm: VmApi, args: dict[str, Any]) -> Tap:
     if _wants_vhost(args):
+        from stratovmm_net.vhost import check_vhost
+
         check_vhost("netdev_add vhost")
         raise ConfigError("netdev_add vhost: vhost-net serves only -netdev NICs; hot-plugged"
                           " NICs use the userspace backend (vhost off)")
@@ -285,11 +289,15 @@ def netdev_del(vm: VmApi, args: dict[str, Any]) -> None:
 def takes_cold(device: VirtioDevice) -> bool:
     """A ``-netdev`` NIC goes into a net slot unless vhost serves it (StratoVirt gives a
     vhost NIC a window of its own)."""
+    from stratovmm_net.device import NetDevice
+
     return type(device) is NetDevice
 
 
 def placeholder(vm: VmApi, addr: int) -> NetDevice:
     """An empty virtio-net (no tap, link down) holding reserved slot ``addr``."""
+    from stratovmm_net.device import NetDevice, generated_mac
+
     device = NetDevice(f"virtio-net-slot{addr}", None,
                        generated_mac(f"slot{addr}/{vm.name or ''}"), vm.main_loop)
     return device
@@ -297,6 +305,8 @@ def placeholder(vm: VmApi, addr: int) -> NetDevice:
 
 def plug(vm: VmApi, device: NetDevice, args: dict[str, Any]) -> None:
     """Give the slot the netdev named by ``netdev`` (default: the device ``id``, as v0.3)."""
+    from stratovmm_net.device import parse_mac
+
     netdev_id = args.get("netdev", args["id"])
     mac = parse_mac(args["mac"], "device_add mac") if "mac" in args else None
     tap = _netdevs(vm).attach(netdev_id, device)
@@ -378,6 +388,8 @@ def vmm_seccomp_rules(rules: SeccompRules, config: dict[str, Any],
     if runtime.api_channel is not None:
         rules.allow_ioctl(*tap_mod.IOCTLS)
     if any(item.get("vhost_type") for item in config.get("net", [])):
+        from stratovmm_net.vhost import RUNTIME_IOCTLS
+
         rules.allow_ioctl(*RUNTIME_IOCTLS)
 
 

@@ -1,11 +1,14 @@
 """The hookimpls of the rng plugin: ``-rng random_file=PATH[,bytes_per_sec=N]``, and StratoVirt
-2.x's ``-object rng-random`` + ``-device virtio-rng-device``."""
+2.x's ``-object rng-random`` + ``-device virtio-rng-device``.
+
+The device model is imported when a device is built, so that a VM without one does not
+pay for importing it at start-up."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stratovmm.api import (
     BuildContext,
@@ -19,8 +22,10 @@ from stratovmm.api import (
     ValueKind,
     hookimpl,
 )
-from stratovmm_rng.device import RngDevice
 from stratovmm_rng.schema import RNG_SCHEMA
+
+if TYPE_CHECKING:
+    from stratovmm_rng.device import RngDevice
 
 STRATOVMM_API = "1.1"
 
@@ -72,6 +77,8 @@ RNG_DEVICE_OPTION = OptionSpec(
 
 def create_rng(ctx: BuildContext, item: dict[str, Any]) -> RngDevice:
     """Open the entropy file and build the device (id ``rng``)."""
+    from stratovmm_rng.device import RngDevice
+
     path = item["random_file"]
     if not os.path.exists(path) or os.path.isdir(path):
         raise ConfigError(f"-rng random_file: {path!r} is not a readable file")

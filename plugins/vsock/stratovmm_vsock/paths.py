@@ -26,6 +26,9 @@ import stat
 
 from stratovmm.api import ConfigError
 
+#: The kernel's vhost-vsock device; without it the guest's vsock is bridged to unix sockets.
+VHOST_VSOCK_PATH = "/dev/vhost-vsock"
+
 # guest connections to host port P reach PATH_P: the longest such path must fit a unix
 # socket address too (checked with the core's check_socket_path)
 PORT_SUFFIX = "_4294967295"

@@ -7,6 +7,9 @@ Without it, vhost-vsock where ``/dev/vhost-vsock`` exists (``vhost.py``, as
 StratoVirt v0.3), else the userspace bridge at a default path
 (``paths.py``), logged as a warning, so StratoVirt's own line
 ``-device vsock,id=vsock0,guest-cid=3`` gives the guest its vsock everywhere.
+
+The device model and both backends are imported when the device is built, so that a VM
+without a vsock does not pay for importing them at start-up.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 import socket
 import stat
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stratovmm.api import (
     ArgCondition,
@@ -33,16 +36,13 @@ from stratovmm.api import (
     hookimpl,
 )
 from stratovmm_vsock import paths
-from stratovmm_vsock.backend import UnixBridge
-from stratovmm_vsock.device import VsockDevice
+from stratovmm_vsock.paths import VHOST_VSOCK_PATH
 from stratovmm_vsock.schema import VSOCK_SCHEMA
-from stratovmm_vsock.vhost import (
-    RUNTIME_IOCTLS,
-    VHOST_VSOCK_PATH,
-    VhostVsockDevice,
-    adopt_vhost_vsock,
-    open_vhost_vsock,
-)
+
+if TYPE_CHECKING:
+    from stratovmm_vsock.backend import UnixBridge
+    from stratovmm_vsock.device import VsockDevice
+    from stratovmm_vsock.vhost import VhostVsockDevice
 
 STRATOVMM_API = "1.1"
 
@@ -115,12 +115,15 @@ def uses_vhost(item: dict[str, Any]) -> bool:
 
 def create_vsock(ctx: BuildContext, item: dict[str, Any]) -> VhostVsockDevice | VsockDevice:
     """Build the virtio-vsock device with its backend."""
+    from stratovmm_vsock import vhost as vhost_mod
+    from stratovmm_vsock.device import VsockDevice
+
     vsock_id, cid = item["vsock_id"], item["guest_cid"]
     if uses_vhost(item):
-        vhost = (adopt_vhost_vsock(item["vhost_fd"], cid, "-device vhost-vsock-device")
-                 if "vhost_fd" in item else open_vhost_vsock(cid, WHERE))
-        device: VhostVsockDevice | VsockDevice = VhostVsockDevice(vsock_id, cid, vhost,
-                                                                  ctx.main_loop)
+        vhost = (vhost_mod.adopt_vhost_vsock(item["vhost_fd"], cid, "-device vhost-vsock-device")
+                 if "vhost_fd" in item else vhost_mod.open_vhost_vsock(cid, WHERE))
+        device: VhostVsockDevice | VsockDevice = vhost_mod.VhostVsockDevice(
+            vsock_id, cid, vhost, ctx.main_loop)
     else:
         device = VsockDevice(vsock_id, cid, _bridge(ctx, item))
     return device
@@ -128,6 +131,8 @@ def create_vsock(ctx: BuildContext, item: dict[str, Any]) -> VhostVsockDevice | 
 
 def _bridge(ctx: BuildContext, item: dict[str, Any]) -> UnixBridge:
     """The userspace bridge at ``uds_path``, else at the default path (logged)."""
+    from stratovmm_vsock.backend import UnixBridge
+
     if "uds_path" in item:
         path, where = os.path.abspath(item["uds_path"]), f"{WHERE} uds-path"
     else:
@@ -180,4 +185,6 @@ def vmm_seccomp_rules(rules: SeccompRules, config: dict[str, Any]) -> None:
     rules.allow("connect", "shutdown")
     item = config.get("vsock")
     if isinstance(item, dict) and uses_vhost(item):
+        from stratovmm_vsock.vhost import RUNTIME_IOCTLS
+
         rules.allow_ioctl(*RUNTIME_IOCTLS)

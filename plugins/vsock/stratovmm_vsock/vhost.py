@@ -50,10 +50,9 @@ from stratovmm.api import (
 )
 from stratovmm_vsock.device import EVENT, QUEUE_SIZE
 from stratovmm_vsock.packet import F_STREAM
+from stratovmm_vsock.paths import VHOST_VSOCK_PATH
 
 log = logging.getLogger(__name__)
-
-VHOST_VSOCK_PATH = "/dev/vhost-vsock"
 
 # <linux/vhost.h>
 VHOST_VSOCK_SET_GUEST_CID = vhost_iow(0x60, 8)         # __u64

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from stratovmm_vsock import paths, plugin
+from stratovmm_vsock import vhost as vhost_mod
 from stratovmm_vsock.device import VsockDevice
 from stratovmm_vsock.vhost import RUNTIME_IOCTLS, VhostVsockDevice
 
@@ -247,7 +248,7 @@ def test_with_vhost_vsock_the_factory_uses_it(monkeypatch: pytest.MonkeyPatch,
         return VhostBackend(os.open(fake, os.O_RDWR), 1 << 32, str(fake),
                             lambda fd, request, arg=b"": arg)
 
-    monkeypatch.setattr(plugin, "open_vhost_vsock", open_recorded)
+    monkeypatch.setattr(vhost_mod, "open_vhost_vsock", open_recorded)
     item: dict[str, Any] = {"vsock_id": "v0", "guest_cid": 7}
     device = build(FakeContext("vm1"), item)
     assert isinstance(device, VhostVsockDevice)

@@ -17,8 +17,6 @@ from stratovmm.host import daemon, gcpause, sandbox
 from stratovmm.machine import seccomp
 from stratovmm.machine.microvm import MicroVm
 from stratovmm.plugin import PluginHost
-from stratovmm.qmp.dispatch import Dispatcher
-from stratovmm.qmp.server import serve_qmp
 from stratovmm.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -33,6 +31,10 @@ def run_vm(config: VmConfig, host: PluginHost, registry: Registry) -> int:
     vm.load()
     host.vm_created(vm.api, config.document, config.runtime)
     if runtime.api_channel is not None:
+        # the QMP server's modules only for a VM that serves QMP
+        from stratovmm.qmp.dispatch import Dispatcher
+        from stratovmm.qmp.server import serve_qmp
+
         dispatcher = Dispatcher(registry.qmp, vm.api, TokenBucket(runtime.qmp_rate))
         serve_qmp(runtime.api_channel, vm.main_loop, dispatcher, vm.events)
         schema.load_validator()  # QMP errors are worded by jsonschema, under seccomp too

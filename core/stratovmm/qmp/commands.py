@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from stratovmm import __version__
 from stratovmm.qmp.chardev import register_chardev_commands
 from stratovmm.qmp.cpus import register_cpu_commands
-from stratovmm.qmp.dispatch import current_session
 from stratovmm.qmp.errors import GenericError
 from stratovmm.qmp.stats import register_stats_commands
 from stratovmm.registry import QmpCommand
@@ -110,6 +109,8 @@ def query_version(_vm: VmApi, _args: dict[str, Any]) -> dict[str, Any]:
 def getfd(vm: VmApi, args: dict[str, Any]) -> None:
     """Name the oldest fd this client passed with SCM_RIGHTS (with this message or
     before it); a fd already under that name is closed."""
+    from stratovmm.qmp.dispatch import current_session  # loaded: a QMP client called us
+
     name = args["fdname"]
     if name[0].isdigit():
         raise GenericError("Parameter 'fdname' expects a name not starting with a digit")

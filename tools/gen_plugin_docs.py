@@ -28,6 +28,8 @@ from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
 
+from stratovmm.records import is_record
+
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "plugins.md"
 
@@ -273,7 +275,7 @@ def render_class(cls: type, members: list[str] | None) -> str:
         return "\n".join(out)
     if getattr(cls, "_is_protocol", False):
         out.append(f"#### `{cls.__name__}` (protocol)")
-    elif is_dataclass(cls):
+    elif is_dataclass(cls) or is_record(cls):
         out.append(f"#### `{cls.__name__}({', '.join(dataclass_fields(cls))})`")
     elif "__init__" in vars(cls):
         init = signature(vars(cls)["__init__"], drop_self=True).removesuffix(" -> None")

@@ -54,7 +54,7 @@ CORE = REPO / "core" / "stratovmm"
 PACKAGE = "stratovmm"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("stratovmm", "errors", "registry", "conforms", "fastpath", "cachefile"),
+    ("stratovmm", "errors", "registry", "conforms", "fastpath", "cachefile", "records"),
     ("kvm", "memory"),
     ("host",),
     ("boot", "devices"),

@@ -16,11 +16,12 @@ import copy
 import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from stratovmm.conforms import surely_valid_schema
 from stratovmm.errors import PluginError
+from stratovmm.records import record
 
 if TYPE_CHECKING:
     from stratovmm.devices.placement import Built
@@ -39,7 +40,7 @@ class ValueKind(enum.StrEnum):
     FLAG = "flag"      # the key alone (QEMU's ``server``, ``nowait``) or on|off (JSON: true/false)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SubOption:
     """One ``key=value`` of an option, and the JSON field it fills.
 
@@ -59,7 +60,7 @@ class SubOption:
     parse: Callable[[str], Any] | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Join:
     """How a front end (``-device virtio-blk-device,drive=d0``) finds the back end it names.
 
@@ -84,7 +85,7 @@ class Join:
     needs: str | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class OptionSpec:
     """A command-line option and where its value lands in the JSON config.
 
@@ -145,7 +146,7 @@ class OptionSpec:
         return next((s for s in self.sub if s.key == key), None)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DeviceType:
     """A cold-pluggable device kind: its option, its schema, and the factory.
 
@@ -165,7 +166,7 @@ class DeviceType:
 D = TypeVar("D", bound="VirtioDevice")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HotplugDriver(Generic[D]):
     """A ``device_add`` driver (e.g. ``virtio-blk-mmio``) and the slots it reserves at boot,
     typed over its device class ``D``.
@@ -192,7 +193,7 @@ class HotplugDriver(Generic[D]):
     takes_cold: Callable[[VirtioDevice], bool] | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class QmpCommand:
     """A QMP command: its argument schema (an object schema) and its handler.
 
@@ -332,7 +333,7 @@ class QmpRegistry:
         self.events[name] = data_schema or {"type": "object"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ArgCondition:
     """A check on one argument of a system call, for ``SeccompRules.allow(..., when=[...])``.
 
@@ -449,7 +450,7 @@ class SeccompRules:
                        and not c})
 
 
-@dataclass
+@record
 class Registry:
     """Everything the plugins registered, as the core reads it."""
 

@@ -3,7 +3,6 @@ plugin API version and names the failing plugin."""
 
 from __future__ import annotations
 
-import dataclasses
 import types
 from typing import Any
 
@@ -13,6 +12,7 @@ import widget_plugin
 from stratovmm import cli, hookspecs
 from stratovmm.errors import PluginError
 from stratovmm.plugin import API_VERSION, PluginHost, check_api_version, hookimpl
+from stratovmm.records import field_names
 from stratovmm.registry import (
     DeviceRegistry,
     DeviceType,
@@ -120,8 +120,8 @@ def test_non_strict_or_invalid_schema(schema: dict[str, Any], message: str) -> N
 
 def hotplug(driver: str, slots: int, schema: dict[str, Any]) -> HotplugDriver:
     """A hotplug driver whose callbacks do nothing."""
-    callbacks: dict[str, Any] = {f.name: nothing for f in dataclasses.fields(HotplugDriver)
-                                 if f.name not in ("driver", "slots", "schema")}
+    callbacks: dict[str, Any] = {name: nothing for name in field_names(HotplugDriver)
+                                 if name not in ("driver", "slots", "schema")}
     return HotplugDriver(driver=driver, slots=slots, schema=schema, **callbacks)
 
 

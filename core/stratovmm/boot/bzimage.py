@@ -9,11 +9,11 @@ to a file offset or a length is bounded by the file size before use.
 from __future__ import annotations
 
 import mmap
-from dataclasses import dataclass
 from typing import Any
 
 from stratovmm.boot._bootparam import ffi, lib
 from stratovmm.errors import KernelImageError
+from stratovmm.records import record
 
 HDR_OFFSET = 0x1F1
 BOOT_FLAG = 0xAA55
@@ -22,7 +22,7 @@ MIN_PROTOCOL = 0x020C    # 2.12: xloadflags and the 64-bit entry point
 ENTRY_64_OFFSET = 0x200  # startup_64 relative to the protected-mode kernel
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BzImage:
     """A parsed bzImage: the setup header bytes and where the kernel proper starts."""
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from stratovmm.boot import layout
 from stratovmm.kvm.fds import CpuidEntry
+from stratovmm.records import record
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def _bits_for(n: int) -> int:
     return max(0, (n - 1).bit_length())
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Topology:
     """vCPU ``index`` of ``count``, all cores of one socket, one thread per core."""
 

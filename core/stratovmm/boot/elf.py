@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import mmap
 import struct
-from dataclasses import dataclass
 
 from stratovmm.errors import KernelImageError
+from stratovmm.records import record
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS32 = 1
@@ -34,7 +34,7 @@ _PHDR32 = struct.Struct("<IIIIIIII")
 _NHDR = struct.Struct("<III")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Segment:
     """One PT_LOAD: ``filesz`` bytes from ``offset`` go to ``paddr``; zeros up to ``memsz``."""
 
@@ -44,7 +44,7 @@ class Segment:
     memsz: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ElfKernel:
     """A parsed vmlinux."""
 

@@ -22,7 +22,6 @@ import mmap
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from stratovmm.boot import cpu, layout, mptable, params
 from stratovmm.boot.bzimage import BzImage, looks_like_bzimage, parse_bzimage
@@ -30,6 +29,7 @@ from stratovmm.boot.cmdline import Cmdline
 from stratovmm.boot.elf import ElfKernel, looks_like_elf, parse_elf
 from stratovmm.errors import KernelImageError
 from stratovmm.memory import GuestMemory
+from stratovmm.records import record
 
 BZIMAGE_DECOMPRESS_AT = 16 * layout.MiB   # CONFIG_PHYSICAL_START of x86_64 kernels
 # An ELF vmlinux has no setup header to say how long a command line it takes; x86 Linux
@@ -38,7 +38,7 @@ BZIMAGE_DECOMPRESS_AT = 16 * layout.MiB   # CONFIG_PHYSICAL_START of x86_64 kern
 ELF_CMDLINE_LIMIT = 2047
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BootEntry:
     """How the boot vCPU starts: mode, instruction pointer, and the boot info pointer."""
 

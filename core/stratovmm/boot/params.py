@@ -9,10 +9,10 @@ which carries the memory map) for ELF kernels with a PVH note.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from stratovmm.boot import layout
 from stratovmm.boot._bootparam import ffi, lib
+from stratovmm.records import record
 
 E820_RAM = 1
 E820_RESERVED = 2
@@ -23,7 +23,7 @@ _MODLIST_ENTRY = struct.Struct("<QQQQ")          # hvm_modlist_entry, 32 bytes
 _MEMMAP_ENTRY = struct.Struct("<QQII")           # hvm_memmap_table_entry, 24 bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class E820Entry:
     """One e820 range."""
 

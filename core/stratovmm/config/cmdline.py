@@ -18,12 +18,13 @@ drive=ID``) are joined to them once the whole line is read (``joins.py``), so a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from stratovmm.config.grammar import GrammarError, convert, split_items
 from stratovmm.config.joins import resolve
 from stratovmm.errors import ConfigError
+from stratovmm.records import record
 from stratovmm.registry import OptionSpec, ValueKind
 
 HELP_FLAGS = ("-h", "--help", "-help")
@@ -33,7 +34,7 @@ VERSION_FLAGS = ("-V", "-version", "--version")      # StratoVirt's arg_parser: 
 _WORD = {"device": "device driver", "object": "object type"}
 
 
-@dataclass
+@record
 class FrontEnd:
     """A ``-device`` that names a back end, waiting for the whole line to be read."""
 
@@ -43,7 +44,7 @@ class FrontEnd:
     seq: int
 
 
-@dataclass
+@record
 class ParsedCommandLine:
     """What the command line said, in config-file form plus runtime switches.
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from stratovmm.boot import layout
 from stratovmm.errors import ConfigError
+from stratovmm.records import record
 
 # QMP flow control (StratoVirt's ``LeakBucket`` in machine_manager): commands per second
 # that one VM admits from all its QMP clients together.  ``STRATOVMM_QMP_RATE`` changes
@@ -32,7 +33,7 @@ def qmp_rate_from_env(environ: Mapping[str, str] = os.environ) -> float:
     return rate
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MachineConfig:
     """``machine-config``: vCPUs, their KVM paravirtual features (``-cpu``), guest RAM."""
 
@@ -44,7 +45,7 @@ class MachineConfig:
     cpu_features: Mapping[str, bool] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BootConfig:
     """``boot-source``: kernel, command line, initrd."""
 
@@ -53,7 +54,7 @@ class BootConfig:
     initrd: str | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RuntimeOptions:
     """Options with no config-file equivalent."""
 
@@ -69,7 +70,7 @@ class RuntimeOptions:
     qmp_rate: float = QMP_COMMANDS_PER_SECOND
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VmConfig:
     """Everything needed to build and run one VM."""
 

@@ -16,8 +16,9 @@ when attaching fails.  A factory returns:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from stratovmm.records import record
 
 if TYPE_CHECKING:
     from stratovmm.virtio.device import VirtioDevice
@@ -56,7 +57,7 @@ class BusDevice(Device, Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VirtioSlot:
     """Put ``device`` on the next free virtio-mmio window and serve its queues on the loop
     of ``iothread`` (None: the main loop)."""
@@ -65,7 +66,7 @@ class VirtioSlot:
     iothread: str | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PioWindow:
     """Give ``device`` the I/O ports [base, base+length)."""
 
@@ -74,7 +75,7 @@ class PioWindow:
     length: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MmioWindow:
     """Give ``device`` the guest-physical range [base, base+length) (outside RAM: the MMIO
     hole's free part is ``PLUGIN_MMIO_START`` .. ``PLUGIN_MMIO_END``)."""

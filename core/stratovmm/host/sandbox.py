@@ -48,13 +48,13 @@ import signal
 import sys
 import termios
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from stratovmm.errors import HostError, PluginError
 from stratovmm.host import seccompcache
 from stratovmm.host.logsetup import log_fds
 from stratovmm.kvm import request_number
+from stratovmm.records import record
 from stratovmm.registry import ArgCondition, SeccompRules
 
 log = logging.getLogger(__name__)
@@ -363,7 +363,7 @@ def reporter_available() -> bool:
     return True
 
 
-@dataclass
+@record
 class Sandbox:
     """A filter built from the allow-list, ready to load: a compiled program with the
     reporter (``compile_rules``), or without the C extension a pyseccomp filter that

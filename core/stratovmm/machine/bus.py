@@ -10,8 +10,9 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
+
+from stratovmm.records import record
 
 
 class BusDevice(Protocol):
@@ -21,7 +22,7 @@ class BusDevice(Protocol):
     def write(self, offset: int, data: bytes) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class BusRange:
     """``length`` addresses from ``base`` belong to ``device``."""
 

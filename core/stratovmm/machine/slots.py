@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from stratovmm.boot import layout
 from stratovmm.errors import ConfigError, HotplugError
 from stratovmm.host.eventloop import EventLoop
+from stratovmm.records import record
 from stratovmm.registry import HotplugDriver
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@record
 class Slot:
     """One window: its transport and, for a hot-replace slot, the driver and address it
     answers to and the id of the device ``device_add`` (or the command line) put there."""

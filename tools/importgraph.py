@@ -64,6 +64,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("qmp",),
     ("machine",),
     ("cli", "testing", "plugintemplate", "api"),
+    ("__main__",),
 )
 FACADES = frozenset({"api"})
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-# isort: off
-from stratovmm.host import gcpause  # first: the imports below run with the collector paused
-# isort: on
-
 import logging
 import sys
 import types
@@ -17,6 +13,7 @@ from stratovmm.config.core_options import CORE_OPTIONS
 from stratovmm.config.help import render_help
 from stratovmm.config.load import load_config, parse_command_line
 from stratovmm.errors import ConfigError, HostError, PluginError, StratoVmmError
+from stratovmm.host import gcpause
 from stratovmm.host.logsetup import setup_logging
 from stratovmm.machine.hotplug import register_hotplug_commands
 from stratovmm.plugin import PluginHost
@@ -89,8 +86,6 @@ def main(argv: list[str] | None = None,
     finally:
         gcpause.resume()
 
-
-gcpause.resume()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -42,5 +42,5 @@ def run_vm(config: VmConfig, host: PluginHost, registry: Registry) -> int:
     session.detach()  # pidfile; -daemonize: stdio to /dev/null
     sandbox.apply(box)  # every thread, before any vCPU runs
     session.release()  # -daemonize: the parent exits 0
-    gcpause.resume()  # set-up is over: the running VM collects its garbage
+    gcpause.resume(freeze=True)  # set-up is over: the running VM collects its garbage
     return vm.run()

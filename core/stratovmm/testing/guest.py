@@ -56,14 +56,14 @@ def guest_dir() -> Path | None:
 def stratovmm_command() -> list[str]:
     """How to start the VMM under test: the console script beside the running interpreter
     (the environment under test, even when its ``bin`` is not on ``$PATH``), else the one
-    on ``$PATH``, else ``python -m stratovmm.cli``."""
+    on ``$PATH``, else ``python -m stratovmm``."""
     beside = Path(sys.executable).parent / "stratovmm"
     if os.access(beside, os.X_OK):
         return [str(beside)]
     exe = shutil.which("stratovmm")
     if exe:
         return [exe]
-    return [sys.executable, "-m", "stratovmm.cli"]
+    return [sys.executable, "-m", "stratovmm"]
 
 
 def cmd_arg(command: str) -> str:

@@ -34,12 +34,15 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import stat
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from stratovmm.errors import ConfigError
 from stratovmm.host.eventloop import EPOLLIN, EventLoop, Timer
+
+if TYPE_CHECKING:
+    import socket
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ def private_listener(path: str, backlog: int) -> socket.socket:
     ``OSError`` from ``bind``/``listen`` (the caller says which option it was);
     the socket is closed then.  Whatever was at ``path`` is the caller's business.
     """
+    import socket  # here: a VM that serves no socket does not import the module
+
     sock = socket.socket(socket.AF_UNIX,
                          socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
@@ -104,6 +109,8 @@ def remove_stale_socket(path: str, where: str) -> None:
         return
     if not stat.S_ISSOCK(mode):
         raise ConfigError(f"{where}: {path} exists and is not a socket (not replaced)")
+    import socket
+
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         probe.connect(path)

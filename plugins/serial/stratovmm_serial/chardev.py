@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stratovmm.api import (
     EPOLLERR,
@@ -39,8 +38,10 @@ from stratovmm.api import (
     ConfigError,
     EventLoop,
     Pty,
-    UnixListener,
 )
+
+if TYPE_CHECKING:
+    import socket
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,8 @@ class SocketServer(FdChannel):
     def __init__(self, loop: EventLoop, path: str) -> None:
         super().__init__(loop)
         self._client: socket.socket | None = None
+        from stratovmm.api import UnixListener  # not imported by a VM without one
+
         self._listener = UnixListener(path, loop, self._on_connect, "-serial chardev: -chardev"
                                       " socket path")
         self.path = self._listener.path

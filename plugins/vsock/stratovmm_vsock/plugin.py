@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import stat
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -168,12 +167,16 @@ def vmm_check_config(config: dict[str, Any], runtime: RuntimeOptions) -> None:
 
 
 _SOCK_TYPE_MASK = 0xF     # the kernel's SOCK_TYPE_MASK: the type without NONBLOCK/CLOEXEC
+# <linux/socket.h> and <linux/net.h>: the numbers the filter compares (Python's socket
+# module would give the same, at the cost of importing it in every VM's start-up)
+_AF_UNIX = 1
+_SOCK_STREAM = 1
 
 #: The only sockets the bridge makes while the VM runs: unix streams.  connect's address
 #: is behind a pointer the filter cannot read; the sockets it can be given are these, the
 #: unix sockets made before the filter and fds a (trusted) QMP client passed with getfd.
-UNIX_STREAM = (ArgCondition(0, "eq", socket.AF_UNIX),
-               ArgCondition(1, "masked_eq", socket.SOCK_STREAM, _SOCK_TYPE_MASK))
+UNIX_STREAM = (ArgCondition(0, "eq", _AF_UNIX),
+               ArgCondition(1, "masked_eq", _SOCK_STREAM, _SOCK_TYPE_MASK))
 
 
 @hookimpl

@@ -225,16 +225,21 @@ class PluginHost:
 
     # -- registration --------------------------------------------------------------------
 
-    def register(self, registry: Registry) -> Registry:
-        """Run ``vmm_register_devices`` and ``vmm_register_qmp_commands`` into ``registry``,
-        each plugin with views of it bound to its name."""
+    def register(self, registry: Registry, qmp: bool = True) -> Registry:
+        """Run ``vmm_register_devices`` (and with ``qmp`` ``vmm_register_qmp_commands``) into
+        ``registry``, each plugin with views of it bound to its name."""
         for name, call in self._each("vmm_register_devices"):
             with self._blaming(name, "vmm_register_devices"):
                 call(registry=registry.devices.view(name))
+        if qmp:
+            self.register_qmp(registry)
+        return registry
+
+    def register_qmp(self, registry: Registry) -> None:
+        """Run ``vmm_register_qmp_commands`` into ``registry.qmp``."""
         for name, call in self._each("vmm_register_qmp_commands"):
             with self._blaming(name, "vmm_register_qmp_commands"):
                 call(registry=registry.qmp.view(name))
-        return registry
 
     def seccomp_rules(self, registry: Registry, config: dict[str, Any], runtime: RuntimeOptions,
                       skip: Collection[str] = ()) -> SeccompRules:

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from stratovmm.api import (
     ArgCondition,
-    BackendTable,
     BuildContext,
     ConfigError,
     DeviceRegistry,
@@ -40,7 +39,7 @@ from stratovmm_blk.schema import (
 )
 
 if TYPE_CHECKING:
-    from stratovmm.api import VirtioDevice
+    from stratovmm.api import BackendTable, VirtioDevice
     from stratovmm_blk.backend import BlockBackend
     from stratovmm_blk.device import BlockDevice
 
@@ -129,6 +128,8 @@ def _nodes(vm: VmApi) -> BackendTable[BlockBackend]:
     state = vm.state_for("blk")
     nodes: BackendTable[BlockBackend] | None = state.get("nodes")
     if nodes is None:
+        from stratovmm.api import BackendTable  # the hotplug module: first use only
+
         nodes = state["nodes"] = BackendTable("block node", "blockdev-add", "blockdev-del",
                                               MAX_NODES)
     return nodes

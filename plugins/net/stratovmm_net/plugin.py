@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from stratovmm.api import (
-    BackendTable,
     BuildContext,
     ConfigError,
     DeviceRegistry,
@@ -42,7 +41,7 @@ from stratovmm_net.schema import (
 from stratovmm_net.tap import Tap
 
 if TYPE_CHECKING:
-    from stratovmm.api import VhostBackend, VirtioDevice
+    from stratovmm.api import BackendTable, VhostBackend, VirtioDevice
     from stratovmm_net.device import NetDevice
 
 STRATOVMM_API = "1.1"
@@ -206,6 +205,8 @@ def _netdevs(vm: VmApi) -> BackendTable[Tap]:
     state = vm.state_for("net")
     netdevs: BackendTable[Tap] | None = state.get("netdevs")
     if netdevs is None:
+        from stratovmm.api import BackendTable  # the hotplug module: first use only
+
         netdevs = state["netdevs"] = BackendTable("netdev", "netdev_add", "netdev_del",
                                                   MAX_NETDEVS)
     return netdevs

@@ -8,6 +8,7 @@ devices must never reach.  Runs STRATOVMM_FUZZ_EXAMPLES examples per device
 
 from __future__ import annotations
 
+import atexit
 import os
 import struct
 import tempfile
@@ -46,9 +47,12 @@ scenario = st.fixed_dictionaries({
 
 
 def _image() -> str:
+    """A 32 KiB file of zeros, removed when the test process exits (every process that
+    collects this module makes two: they were left in /tmp, two per test run)."""
     fd, path = tempfile.mkstemp(prefix="stratovmm-fuzz-", suffix=".img")
     os.write(fd, bytes(64 * 512))
     os.close(fd)
+    atexit.register(os.unlink, path)
     return path
 
 

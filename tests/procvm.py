@@ -9,10 +9,12 @@ huge pages for a test and undoes both afterwards.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -56,6 +58,7 @@ def tiny_guest(kind: str) -> Path:
     """The ELF of tiny guest ``kind`` (built once per test session)."""
     if kind not in _BUILT:
         out = Path(tempfile.mkdtemp(prefix="stratovmm-tiny-"))
+        atexit.register(shutil.rmtree, out, True)  # (ignore_errors)
         _BUILT[kind] = build_pvh_guest_or_skip(out, kind, GUESTS[kind])
     return _BUILT[kind]
 

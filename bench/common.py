@@ -24,7 +24,7 @@ def default_guest() -> Path:
         return Path(env)
     from stratovmm_guest.cli import default_out
 
-    return default_out()
+    return Path(default_out())
 
 
 GUEST = default_guest()

@@ -53,6 +53,7 @@ from typing import Any
 from stratovmm.errors import HostError, PluginError
 from stratovmm.host import seccompcache
 from stratovmm.host.logsetup import log_fds
+from stratovmm.host.seccompcache import ALL64, LOW32
 from stratovmm.kvm import request_number
 from stratovmm.records import record
 from stratovmm.registry import ArgCondition, SeccompRules
@@ -131,8 +132,6 @@ CORE_IOCTLS: dict[str, int] = {
 _CLONE_THREAD = 0x00010000
 _OPEN_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _PR_SET_NAME = 15
-_LOW32 = 0xFFFF_FFFF
-_ALL64 = 0xFFFF_FFFF_FFFF_FFFF
 _ALL_BUT_LOW5 = 0xFFFF_FFFF_FFFF_FFE0
 
 def core_conditions() -> dict[str, tuple[tuple[ArgCondition, ...], ...]]:
@@ -220,7 +219,7 @@ def _to_arg(condition: ArgCondition) -> Any:
     """The pyseccomp ``Arg`` for one condition."""
     pyseccomp = _pyseccomp()
 
-    value, mask = condition.value & _ALL64, condition.mask & _ALL64    # -100 as the register has it
+    value, mask = condition.value & ALL64, condition.mask & ALL64    # -100 as the register has it
     if condition.op == "masked_eq":
         return pyseccomp.Arg(condition.arg, pyseccomp.MASKED_EQ, mask, value)
     op = {"eq": pyseccomp.EQ, "lt": pyseccomp.LT, "le": pyseccomp.LE}[condition.op]
@@ -249,9 +248,9 @@ def build_filter(rules: SeccompRules, reporter: bool) -> Any:
         for conditions in alternatives or ():
             flt.add_rule(pyseccomp.ALLOW, name, *(_to_arg(c) for c in conditions))
     if "ioctl" in rules.syscalls:
-        for request in sorted({r & _LOW32 for r in rules.ioctls}):
+        for request in sorted({r & LOW32 for r in rules.ioctls}):
             flt.add_rule(pyseccomp.ALLOW, "ioctl",
-                         pyseccomp.Arg(1, pyseccomp.MASKED_EQ, _LOW32, request))
+                         pyseccomp.Arg(1, pyseccomp.MASKED_EQ, LOW32, request))
     if "clone3" not in rules.syscalls:
         # clone3 passes its flags in memory the filter cannot read; glibc falls back to clone
         flt.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
@@ -300,8 +299,8 @@ def pid_template(rules: SeccompRules, pid: int) -> SeccompRules | None:
     marker = seccompcache.PID_MARKER
     halves = {half for name in rules.rules for _owner, conditions in rules.rules[name]
               for c in conditions for v in (c.value, c.mask)
-              for half in (v & _LOW32, (v & _ALL64) >> 32)}
-    if marker in halves | {r & _LOW32 for r in rules.ioctls}:
+              for half in (v & LOW32, (v & ALL64) >> 32)}
+    if marker in halves | {r & LOW32 for r in rules.ioctls}:
         return None
     template = rules.copy()
     ours = (ArgCondition(0, "eq", pid),)

@@ -32,6 +32,11 @@ from stratovmm import __version__
 from stratovmm.cachefile import cache_dir, read_private, write_private
 from stratovmm.registry import SeccompRules
 
+# a condition's value and mask as the filter compares them (64-bit registers), and an
+# ioctl request as the kernel reads it (an unsigned int): shared with stratovmm.host.sandbox
+LOW32 = 0xFFFF_FFFF
+ALL64 = 0xFFFF_FFFF_FFFF_FFFF
+
 FORMAT = 1
 INSN_SIZE = 8           # sizeof(struct sock_filter): u16 code, u8 jt, u8 jf, u32 k
 MAX_INSNS = 4096        # BPF_MAXINSNS
@@ -78,12 +83,12 @@ def describe(rules: SeccompRules, reporter: bool, compiler: str) -> str:
     for name in sorted(rules.syscalls):
         alternatives = rules.conditions(name)
         syscalls[name] = None if alternatives is None else [
-            [[c.arg, c.op, c.value & (2**64 - 1), c.mask & (2**64 - 1)] for c in conditions]
+            [[c.arg, c.op, c.value & ALL64, c.mask & ALL64] for c in conditions]
             for conditions in alternatives]
     return json.dumps({
         "format": FORMAT, "machine": os.uname().machine, "version": __version__,
         "compiler": [compiler, *_stamp(compiler)], "reporter": reporter,
-        "syscalls": syscalls, "ioctls": sorted({r & 0xFFFFFFFF for r in rules.ioctls}),
+        "syscalls": syscalls, "ioctls": sorted({r & LOW32 for r in rules.ioctls}),
     }, sort_keys=True, separators=(",", ":"))
 
 

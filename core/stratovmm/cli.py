@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from stratovmm import __version__
 from stratovmm.boot.loader import check_boot_files
+from stratovmm.config.cmdline import named_options
 from stratovmm.config.core_options import CORE_OPTIONS
 from stratovmm.config.load import load_config, parse_command_line
 from stratovmm.errors import ConfigError, HostError, PluginError, StratoVmmError
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+
+# the options the core reads itself, as plugins declare theirs (stratovmm.plugin.CLAIMS)
+CORE_CLAIMS = frozenset(option.display for option in CORE_OPTIONS)
 
 
 def core_registry(qmp: bool = True) -> Registry:
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None,
     args = sys.argv[1:] if argv is None else argv
     gcpause.pause()  # until the VM runs (stratovmm.machine.runner) or start-up ends
     try:
-        host = PluginHost.discover() if plugins is None else PluginHost(dict(plugins))
+        host = (PluginHost.discover(named_options(args), CORE_CLAIMS) if plugins is None
+                else PluginHost(dict(plugins)))
         registry = build_registry(host, qmp=False)
         parsed = parse_command_line(args, registry.devices)
         if parsed.help:

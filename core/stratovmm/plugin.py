@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAMESPACE = "stratovmm.devices"
+# The options a plugin's distribution declares (optional): entry point names such as
+# "-drive" or "-device virtio-blk-device", each pointing at the plugin module.
+CLAIMS = "stratovmm.options"
 API_VERSION = "1.1"
 hookimpl = pluggy.HookimplMarker("stratovmm")
 
@@ -70,19 +73,61 @@ def check_api_version(name: str, module: types.ModuleType) -> None:
                           f" {API_VERSION}; install a matching version of the plugin")
 
 
-def discover() -> dict[str, types.ModuleType]:
-    """Load every ``stratovmm.devices`` entry point; any failure is a ``PluginError``.
+def discover(named: Named | None = None,
+             core: Collection[str] = ()) -> dict[str, types.ModuleType]:
+    """Load the ``stratovmm.devices`` entry points a run needs; any failure is a
+    ``PluginError``.
 
-    The entry points come from ``stratovmm.entrypoints``' cache while what is installed
-    has not changed since it was written (no scan, no ``importlib.metadata``); otherwise
-    stevedore scans and loads them, and the cache is rewritten."""
+    Without ``named`` (``stratovmm.config.cmdline.named_options``: the options a command
+    line names), every plugin.  With it, the plugins whose distribution declares no
+    options (``CLAIMS``) and those declaring one the run names; every plugin when the
+    run names an option neither ``core`` (the core's own, as ``OptionSpec.display``
+    writes them) nor any plugin declares, so that the parser's errors list what is
+    installed.  The entry points come from ``stratovmm.entrypoints``' cache while what
+    is installed has not changed since it was written (no scan, no
+    ``importlib.metadata``); otherwise stevedore scans and loads every plugin, and the
+    cache is rewritten."""
     fingerprint = entrypoints.fingerprint()
     cached = entrypoints.load(NAMESPACE, fingerprint)
-    if cached is not None:
-        return _load_entries(cached)
-    modules, entries = _scan()
-    entrypoints.store(NAMESPACE, fingerprint, entries)
-    return modules
+    if cached is None:
+        modules, entries = _scan()
+        entrypoints.store(NAMESPACE, fingerprint, entries)
+        _claims(fingerprint)  # cached too, while importlib.metadata is loaded anyway
+        return modules
+    if named is not None:
+        cached = _needed(cached, named, core, _claims(fingerprint))
+    return _load_entries(cached)
+
+
+Named = list[tuple[str, tuple[str, ...]]]
+"""(option, the words its value may be picked by) for each option a command line names."""
+
+
+def _claims(fingerprint: list[Any]) -> dict[str, set[str]]:
+    """Plugin module -> the options its distribution declares (cached as the devices are;
+    listing them imports no plugin)."""
+    entries = entrypoints.load(CLAIMS, fingerprint)
+    if entries is None:
+        from importlib.metadata import entry_points
+
+        entries = [(ep.name, ep.module, ep.attr or "") for ep in entry_points(group=CLAIMS)]
+        entrypoints.store(CLAIMS, fingerprint, entries)
+    claims: dict[str, set[str]] = {}
+    for option, module, _attr in entries:
+        claims.setdefault(module, set()).add(option)
+    return claims
+
+
+def _needed(entries: list[entrypoints.Entry], named: Named, core: Collection[str],
+            claims: dict[str, set[str]]) -> list[entrypoints.Entry]:
+    """The entries a run naming ``named`` needs (see ``discover``)."""
+    wanted = {name for name, _words in named} | {
+        f"{name} {word}" for name, words in named for word in words}
+    known = set(core).union(*claims.values())
+    if any(name not in known and not any(f"{name} {w}" in known for w in words)
+           for name, words in named):
+        return entries
+    return [e for e in entries if e[1] not in claims or claims[e[1]] & wanted]
 
 
 def _scan() -> tuple[dict[str, types.ModuleType], list[entrypoints.Entry]]:
@@ -184,9 +229,10 @@ class PluginHost:
         self.names = sorted(modules)
 
     @classmethod
-    def discover(cls) -> PluginHost:
-        """A host over every installed plugin."""
-        return cls(discover())
+    def discover(cls, named: Named | None = None, core: Collection[str] = ()) -> PluginHost:
+        """A host over every installed plugin, or those a run naming ``named`` needs
+        (``discover``)."""
+        return cls(discover(named, core))
 
     # -- one plugin at a time ------------------------------------------------------------
 

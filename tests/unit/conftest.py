@@ -25,7 +25,7 @@ def devices() -> DeviceRegistry:
 def run_cli(monkeypatch: pytest.MonkeyPatch,
             capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
     """``stratovmm.cli.main(argv)`` with only the widget plugin installed."""
-    monkeypatch.setattr(plugin_mod, "discover", plugin_set)
+    monkeypatch.setattr(plugin_mod, "discover", lambda *_args: plugin_set())
 
     def run(*argv: str) -> CliResult:
         rc = cli.main(list(argv))

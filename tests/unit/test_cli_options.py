@@ -283,7 +283,7 @@ def test_help_without_plugins(run_cli: Callable[..., CliResult],
     """With no plugin installed, --help has no plugin section and no -widget."""
     from stratovmm import plugin as plugin_mod
 
-    monkeypatch.setattr(plugin_mod, "discover", dict)
+    monkeypatch.setattr(plugin_mod, "discover", lambda *_args: {})
     result = run_cli("-h")
     assert result.rc == 0
     assert "From plugin" not in result.out and "-widget" not in result.out

@@ -26,7 +26,11 @@ NOT_FOR_A_PLAIN_VM = ("stratovmm.qmp.commands", "stratovmm.qmp.dispatch", "strat
                       "stratovmm.virtio.device", "stratovmm.virtio.mmio", "stratovmm.virtio.queue",
                       "stratovmm_blk.device", "stratovmm_net.device", "stratovmm_vsock.device",
                       "stratovmm_console.device", "stratovmm_rng.device",
-                      "stratovmm_balloon.device", "socket", "stevedore", "jsonschema")
+                      "stratovmm_balloon.device", "socket", "stevedore", "jsonschema",
+                      # plugins that declare their options and are not named
+                      "stratovmm_blk.plugin", "stratovmm_net.plugin", "stratovmm_vsock.plugin",
+                      "stratovmm_console.plugin", "stratovmm_rng.plugin",
+                      "stratovmm_balloon.plugin")
 
 
 def imported(tmp_path: Path, *args: str) -> tuple[str, set[str]]:
@@ -47,7 +51,28 @@ def test_a_plain_vm_imports_only_what_it_uses(tmp_path: Path) -> None:
     assert sorted(m for m in NOT_FOR_A_PLAIN_VM if m in modules) == []
 
 
-def test_a_vm_with_qmp_gets_its_command_table(tmp_path: Path) -> None:
-    """The QMP command table is registered once the configuration serves QMP."""
+PLUGINS = {f"stratovmm_{name}.plugin" for name in
+           ("blk", "net", "vsock", "console", "rng", "balloon", "serial")}
+
+
+def test_a_vm_with_qmp_gets_its_command_table_and_every_plugin(tmp_path: Path) -> None:
+    """The QMP command table is registered once the configuration serves QMP, over every
+    plugin (any of them may be hot-plugged or asked)."""
     _status, modules = imported(tmp_path, "-api-channel", f"unix:{tmp_path}/qmp.sock")
     assert {"stratovmm.qmp.commands", "stratovmm.machine.hotplug"} <= modules
+    assert modules >= PLUGINS
+
+
+def test_a_named_option_imports_its_plugin(tmp_path: Path) -> None:
+    """-drive imports the blk plugin; -device DRIVER the plugin that declares it."""
+    _status, modules = imported(tmp_path, "-drive", "id=d0,file=/nonexistent",
+                                "-device", "vsock,id=v0,guest-cid=3")
+    assert {"stratovmm_blk.plugin", "stratovmm_vsock.plugin"} <= modules
+    assert "stratovmm_net.plugin" not in modules
+
+
+def test_an_option_nobody_declares_imports_every_plugin(tmp_path: Path) -> None:
+    """So that the parser's error names what is installed (the same message as before)."""
+    status, modules = imported(tmp_path, "-device", "no-such-driver,id=x")
+    assert status == "2"
+    assert modules >= PLUGINS

@@ -33,6 +33,31 @@ VERSION_FLAGS = ("-V", "-version", "--version")      # StratoVirt's arg_parser: 
 # What the leading word of each option's value is called in errors.
 _WORD = {"device": "device driver", "object": "object type"}
 
+# Options that need every plugin: a config file's keys are not on the command line, and a
+# QMP socket offers every plugin's commands and hot-replace drivers.
+EVERY_PLUGIN = ("-config", "-api-channel", "-qmp", "-mon")
+
+
+def named_options(argv: list[str]) -> list[tuple[str, tuple[str, ...]]] | None:
+    """Each option ``argv`` names (as ``-name``) with the leading words its value may be
+    picked by (``-device vsock,id=v0`` -> ``("-device", ("vsock",))``; ``-serial
+    chardev:c0`` also gives ``chardev``), for choosing which plugins a start imports
+    (``stratovmm.plugin.discover``).  It may name more than the parser will read (a value
+    that starts with ``-`` counts as an option): that only imports more.  None when the
+    run needs every plugin: help and version list them all, and ``EVERY_PLUGIN``."""
+    named: list[tuple[str, tuple[str, ...]]] = []
+    for i, token in enumerate(argv):
+        if token in HELP_FLAGS or token in VERSION_FLAGS:
+            return None
+        if not _is_option(token):
+            continue
+        name = "-" + token.lstrip("-")
+        if name in EVERY_PLUGIN:
+            return None
+        word = argv[i + 1].partition(",")[0] if i + 1 < len(argv) else ""
+        named.append((name, tuple({word, word.partition(":")[0]} - {""})))
+    return named
+
 
 @record
 class FrontEnd:

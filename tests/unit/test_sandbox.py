@@ -190,6 +190,20 @@ def test_what_the_core_does_after_setup_passes_the_filter(tmp_path: Path) -> Non
     assert "ValueError: boom" in proc.stderr
 
 
+def test_jsonschema_words_an_error_under_the_filter(tmp_path: Path) -> None:
+    """A QMP client's first invalid arguments import jsonschema while the filter is on
+    (uuid asks uname on import); the error is worded and the process lives on."""
+    proc = run_filtered("""
+from stratovmm.config import schema
+validator = schema.Validator({"type": "object", "required": ["x"],
+                              "properties": {"x": {"type": "integer"}}})
+print(schema.problem(validator, {"x": 1.0}, schema.under("probe")), flush=True)
+print("JSONSCHEMA-OK", flush=True)
+""", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "JSONSCHEMA-OK" in proc.stdout and "probe" in proc.stdout
+
+
 @pytest.mark.parametrize(("body", "name"), [
     ("socket.socket(socket.AF_INET, socket.SOCK_STREAM)", "socket"),
     ("os.fork()", "clone"),

@@ -54,15 +54,6 @@ def _validator_class() -> Any:
     )
 
 
-def load_validator() -> None:
-    """Import jsonschema and run every path an error takes, now: a VM whose QMP clients
-    may send invalid arguments calls this before its seccomp filter goes on, since an
-    import after it could make a call the filter forbids (``uuid`` asks ``uname``)."""
-    problem(_validator_class()({"type": "object", "required": ["x"],
-                                 "properties": {"x": {"type": "integer"}}}),
-            {"x": 1.0}, under("warm-up"))
-
-
 def __getattr__(name: str) -> Any:
     """``Validator``: the jsonschema validator class, built on first use."""
     if name == "Validator":

@@ -25,7 +25,7 @@ The program libseccomp compiles for a set of rules is kept between starts
 (``stratovmm.host.seccompcache``) and loaded by the same C extension, so a start
 with devices it has seen before neither imports pyseccomp nor compiles.
 
-The core allows 44 calls where StratoVirt allows 39, and not the same ones: a
+The core allows 45 calls where StratoVirt allows 39, and not the same ones: a
 Rust VMM after set-up makes only the calls its own code makes, while a CPython
 process also runs its interpreter.  Objects come and go through pymalloc arenas
 and glibc malloc (``mmap``, ``munmap``, ``mprotect``, ``madvise``, ``brk``,
@@ -33,7 +33,8 @@ and glibc malloc (``mmap``, ``munmap``, ``mprotect``, ``madvise``, ``brk``,
 set-up (``clone``, ``set_robust_list``, ``rseq``); signals go through Python's
 handlers (``rt_sigaction``); any ``import`` or traceback while the VM runs
 reads files (``openat`` read-only, ``newfstatat``, ``lseek``, ``getdents64``,
-``fcntl``, ``getcwd``) and may seed ``random`` (``getrandom``); a socket left
+``fcntl``, ``getcwd``) and may seed ``random`` (``getrandom``) or ask which system
+it runs on (``uname``: ``uuid``, which jsonschema imports); a socket left
 to the garbage collector asks for its names (``getsockname``, ``getpeername``).
 Forbidding those would turn a logged exception into a crash.  The block layer's
 calls are not here: they belong to the blk plugin's list.
@@ -105,9 +106,11 @@ CORE_SYSCALLS: dict[str, tuple[str, ...]] = {
     # file (fcntl F_DUPFD_CLOEXEC).  A relative path (``''`` on sys.path, a
     # relative file name given over QMP) is resolved with getcwd.  A module imported
     # then may seed itself from the kernel's entropy (``random``, which ``email``,
-    # ``tempfile`` and ``uuid`` import, calls os.urandom: getrandom).
+    # ``tempfile`` and ``uuid`` import, calls os.urandom: getrandom) or ask which
+    # system it runs on (``uuid`` calls platform.system(): uname); jsonschema, which
+    # words a QMP client's first invalid arguments, is imported then.
     "reading files": ("openat", "newfstatat", "lseek", "getdents64", "fcntl", "getcwd",
-                      "getrandom"),
+                      "getrandom", "uname"),
     # the process itself: logging records the pid; the pidfile and the QMP
     # socket are removed on exit.
     "process": ("getpid", "unlink"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-from stratovmm.config import schema
 from stratovmm.config.model import VmConfig
 from stratovmm.devices.ratelimit import TokenBucket
 from stratovmm.host import daemon, gcpause, sandbox
@@ -37,7 +36,6 @@ def run_vm(config: VmConfig, host: PluginHost, registry: Registry) -> int:
 
         dispatcher = Dispatcher(registry.qmp, vm.api, TokenBucket(runtime.qmp_rate))
         serve_qmp(runtime.api_channel, vm.main_loop, dispatcher, vm.events)
-        schema.load_validator()  # QMP errors are worded by jsonschema, under seccomp too
     box = seccomp.prepare(config, host, registry)  # errors reach the terminal
     session.detach()  # pidfile; -daemonize: stdio to /dev/null
     sandbox.apply(box)  # every thread, before any vCPU runs

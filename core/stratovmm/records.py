@@ -10,10 +10,10 @@ methods that are closures over the field list, built in microseconds: keyword or
 positional construction with defaults and ``field(default_factory=...)``, the dataclass
 ``repr``, equality and hashing over the fields (``compare=False`` fields left out), a
 frozen class refusing assignment with ``dataclasses.FrozenInstanceError``, ``slots``,
-``__match_args__``, and ``replace`` / ``field_names`` for what ``dataclasses.replace`` /
-``dataclasses.fields`` did.  Type checkers see a dataclass (PEP 681's
-``dataclass_transform``).  ``tests/unit/test_records.py`` checks with hypothesis that a
-record and the same class under ``@dataclass`` behave alike.
+``__match_args__``, and ``field_names`` for what ``dataclasses.fields`` did.  Type
+checkers see a dataclass (PEP 681's ``dataclass_transform``).
+``tests/unit/test_records.py`` checks with hypothesis that a record and the same class
+under ``@dataclass`` behave alike.
 
 Classes whose instances are made per guest request (the virtio chains, guest memory's
 regions) stay dataclasses: there the exec'd ``__init__`` is the faster one per instance,
@@ -186,12 +186,3 @@ def field_names(obj_or_cls: Any) -> tuple[str, ...]:
     """The record's field names, in order (``dataclasses.fields`` for records)."""
     fields: tuple[_Field, ...] = getattr(obj_or_cls, _FIELDS)
     return tuple(f.name for f in fields)
-
-
-def replace(obj: T, **changes: Any) -> T:
-    """A copy of the record ``obj`` with ``changes`` (``dataclasses.replace`` for records)."""
-    values = {name: getattr(obj, name) for name in field_names(obj)}
-    unknown = set(changes) - set(values)
-    if unknown:
-        raise TypeError(f"{type(obj).__qualname__} has no field {sorted(unknown)[0]!r}")
-    return type(obj)(**(values | changes))

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stratovmm.config.grammar import GrammarError, convert, split_items
 from stratovmm.config.joins import resolve
 from stratovmm.errors import ConfigError
 from stratovmm.records import record
 from stratovmm.registry import OptionSpec, ValueKind
+
+if TYPE_CHECKING:
+    from stratovmm.plugin import Named
 
 HELP_FLAGS = ("-h", "--help", "-help")
 VERSION_FLAGS = ("-V", "-version", "--version")      # StratoVirt's arg_parser: -V, --version
@@ -38,14 +41,14 @@ _WORD = {"device": "device driver", "object": "object type"}
 EVERY_PLUGIN = ("-config", "-api-channel", "-qmp", "-mon")
 
 
-def named_options(argv: list[str]) -> list[tuple[str, tuple[str, ...]]] | None:
+def named_options(argv: list[str]) -> Named | None:
     """Each option ``argv`` names (as ``-name``) with the leading words its value may be
     picked by (``-device vsock,id=v0`` -> ``("-device", ("vsock",))``; ``-serial
     chardev:c0`` also gives ``chardev``), for choosing which plugins a start imports
     (``stratovmm.plugin.discover``).  It may name more than the parser will read (a value
     that starts with ``-`` counts as an option): that only imports more.  None when the
     run needs every plugin: help and version list them all, and ``EVERY_PLUGIN``."""
-    named: list[tuple[str, tuple[str, ...]]] = []
+    named: Named = []
     for i, token in enumerate(argv):
         if token in HELP_FLAGS or token in VERSION_FLAGS:
             return None

@@ -118,6 +118,7 @@ if TYPE_CHECKING:
         HeldChains,
         VirtioDevice,
     )
+    from stratovmm.virtio.native import NativeHandler
     from stratovmm.virtio.queue import SplitQueue
     from stratovmm.virtio.vhost import (
         RING_IOCTLS,
@@ -208,6 +209,7 @@ __all__ = [
     "Join",
     "KVMMissingCap",
     "MmioWindow",
+    "NativeHandler",
     "OperationThrottled",
     "OptionSpec",
     "PioWindow",
@@ -293,6 +295,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "stratovmm.virtio.device": (
         "BASE_FEATURES", "SERVE_BUDGET", "STOP", "Frames", "HeldChains", "VirtioDevice",
     ),
+    "stratovmm.virtio.native": ("NativeHandler",),
     "stratovmm.virtio.queue": ("SplitQueue",),
     "stratovmm.virtio.vhost": (
         "RING_IOCTLS", "VHOST_GET_FEATURES", "VHOST_GET_VRING_BASE", "VHOST_SET_FEATURES",

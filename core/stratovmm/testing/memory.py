@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 
 from stratovmm.memory import GuestMemory
@@ -19,3 +20,13 @@ class BytearrayGuestMemory(GuestMemory):
         layout = list(regions) if regions is not None else [(0, size)]
         self.buffer = bytearray(sum(length for _gpa, length in layout))
         super().__init__(self.buffer, layout)
+
+
+class MappedGuestMemory(GuestMemory):
+    """``size`` bytes of zeroed guest RAM at guest address 0 in an anonymous mapping:
+    page-aligned, as a VM's RAM is, where a test needs the host addresses a VM would give
+    (O_DIRECT's alignment).  The mapping is ``self.buffer``."""
+
+    def __init__(self, size: int = 1 << 20) -> None:
+        self.buffer = mmap.mmap(-1, size)
+        super().__init__(self.buffer, [(0, size)])

@@ -26,7 +26,26 @@ ffibuilder = FFI()
 ffibuilder.cdef("""
 struct svmm_region { uint64_t start; uint64_t end; int64_t delta; };
 struct svmm_guest { uint8_t *base; const struct svmm_region *regions; int count; };
+struct iovec { void *iov_base; size_t iov_len; };
+struct svmm_chain { uint32_t head; uint32_t count; uint32_t readable; uint32_t reserved;
+                    const struct iovec *iov; };
+typedef int64_t (*svmm_handler)(void *context, const struct svmm_chain *chain);
+struct svmm_serving {
+    uint64_t desc_table; uint64_t avail_ring; uint64_t used_ring; uint32_t size;
+    uint32_t last_avail; uint32_t next_used;
+    svmm_handler handler; void *context; const int *active;
+    uint64_t *addrs; uint32_t *lens; struct iovec *iov; uint32_t *elements;
+    uint32_t served; int stop;
+};
 
+#define SVMM_HANDLER_ABI ...
+#define SVMM_HANDLED_DEFER ...
+#define SVMM_HANDLED_KEEP ...
+#define SVMM_STOP_EMPTY ...
+#define SVMM_STOP_BUDGET ...
+#define SVMM_STOP_DEFER ...
+#define SVMM_STOP_KEEP ...
+#define SVMM_STOP_INACTIVE ...
 #define SVMM_EMPTY ...
 #define SVMM_CHAIN ...
 #define SVMM_RING_JUMP ...
@@ -48,14 +67,43 @@ int svmm_pop(const struct svmm_guest *g, uint64_t desc_table, uint64_t avail_rin
              uint32_t *out);
 int svmm_push_used(const struct svmm_guest *g, uint64_t used_ring, uint32_t size,
                    uint32_t next_used, const uint32_t *elements, uint32_t count);
+int svmm_serve(const struct svmm_guest *g, struct svmm_serving *s, uint32_t budget);
 """)
 
 ffibuilder.set_source("stratovmm.virtio._ring", r"""
 #include <stdint.h>
 #include <string.h>
+#include <sys/uio.h>
 
 struct svmm_region { uint64_t start; uint64_t end; int64_t delta; };
 struct svmm_guest { uint8_t *base; const struct svmm_region *regions; int count; };
+
+/* A device's per-chain handler in C (a plugin's own cffi module: stratovmm.virtio.native).
+   The chain was walked and checked whole (§2.7.5); iov holds its count buffers as host
+   addresses, the readable ones first (§2.7.4.2).  The handler returns the bytes it wrote
+   (the used length), or SVMM_HANDLED_DEFER to leave the chain to the device's Python
+   handler, or SVMM_HANDLED_KEEP to leave it in the ring until the host side has data.
+   SVMM_HANDLER_ABI changes whenever these declarations do. */
+#define SVMM_HANDLER_ABI 1
+#define SVMM_HANDLED_DEFER (-1)
+#define SVMM_HANDLED_KEEP (-2)
+struct svmm_chain { uint32_t head; uint32_t count; uint32_t readable; uint32_t reserved;
+                    const struct iovec *iov; };
+typedef int64_t (*svmm_handler)(void *context, const struct svmm_chain *chain);
+struct svmm_serving {
+    uint64_t desc_table; uint64_t avail_ring; uint64_t used_ring; uint32_t size;
+    uint32_t last_avail; uint32_t next_used;
+    svmm_handler handler; void *context; const int *active;
+    uint64_t *addrs; uint32_t *lens; struct iovec *iov; uint32_t *elements;
+    uint32_t served; int stop;
+};
+
+/* why svmm_serve stopped */
+#define SVMM_STOP_EMPTY 0
+#define SVMM_STOP_BUDGET 1
+#define SVMM_STOP_DEFER 2
+#define SVMM_STOP_KEEP 3
+#define SVMM_STOP_INACTIVE 4
 
 /* what svmm_pop found: a ring state, or a chain (good, or refused for one reason) */
 #define SVMM_EMPTY 0
@@ -101,7 +149,8 @@ static int svmm_read_u16(const struct svmm_guest *g, uint64_t gpa, uint16_t *val
 
 /* Walk the chain at head (walk_chain's checks, in its order); 0 or an SVMM_E_* code. */
 static int svmm_walk(const struct svmm_guest *g, uint64_t desc_table, uint32_t size,
-                     uint32_t head, uint64_t *addrs, uint32_t *lens, uint32_t *out)
+                     uint32_t head, uint64_t *addrs, uint32_t *lens, struct iovec *iov,
+                     uint32_t *out)
 {
     uint64_t table = desc_table, table_size = size, index = head, total = 0;
     uint32_t steps = 0, count = 0, readable = 0;
@@ -142,7 +191,8 @@ static int svmm_walk(const struct svmm_guest *g, uint64_t desc_table, uint32_t s
             steps = 0;
             continue;
         }
-        if (svmm_host(g, addr, len) == NULL) {
+        p = svmm_host(g, addr, len);
+        if (p == NULL) {
             return SVMM_E_BUFFER_OUTSIDE;
         }
         total += len;
@@ -157,6 +207,10 @@ static int svmm_walk(const struct svmm_guest *g, uint64_t desc_table, uint32_t s
         /* at most size direct descriptors, then at most size in one indirect table */
         addrs[count] = addr;
         lens[count] = len;
+        if (iov != NULL) {
+            iov[count].iov_base = p;
+            iov[count].iov_len = len;
+        }
         count++;
         if (!(flags & F_NEXT)) {
             out[1] = count;
@@ -169,11 +223,11 @@ static int svmm_walk(const struct svmm_guest *g, uint64_t desc_table, uint32_t s
 
 /* The next chain: SVMM_EMPTY, a broken ring (SVMM_RING_JUMP, SVMM_BAD_HEAD,
    SVMM_RING_OUTSIDE), or SVMM_CHAIN with out[0] = head, and either out[3] = 0 and
-   out[1] buffers (out[2] of them readable) in addrs/lens, or out[3] = the SVMM_E_*
-   reason the chain is refused.  The caller advances last_avail past a chain either way. */
-int svmm_pop(const struct svmm_guest *g, uint64_t desc_table, uint64_t avail_ring,
-             uint32_t size, uint32_t last_avail, uint64_t *addrs, uint32_t *lens,
-             uint32_t *out)
+   out[1] buffers (out[2] of them readable) in addrs/lens (and iov, when given), or
+   out[3] = the SVMM_E_* reason the chain is refused. */
+static int svmm_next(const struct svmm_guest *g, uint64_t desc_table, uint64_t avail_ring,
+                     uint32_t size, uint32_t last_avail, uint64_t *addrs, uint32_t *lens,
+                     struct iovec *iov, uint32_t *out)
 {
     uint16_t avail, head;
     uint32_t pending;
@@ -192,8 +246,17 @@ int svmm_pop(const struct svmm_guest *g, uint64_t desc_table, uint64_t avail_rin
     out[0] = head;
     if (head >= size)
         return SVMM_BAD_HEAD;
-    out[3] = (uint32_t)svmm_walk(g, desc_table, size, head, addrs, lens, out);
+    out[3] = (uint32_t)svmm_walk(g, desc_table, size, head, addrs, lens, iov, out);
     return SVMM_CHAIN;
+}
+
+/* svmm_next for Python (SplitQueue.pop): the caller advances last_avail past a chain,
+   good or refused. */
+int svmm_pop(const struct svmm_guest *g, uint64_t desc_table, uint64_t avail_ring,
+             uint32_t size, uint32_t last_avail, uint64_t *addrs, uint32_t *lens,
+             uint32_t *out)
+{
+    return svmm_next(g, desc_table, avail_ring, size, last_avail, addrs, lens, NULL, out);
 }
 
 /* Write count (head, len) pairs from next_used on, then used->idx once after them
@@ -213,6 +276,67 @@ int svmm_push_used(const struct svmm_guest *g, uint64_t used_ring, uint32_t size
     __atomic_thread_fence(__ATOMIC_RELEASE);
     memcpy(ring + 2, &idx, 2);
     return idx;
+}
+
+/* Serve up to budget chains with a device's C handler (SplitQueue.serve_native): pop a good
+   chain, give it to the handler with its buffers as host iovecs, collect (head, used
+   length); then write the used elements and used->idx once (§2.7.8.2).  Stops at the
+   budget, an empty ring, a device reset (*active cleared: §2.4.1, nothing touches the
+   rings after it), or anything Python must decide: a refused chain or broken ring (not
+   popped: the Python path pops it again, counts and logs it), a handler's DEFER (the
+   chain is not popped; the Python handler takes it) or KEEP (not popped; the host side
+   has nothing for it yet).  Returns the chains served. */
+int svmm_serve(const struct svmm_guest *g, struct svmm_serving *s, uint32_t budget)
+{
+    uint32_t out[4], served = 0, last_avail = s->last_avail;
+    int stop = SVMM_STOP_BUDGET;
+    s->served = 0;
+    s->stop = SVMM_STOP_DEFER;
+    if (svmm_host(g, s->used_ring, 4 + 8 * (uint64_t)s->size) == NULL)
+        return 0;                       /* the Python path raises as it always does */
+    if (budget > s->size)
+        budget = s->size;               /* one batch never laps the used ring */
+    while (served < budget) {
+        struct svmm_chain chain;
+        int64_t used;
+        int found;
+        if (!__atomic_load_n(s->active, __ATOMIC_ACQUIRE)) {
+            stop = SVMM_STOP_INACTIVE;
+            break;
+        }
+        found = svmm_next(g, s->desc_table, s->avail_ring, s->size, last_avail, s->addrs,
+                          s->lens, s->iov, out);
+        if (found == SVMM_EMPTY) {
+            stop = SVMM_STOP_EMPTY;
+            break;
+        }
+        if (found != SVMM_CHAIN || out[3] != 0) {
+            stop = SVMM_STOP_DEFER;
+            break;
+        }
+        chain.head = out[0];
+        chain.count = out[1];
+        chain.readable = out[2];
+        chain.reserved = 0;
+        chain.iov = s->iov;
+        used = s->handler(s->context, &chain);
+        if (used < 0) {
+            stop = used == SVMM_HANDLED_KEEP ? SVMM_STOP_KEEP : SVMM_STOP_DEFER;
+            break;
+        }
+        s->elements[2 * served] = out[0];
+        s->elements[2 * served + 1] = (uint32_t)used;
+        served++;
+        last_avail = (last_avail + 1) & 0xFFFF;
+    }
+    if (served) {
+        s->next_used = (uint32_t)svmm_push_used(g, s->used_ring, s->size, s->next_used,
+                                                s->elements, served);
+        s->last_avail = last_avail;
+    }
+    s->served = served;
+    s->stop = stop;
+    return (int)served;
 }
 """)
 

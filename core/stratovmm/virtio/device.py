@@ -24,8 +24,12 @@ Two calls carry the per-chain work and are the seams for a faster
 implementation under this loop (``stratovmm.virtio.native``, in C):
 ``SplitQueue.pop`` walks and checks one chain (§2.7.5),
 ``SplitQueue.add_used_batch`` writes the batch's used elements and publishes
-``used->idx`` once (§2.7.8).  Nothing else here touches the rings, except the
-notification re-enable and the interrupt decision.
+``used->idx`` once (§2.7.8).  A device with a C handler for its requests (blk's
+reads and writes, net's frames) gives it to ``serve`` too: runs of chains then go
+through ``SplitQueue.serve_native``, pop, handler and used ring in one C call, and
+come back to this loop for anything the C handler leaves to Python.  Nothing else
+here touches the rings, except the notification re-enable and the interrupt
+decision.
 
 Threading: ``activate``, ``handle_queue`` and ``reset`` run on the device's own
 loop (the main loop or its ``iothread``); ``read_config``/``write_config`` and
@@ -49,10 +53,15 @@ from stratovmm.host.eventloop import EventLoop, Timer
 from stratovmm.memory import GuestMemoryProtocol
 from stratovmm.virtio.chain import IOV_MAX, DescriptorChain
 from stratovmm.virtio.constants import F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1
+from stratovmm.virtio.native import STOP_KEEP, ActiveFlag, NativeHandler
 from stratovmm.virtio.queue import QueueProtocolError, SplitQueue
 
 BASE_FEATURES = (1 << F_VERSION_1) | (1 << F_INDIRECT_DESC) | (1 << F_EVENT_IDX)
 SERVE_BUDGET = 64       # items one queue may complete per loop turn
+# items a device's C handler serves for one item of that budget: a C item costs a tenth to
+# a twentieth of a Python one, and the Python around each C call (the loop turn, serve)
+# is paid once per call: at 1 the pumps measure it as half of a frame's cost
+NATIVE_WEIGHT = 4
 STOP = math.inf         # a gate's answer: stop now; whoever unblocks the queue serves it again
 
 
@@ -173,12 +182,23 @@ class VirtioDevice(DeviceCounters):
         self.queues: list[SplitQueue | None] = []
         self.interrupt: Interrupt | None = None
         self.loop: EventLoop | None = None
-        self.active = False
+        self._active = ActiveFlag()
         # (prefixed, so that a subclass's own attributes cannot clash with them)
         self._serve_held: dict[int, HeldChains] = {}    # queue -> chains taken, not yet used
         self._serve_retries: dict[int, object] = {}     # queue -> its one pending retry
         self._serve_spent: dict[int, tuple[int, int]] = {}  # queue -> (loop turn, items)
         self.init_counters()
+
+    @property
+    def active(self) -> bool:
+        """Serving the queues: set at DRIVER_OK, cleared by a reset or a broken ring.  Kept
+        where a device's C handler loop reads it too (``NativeRing.serve``), since a vCPU
+        thread clears it while the device's loop serves."""
+        return bool(self._active.cell[0])
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        self._active.cell[0] = 1 if value else 0
 
     # -- what subclasses describe ---------------------------------------------------
 
@@ -288,7 +308,7 @@ class VirtioDevice(DeviceCounters):
 
     def serve(self, index: int, handler: ChainHandler | Frames, *, budget: int | None = None,
               ops_limit: RateLimiter | None = None, byte_limit: RateLimiter | None = None,
-              gate: Gate | None = None) -> int:
+              gate: Gate | None = None, native: NativeHandler | None = None) -> int:
         """Serve queue ``index``: up to ``budget`` items (default ``SERVE_BUDGET``), each one
         chain given to ``handler(chain)`` — or several, with ``Frames`` — and completed with
         the bytes the handler wrote, all published together after the batch (§2.7.8.2);
@@ -305,6 +325,14 @@ class VirtioDevice(DeviceCounters):
         the device serves the queue again, e.g. when host data arrives.  A handler that
         raises ``GuestError`` completes its chain with length 0 (counted) and the batch
         goes on; bad chains are completed by the queue and counted in ``guest_faults``.
+
+        ``native``: the device's C handler for the same items (one chain each; not with
+        ``byte_limit`` or ``gate``).  While no chain is held, the chains go to it in one C
+        call per run of them (``SplitQueue.serve_native``), under the same budget (where
+        ``NATIVE_WEIGHT`` of them spend one item of it) and ``ops_limit``; what it gives
+        back — a chain it leaves to Python, a refused chain, a broken ring — the Python
+        loop below takes, one item, before C goes on.  When it keeps a chain for host
+        data, serving stops and the chain stays in the ring.
         """
         queue = self.queues[index]
         assert queue is not None
@@ -314,7 +342,8 @@ class VirtioDevice(DeviceCounters):
         frames = handler if isinstance(handler, Frames) else None
         turn = self.loop.turns if self.loop is not None else 0
         spent_turn, spent = self._serve_spent.get(index, (turn, 0))
-        served = earlier = spent if spent_turn == turn else 0     # by every call this turn
+        served = spent if spent_turn == turn else 0     # the budget spent by every call this turn
+        items = 0
         budget = self.SERVE_BUDGET if budget is None else budget
         bad_before, used_before = queue.bad_chains, queue.completed
         done: list[tuple[int, int]] = []        # (head, length) of the chains items used
@@ -329,6 +358,20 @@ class VirtioDevice(DeviceCounters):
                 if wait != STOP:
                     self.serve_later(index, wait)
                 break
+            if native is not None and not held:
+                queue.add_used_batch(done)       # in ring order, before what C uses
+                done = []
+                got, stop = queue.serve_native(
+                    native, self._active,
+                    _native_budget((budget - served) * NATIVE_WEIGHT, ops_limit))
+                served += -(-got // NATIVE_WEIGHT)
+                items += got
+                if ops_limit is not None and got:
+                    ops_limit.take(got)
+                if stop == STOP_KEEP:
+                    break
+                if got:
+                    continue             # the budget, the limiter, then C again
             if not self._take_chains(index, queue, held, frames):
                 break
             lengths = self._serve_item(index, held, handler, byte_limit)
@@ -341,6 +384,7 @@ class VirtioDevice(DeviceCounters):
             if byte_limit is not None:
                 byte_limit.take(sum(lengths))
             served += 1
+            items += 1
         # the batch's used elements, then used->idx once (§2.7.8.2): one store per batch
         queue.add_used_batch(done)
         self._serve_spent[index] = (turn, served)
@@ -350,7 +394,7 @@ class VirtioDevice(DeviceCounters):
                              count=bad)
         if queue.completed != used_before and queue.needs_interrupt():
             self.signal_used()
-        return served - earlier
+        return items
 
     def _take_chains(self, index: int, queue: SplitQueue, held: HeldChains,
                      frames: Frames | None) -> bool:
@@ -425,6 +469,11 @@ class VirtioDevice(DeviceCounters):
         """Raise the used-buffer interrupt."""
         if self.interrupt is not None:
             self.interrupt.signal_used()
+
+
+def _native_budget(left: int, ops_limit: RateLimiter | None) -> int:
+    """How many items one C call may serve: what is left of the budget, and of the tokens."""
+    return left if ops_limit is None else min(left, ops_limit.available())
 
 
 def _admission(ops_limit: RateLimiter | None, byte_limit: RateLimiter | None,

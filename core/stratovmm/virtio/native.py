@@ -10,6 +10,14 @@ path, which then reads the same ring again and decides, counts and logs as it al
 does, so a guest sees the same device and the same error accounting either way (the
 hypothesis tests check both paths against each other on hostile rings).
 
+A device may go further and hand ``serve`` a ``NativeHandler``: its own per-chain handler
+in C (built by the plugin with cffi).  ``NativeRing.serve`` then runs the whole batch in
+one C call, ``svmm_serve``: pop, the handler, used elements, ``used->idx`` once; no
+Python per request.  The handler takes only the requests it is sure of and gives
+anything else back (``SVMM_HANDLED_DEFER``) to the device's Python handler, the one the
+hypothesis tests hold it to.  Its contract, ``struct svmm_chain`` and the handler's
+signature, is versioned by ``HANDLER_ABI`` (docs/plugins.md, "A data path in C").
+
 The switch (``stratovmm.fastpath``): ``STRATOVMM_FASTPATH=0`` in the environment serves every
 queue in pure Python; unset or any other value uses the C path (the default).
 """
@@ -17,10 +25,46 @@ queue in pure Python; unset or any other value uses the C path (the default).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from stratovmm.memory import GuestMemory, GuestMemoryProtocol
 from stratovmm.virtio._ring import ffi, lib
 from stratovmm.virtio.chain import Descriptor, DescriptorChain
+
+HANDLER_ABI = int(lib.SVMM_HANDLER_ABI)
+# why ``NativeRing.serve`` stopped
+STOP_EMPTY, STOP_BUDGET, STOP_DEFER, STOP_KEEP, STOP_INACTIVE = (
+    lib.SVMM_STOP_EMPTY, lib.SVMM_STOP_BUDGET, lib.SVMM_STOP_DEFER, lib.SVMM_STOP_KEEP,
+    lib.SVMM_STOP_INACTIVE)
+
+
+class NativeHandler:
+    """A device's per-chain handler in C, for ``VirtioDevice.serve(native=...)``.
+
+    ``function`` is the address of an ``int64_t (*)(void *context, const struct svmm_chain
+    *)`` compiled against handler ABI ``abi``; ``context`` its first argument; ``owner``
+    whatever keeps the memory both point to alive (the plugin's cffi objects).
+    """
+
+    __slots__ = ("_context", "_function", "owner")
+
+    def __init__(self, function: int, context: int, owner: object, abi: int) -> None:
+        if abi != HANDLER_ABI:
+            raise ValueError(f"a C handler built for handler ABI {abi}; this core has"
+                             f" {HANDLER_ABI}")
+        self._function = ffi.cast("svmm_handler", function)
+        self._context = ffi.cast("void *", context)
+        self.owner = owner
+
+
+class ActiveFlag:
+    """A device's "serving" state where C can read it while Python changes it from another
+    thread: ``svmm_serve`` checks it before each chain (a driver reset stops a batch)."""
+
+    __slots__ = ("cell",)
+
+    def __init__(self) -> None:
+        self.cell = ffi.new("int *")
 
 
 class Deferred:
@@ -55,6 +99,25 @@ class NativeRing:
         self._out = ffi.new("uint32_t[4]")
         self._elements = ffi.new("uint32_t[]", 2 * size)
         self._capacity = size
+        self._serving: object = None         # made on the first serve: not every queue has
+        #                                        a C handler
+
+    def serve(self, handler: NativeHandler, active: ActiveFlag, desc_table: int,
+              avail_ring: int, used_ring: int, size: int, last_avail: int, next_used: int,
+              budget: int) -> tuple[int, int, int, int]:
+        """Up to ``budget`` chains through ``handler`` in one C call; returns (chains served,
+        why it stopped, last_avail, next_used)."""
+        s: Any = self._serving
+        if s is None:
+            self._iov = ffi.new("struct iovec[]", 2 * self._capacity)
+            s = self._serving = ffi.new("struct svmm_serving *", {
+                "addrs": self._addrs, "lens": self._lens, "elements": self._elements,
+                "iov": self._iov})
+        s.desc_table, s.avail_ring, s.used_ring, s.size = desc_table, avail_ring, used_ring, size
+        s.last_avail, s.next_used = last_avail, next_used
+        s.handler, s.context, s.active = handler._function, handler._context, active.cell
+        served = lib.svmm_serve(self._guest, s, min(budget, self._capacity))
+        return served, s.stop, s.last_avail, s.next_used
 
     def pop(self, desc_table: int, avail_ring: int, size: int,
             last_avail: int) -> DescriptorChain | Deferred | None:

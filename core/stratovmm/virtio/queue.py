@@ -23,7 +23,7 @@ from stratovmm.memory import GuestMemoryProtocol
 from stratovmm.virtio._barrier import lib as _barrier
 from stratovmm.virtio.chain import ChainError, DescriptorChain, walk_chain
 from stratovmm.virtio.constants import AVAIL_F_NO_INTERRUPT, MAX_QUEUE_SIZE, USED_F_NO_NOTIFY
-from stratovmm.virtio.native import Deferred, NativeRing
+from stratovmm.virtio.native import STOP_DEFER, ActiveFlag, Deferred, NativeHandler, NativeRing
 
 log = logging.getLogger(__name__)
 _USED_ELEM = struct.Struct("<II")
@@ -145,6 +145,21 @@ class SplitQueue:
                     self.errors.append(str(exc))
                 log.debug("bad descriptor chain at head %d: %s", head, exc)
                 self.add_used(head, 0)
+
+    def serve_native(self, handler: NativeHandler, active: ActiveFlag,
+                     budget: int) -> tuple[int, int]:
+        """Up to ``budget`` chains through a device's C ``handler`` in one C call (pop,
+        handle, used elements, ``used->idx`` once); returns (chains served, why it stopped:
+        ``stratovmm.virtio.native.STOP_*``).  Without the C path (``STRATOVMM_FASTPATH=0``,
+        or memory C cannot reach) nothing is served and the answer is ``STOP_DEFER``: the
+        Python path serves the queue."""
+        if self._native is None:
+            return 0, STOP_DEFER
+        served, stop, self.last_avail, self.next_used = self._native.serve(
+            handler, active, self.desc_table, self.avail_ring, self.used_ring, self.size,
+            self.last_avail, self.next_used, budget)
+        self.completed += served
+        return served, stop
 
     def unpop(self) -> None:
         """Give back the chain ``pop`` just returned: the next ``pop`` walks (and checks) it

@@ -10,6 +10,10 @@ of 512, the range inside the capacity, writes refused on a read-only drive,
 unknown types answered UNSUPP.  Host I/O errors answer IOERR and are counted,
 and logged once per kind (operation and errno): a guest retrying a failing
 sector must not fill the log; they do not stop the device.
+
+Reads and writes as Linux frames them run in C (``stratovmm_blk.native``) under the
+core's serving loop, with the same checks; whatever the C handler is not sure of comes
+back to ``_request`` here.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from stratovmm.api import (
     trim_views,
 )
 from stratovmm_blk.backend import SECTOR, BlockBackend
+from stratovmm_blk.native import NativeBlk
 
 QUEUE_SIZE = 256
 # §5.2.3 feature bits
@@ -54,6 +59,7 @@ class BlockDevice(VirtioDevice):
         self.serial = serial.encode()[:ID_BYTES]
         self.loop = loop
         self._bucket = TokenBucket(iops) if iops else None
+        self._native = NativeBlk(backend) if backend is not None else None
 
     # -- features and config (§5.2.3, §5.2.4) ----------------------------------------------
 
@@ -73,9 +79,11 @@ class BlockDevice(VirtioDevice):
         feature bits were fixed at probe time, so a read-only image plugged into
         a slot the guest saw as writable answers its writes with IOERR.
         """
+        native = NativeBlk(backend) if backend is not None else None
         with self.lock:
             old, self.backend = self.backend, backend
             self.serial = serial.encode()[:ID_BYTES]
+            self._native = native
         if self.active and self.interrupt is not None:
             self.interrupt.signal_config()
         return old
@@ -88,8 +96,16 @@ class BlockDevice(VirtioDevice):
     # -- requests ------------------------------------------------------------------------------
 
     def handle_queue(self, index: int) -> None:
-        """Serve requests (a budget per loop turn), pausing while the iops bucket is empty."""
-        self.serve(index, self._request, ops_limit=self._bucket)
+        """Serve requests (a budget per loop turn), pausing while the iops bucket is empty;
+        reads and writes in C where it can."""
+        native = self._native
+        if native is None:
+            self.serve(index, self._request, ops_limit=self._bucket)
+            return
+        try:
+            self.serve(index, self._request, ops_limit=self._bucket, native=native.handler)
+        finally:                 # also when the ring broke after C served some
+            native.fold(self.counters)
 
     def _request(self, chain: DescriptorChain) -> int:
         """Execute one request; returns the bytes written to the guest (data + status)."""

@@ -1,0 +1,36 @@
+"""The blk C handler (``stratovmm_blk._fast``) as the core's serving loop takes it.
+
+One ``NativeBlk`` per open image: the C side reads the image's fd, capacity, read-only
+and O_DIRECT flags from it and counts the requests it completes there; ``fold`` moves
+those counts into the device's counters after each serving batch, so ``query-stats``
+shows the same figures whichever path served a request.
+"""
+
+from __future__ import annotations
+
+from stratovmm.api import NativeHandler
+from stratovmm_blk._fast import ffi, lib
+from stratovmm_blk.backend import BlockBackend
+
+_COUNTERS = ("requests", "bytes_read", "bytes_written")
+
+
+class NativeBlk:
+    """The C handler over ``backend``'s image."""
+
+    def __init__(self, backend: BlockBackend) -> None:
+        self._state = ffi.new("struct svmm_blk *", {
+            "fd": backend.fd, "read_only": int(backend.read_only),
+            "direct": int(backend.direct), "sectors": backend.sectors})
+        self.handler = NativeHandler(
+            int(ffi.cast("uintptr_t", ffi.addressof(lib, "svmm_blk_request"))),
+            int(ffi.cast("uintptr_t", self._state)), self._state, lib.SVMM_HANDLER_ABI)
+
+    def fold(self, counters: dict[str, int]) -> None:
+        """Add what C counted since the last call to ``counters``."""
+        state = self._state
+        if not state.requests:
+            return
+        for name in _COUNTERS:
+            counters[name] += getattr(state, name)
+            setattr(state, name, 0)

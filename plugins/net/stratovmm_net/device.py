@@ -21,6 +21,10 @@ overflow buffer behind them) and uses as many as the frame needed; the rest
 stay held for the next frame.  A frame larger than the buffers held spills into
 the overflow buffer and waits, tap reads paused, until the driver posts enough
 buffers for the rest (``_Spill``).
+
+Transmitted frames, and received ones without MRG_RXBUF, move in C
+(``stratovmm_net.native``) under the core's serving loop, with the same checks;
+whatever the C handlers are not sure of comes back to the Python handlers here.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from stratovmm.api import (
     HeldChains,
     VirtioDevice,
 )
+from stratovmm_net.native import NativeNet
 from stratovmm_net.tap import (
     TUN_F_CSUM,
     TUN_F_TSO4,
@@ -203,6 +208,7 @@ class NetDevice(VirtioDevice):
         self._overflow = memoryview(bytearray(MAX_PACKET + 1))
         self._frames = Frames(self._receive_frame, wants=self._wants_chain,
                               check=_rx_buffer_problem)
+        self._native = NativeNet(MAX_PACKET)
 
     # -- features and config space (§5.1.3, §5.1.4) -------------------------------------------
 
@@ -295,10 +301,16 @@ class NetDevice(VirtioDevice):
 
     def handle_queue(self, index: int) -> None:
         """A kick: RX means new receive buffers, TX new frames to send."""
-        if index == RX:
-            self._receive()
-        elif index == TX:
-            self.serve(TX, self._transmit_chain)
+        native = self._native
+        native.sync(self.tap.fd if self.tap is not None and self._tap_usable() else None,
+                    self.acked_features)
+        try:
+            if index == RX:
+                self._receive()
+            elif index == TX:
+                self.serve(TX, self._transmit_chain, native=native.transmit)
+        finally:                 # also when the ring broke after C served some
+            native.fold(self.counters)
 
     # -- transmit (§5.1.6.2) -----------------------------------------------------------------------
 
@@ -394,11 +406,14 @@ class NetDevice(VirtioDevice):
 
     def _receive(self) -> None:
         """Frames from the tap into receive buffers, a budget per loop turn (``serve``); then
-        watch the tap only while held buffers wait for a frame (a spilled frame waits for
-        buffers instead: the driver's kick brings them)."""
+        watch the tap only while buffers wait for a frame — held ones, or the one the C
+        handler left in the ring (a spilled frame waits for buffers instead: the driver's
+        kick brings them)."""
         if self._tap_usable() or self._spill is not None:
-            self.serve(RX, self._frames)
-        self._arm(self._tap_usable() and self._spill is None and self.held_chains(RX) > 0)
+            one_chain = not self._mergeable and self._spill is None
+            self.serve(RX, self._frames, native=self._native.receive if one_chain else None)
+        self._arm(self._tap_usable() and self._spill is None
+                  and (self.held_chains(RX) > 0 or self._native.waiting))
 
     def _arm(self, on: bool) -> None:
         """Watch the tap for frames only while they have somewhere to go (no busy polling)."""

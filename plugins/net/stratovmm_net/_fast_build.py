@@ -1,0 +1,159 @@
+"""cffi (API mode) builder for ``stratovmm_net._fast``: virtio-net's frames in C.
+
+Two per-chain handlers for the core's C serving loop (``stratovmm.virtio.native``,
+handler ABI 1), each taking only what it is sure of and giving everything else back
+(``SVMM_HANDLED_DEFER``) to ``NetDevice``'s Python handlers, which answer, count and log:
+
+- ``svmm_net_transmit``: one chain, header + frame, all device-readable, the header
+  checked against the accepted features exactly as ``NetDevice._check_tx_header``
+  (§5.1.6.2.1), written to the tap with one ``writev`` straight from guest RAM; a tap
+  whose queue is full drops the frame (counted), as a NIC would;
+- ``svmm_net_receive``: without VIRTIO_NET_F_MRG_RXBUF, one frame per chain (§5.1.6.3):
+  one ``readv`` from the tap into the chain's buffers plus a host overflow buffer behind
+  them, ``num_buffers`` = 1 (§5.1.6.4); with no frame waiting, the chain stays in the ring
+  (``SVMM_HANDLED_KEEP``) and the device watches the tap.  A frame the chain cannot take
+  (too short, larger than the buffers) is dropped and counted, and the chain goes to
+  Python, which reads the next frame into it.
+"""
+
+from __future__ import annotations
+
+from cffi import FFI
+
+ffibuilder = FFI()
+ffibuilder.cdef("""
+#define SVMM_HANDLER_ABI ...
+struct svmm_net {
+    int fd; uint64_t acked; uint8_t *overflow; int waiting;
+    uint64_t tx_packets; uint64_t tx_bytes; uint64_t tx_dropped;
+    uint64_t rx_packets; uint64_t rx_bytes; uint64_t rx_dropped;
+};
+struct svmm_chain;
+int64_t svmm_net_transmit(void *context, const struct svmm_chain *chain);
+int64_t svmm_net_receive(void *context, const struct svmm_chain *chain);
+""")
+
+ffibuilder.set_source("stratovmm_net._fast", r"""
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/uio.h>
+
+/* handler ABI 1 of the core's serving loop (stratovmm.virtio.native) */
+#define SVMM_HANDLER_ABI 1
+#define SVMM_HANDLED_DEFER (-1)
+#define SVMM_HANDLED_KEEP (-2)
+struct svmm_chain { uint32_t head; uint32_t count; uint32_t readable; uint32_t reserved;
+                    const struct iovec *iov; };
+
+/* fd: the tap, -1 while there is none that works (Python drops and counts);
+   overflow: MAX_PACKET + 1 bytes; waiting: set when receive found no frame */
+struct svmm_net {
+    int fd; uint64_t acked; uint8_t *overflow; int waiting;
+    uint64_t tx_packets; uint64_t tx_bytes; uint64_t tx_dropped;
+    uint64_t rx_packets; uint64_t rx_bytes; uint64_t rx_dropped;
+};
+
+#define VNET_HDR_LEN 12
+#define ETH_HLEN 14
+#define MAX_PACKET (VNET_HDR_LEN + 65550)
+#define MAX_IOV 1024                     /* IOV_MAX: what one readv takes */
+#define F_CSUM 0
+#define F_HOST_TSO4 11
+#define F_HOST_TSO6 12
+#define F_HOST_ECN 13
+#define F_HOST_UFO 14
+#define NEEDS_CSUM 1
+#define GSO_ECN 0x80
+
+static int has(uint64_t acked, int bit) { return (acked >> bit) & 1; }
+
+/* NetDevice._check_tx_header: may the driver send this header (§5.1.6.2.1)? */
+static int svmm_net_header_ok(uint64_t acked, const uint8_t *hdr, uint64_t frame_len)
+{
+    uint8_t flags = hdr[0], gso_type = hdr[1], kind = gso_type & ~GSO_ECN;
+    uint16_t gso_size, csum_start, csum_offset;
+    int feature;
+    memcpy(&gso_size, hdr + 4, 2);
+    memcpy(&csum_start, hdr + 6, 2);
+    memcpy(&csum_offset, hdr + 8, 2);
+    if (flags & ~NEEDS_CSUM)
+        return 0;
+    if (flags & NEEDS_CSUM) {
+        if (!has(acked, F_CSUM) || (uint64_t)csum_start + csum_offset + 2 > frame_len)
+            return 0;
+    }
+    if (kind == 0)
+        return !(gso_type & GSO_ECN);
+    feature = kind == 1 ? F_HOST_TSO4 : kind == 4 ? F_HOST_TSO6 : kind == 3 ? F_HOST_UFO : -1;
+    if (feature < 0 || !has(acked, feature))
+        return 0;
+    if ((gso_type & GSO_ECN) && !has(acked, F_HOST_ECN))
+        return 0;
+    return (flags & NEEDS_CSUM) && gso_size != 0;
+}
+
+int64_t svmm_net_transmit(void *context, const struct svmm_chain *chain)
+{
+    struct svmm_net *net = context;
+    const struct iovec *iov = chain->iov;
+    uint8_t hdr[VNET_HDR_LEN];
+    uint64_t total = 0;
+    if (net->fd < 0 || chain->readable != chain->count || iov[0].iov_len < VNET_HDR_LEN
+            || chain->count > MAX_IOV)
+        return SVMM_HANDLED_DEFER;
+    for (uint32_t i = 0; i < chain->count; i++)
+        total += iov[i].iov_len;
+    if (total < VNET_HDR_LEN + ETH_HLEN || total > MAX_PACKET)
+        return SVMM_HANDLED_DEFER;
+    memcpy(hdr, iov[0].iov_base, VNET_HDR_LEN);
+    if (!svmm_net_header_ok(net->acked, hdr, total - VNET_HDR_LEN))
+        return SVMM_HANDLED_DEFER;
+    if (writev(net->fd, iov, (int)chain->count) < 0) {
+        if (errno != EAGAIN)
+            return SVMM_HANDLED_DEFER;      /* the Python path sees the error itself */
+        net->tx_dropped++;                  /* the tap's queue is full: a NIC drops too */
+        return 0;
+    }
+    net->tx_packets++;
+    net->tx_bytes += total - VNET_HDR_LEN;
+    return 0;
+}
+
+int64_t svmm_net_receive(void *context, const struct svmm_chain *chain)
+{
+    struct svmm_net *net = context;
+    struct iovec iov[MAX_IOV];
+    uint64_t capacity = 0;
+    uint16_t one = 1;
+    ssize_t size;
+    if (net->fd < 0 || chain->readable != 0 || chain->iov[0].iov_len < VNET_HDR_LEN
+            || chain->count >= MAX_IOV)
+        return SVMM_HANDLED_DEFER;
+    for (uint32_t i = 0; i < chain->count; i++) {
+        iov[i] = chain->iov[i];
+        capacity += iov[i].iov_len;
+    }
+    /* behind the buffers: a frame larger than them is seen whole, and dropped */
+    iov[chain->count].iov_base = net->overflow;
+    iov[chain->count].iov_len = capacity > MAX_PACKET ? 1 : MAX_PACKET + 1 - capacity;
+    size = readv(net->fd, iov, (int)chain->count + 1);
+    if (size < 0 && (errno == EAGAIN || errno == EINTR)) {
+        net->waiting = 1;
+        return SVMM_HANDLED_KEEP;
+    }
+    if (size <= 0)
+        return SVMM_HANDLED_DEFER;          /* a broken tap: Python reads, fails, says so */
+    if (size < VNET_HDR_LEN + ETH_HLEN || size > MAX_PACKET || (uint64_t)size > capacity) {
+        net->rx_dropped++;                  /* §5.1.6.3.1: larger than the driver's buffer */
+        return SVMM_HANDLED_DEFER;
+    }
+    memcpy((uint8_t *)iov[0].iov_base + 10, &one, 2);   /* num_buffers (§5.1.6.4) */
+    net->rx_packets++;
+    net->rx_bytes += (uint64_t)size - VNET_HDR_LEN;
+    return size;
+}
+""")
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,50 @@
+"""The net C handlers (``stratovmm_net._fast``) as the core's serving loop takes them.
+
+One ``NativeNet`` per device: the C side reads the tap's fd and the accepted features
+from it (``sync``, before each serving batch: a tap may come, go or break, and features
+are negotiated after the device is made) and counts the frames it moves there; ``fold``
+moves those counts into the device's counters, so ``query-stats`` shows the same
+figures whichever path moved a frame.
+"""
+
+from __future__ import annotations
+
+from stratovmm.api import NativeHandler
+from stratovmm_net._fast import ffi, lib
+
+_COUNTERS = ("tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_dropped")
+
+
+class NativeNet:
+    """The C transmit and receive handlers of one NIC."""
+
+    def __init__(self, max_packet: int) -> None:
+        self._overflow = ffi.new("uint8_t[]", max_packet + 1)
+        self._state = ffi.new("struct svmm_net *", {"fd": -1, "overflow": self._overflow})
+        context = int(ffi.cast("uintptr_t", self._state))
+        self.transmit = self._handler("svmm_net_transmit", context)
+        self.receive = self._handler("svmm_net_receive", context)
+
+    def _handler(self, name: str, context: int) -> NativeHandler:
+        return NativeHandler(int(ffi.cast("uintptr_t", ffi.addressof(lib, name))), context,
+                             self, lib.SVMM_HANDLER_ABI)
+
+    def sync(self, fd: int | None, acked: int) -> None:
+        """The tap C may use (None: none that works) and the driver's features."""
+        state = self._state
+        state.fd = -1 if fd is None else fd
+        state.acked = acked
+        state.waiting = 0
+
+    @property
+    def waiting(self) -> bool:
+        """Receive stopped on a chain because the tap had no frame for it (the chain is
+        still in the ring): the device should watch the tap."""
+        return bool(self._state.waiting)
+
+    def fold(self, counters: dict[str, int]) -> None:
+        """Add what C counted since the last call to ``counters``."""
+        state = self._state
+        for name in _COUNTERS:
+            counters[name] += getattr(state, name)
+            setattr(state, name, 0)

@@ -101,6 +101,7 @@ class NativeRing:
         self._capacity = size
         self._serving: object = None         # made on the first serve: not every queue has
         #                                        a C handler
+        self._setting: tuple[object, ...] = ()
 
     def serve(self, handler: NativeHandler, active: ActiveFlag, desc_table: int,
               avail_ring: int, used_ring: int, size: int, last_avail: int, next_used: int,
@@ -113,9 +114,12 @@ class NativeRing:
             s = self._serving = ffi.new("struct svmm_serving *", {
                 "addrs": self._addrs, "lens": self._lens, "elements": self._elements,
                 "iov": self._iov})
-        s.desc_table, s.avail_ring, s.used_ring, s.size = desc_table, avail_ring, used_ring, size
+        setting = (desc_table, avail_ring, used_ring, size, handler, active)
+        if setting != self._setting:     # (per queue, the same every call: set once)
+            self._setting = setting
+            s.desc_table, s.avail_ring, s.used_ring, s.size = setting[:4]
+            s.handler, s.context, s.active = handler._function, handler._context, active.cell
         s.last_avail, s.next_used = last_avail, next_used
-        s.handler, s.context, s.active = handler._function, handler._context, active.cell
         served = lib.svmm_serve(self._guest, s, min(budget, self._capacity))
         return served, s.stop, s.last_avail, s.next_used
 

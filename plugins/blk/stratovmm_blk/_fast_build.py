@@ -19,11 +19,7 @@ from cffi import FFI
 ffibuilder = FFI()
 ffibuilder.cdef("""
 #define SVMM_HANDLER_ABI ...
-struct svmm_blk {
-    int fd; int read_only; int direct;
-    uint64_t sectors;
-    uint64_t requests; uint64_t bytes_read; uint64_t bytes_written;
-};
+struct svmm_blk { int fd; int read_only; int direct; uint64_t sectors; uint64_t counts[3]; };
 struct svmm_chain;
 int64_t svmm_blk_request(void *context, const struct svmm_chain *chain);
 """)
@@ -39,11 +35,11 @@ ffibuilder.set_source("stratovmm_blk._fast", r"""
 struct svmm_chain { uint32_t head; uint32_t count; uint32_t readable; uint32_t reserved;
                     const struct iovec *iov; };
 
-struct svmm_blk {
-    int fd; int read_only; int direct;
-    uint64_t sectors;
-    uint64_t requests; uint64_t bytes_read; uint64_t bytes_written;
-};
+/* counts: what NativeBlk.fold adds to the device's counters, in its order */
+struct svmm_blk { int fd; int read_only; int direct; uint64_t sectors; uint64_t counts[3]; };
+#define REQUESTS 0
+#define BYTES_READ 1
+#define BYTES_WRITTEN 2
 
 #define T_IN 0
 #define T_OUT 1
@@ -90,12 +86,12 @@ int64_t svmm_blk_request(void *context, const struct svmm_chain *chain)
     if (done < 0 || (uint64_t)done != length)
         return SVMM_HANDLED_DEFER;
     *(uint8_t *)iov[last].iov_base = 0;         /* VIRTIO_BLK_S_OK */
-    blk->requests++;
+    blk->counts[REQUESTS]++;
     if (type == T_IN) {
-        blk->bytes_read += length;
+        blk->counts[BYTES_READ] += length;
         return (int64_t)length + 1;
     }
-    blk->bytes_written += length;
+    blk->counts[BYTES_WRITTEN] += length;
     return 1;
 }
 """)

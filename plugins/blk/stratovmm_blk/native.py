@@ -12,7 +12,9 @@ from stratovmm.api import NativeHandler
 from stratovmm_blk._fast import ffi, lib
 from stratovmm_blk.backend import BlockBackend
 
+# svmm_blk.counts, in order
 _COUNTERS = ("requests", "bytes_read", "bytes_written")
+_ZEROS = [0] * len(_COUNTERS)
 
 
 class NativeBlk:
@@ -28,9 +30,9 @@ class NativeBlk:
 
     def fold(self, counters: dict[str, int]) -> None:
         """Add what C counted since the last call to ``counters``."""
-        state = self._state
-        if not state.requests:
-            return
-        for name in _COUNTERS:
-            counters[name] += getattr(state, name)
-            setattr(state, name, 0)
+        counts = self._state.counts
+        values = ffi.unpack(counts, len(_COUNTERS))
+        if values[0]:
+            for name, value in zip(_COUNTERS, values, strict=True):
+                counters[name] += value
+            counts[0 : len(_COUNTERS)] = _ZEROS

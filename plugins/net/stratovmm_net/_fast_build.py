@@ -23,11 +23,7 @@ from cffi import FFI
 ffibuilder = FFI()
 ffibuilder.cdef("""
 #define SVMM_HANDLER_ABI ...
-struct svmm_net {
-    int fd; uint64_t acked; uint8_t *overflow; int waiting;
-    uint64_t tx_packets; uint64_t tx_bytes; uint64_t tx_dropped;
-    uint64_t rx_packets; uint64_t rx_bytes; uint64_t rx_dropped;
-};
+struct svmm_net { int fd; uint64_t acked; uint8_t *overflow; int waiting; uint64_t counts[6]; };
 struct svmm_chain;
 int64_t svmm_net_transmit(void *context, const struct svmm_chain *chain);
 int64_t svmm_net_receive(void *context, const struct svmm_chain *chain);
@@ -47,12 +43,15 @@ struct svmm_chain { uint32_t head; uint32_t count; uint32_t readable; uint32_t r
                     const struct iovec *iov; };
 
 /* fd: the tap, -1 while there is none that works (Python drops and counts);
-   overflow: MAX_PACKET + 1 bytes; waiting: set when receive found no frame */
-struct svmm_net {
-    int fd; uint64_t acked; uint8_t *overflow; int waiting;
-    uint64_t tx_packets; uint64_t tx_bytes; uint64_t tx_dropped;
-    uint64_t rx_packets; uint64_t rx_bytes; uint64_t rx_dropped;
-};
+   overflow: MAX_PACKET + 1 bytes; waiting: set when receive found no frame;
+   counts: what NativeNet.fold adds to the device's counters, in its order */
+struct svmm_net { int fd; uint64_t acked; uint8_t *overflow; int waiting; uint64_t counts[6]; };
+#define TX_PACKETS 0
+#define TX_BYTES 1
+#define TX_DROPPED 2
+#define RX_PACKETS 3
+#define RX_BYTES 4
+#define RX_DROPPED 5
 
 #define VNET_HDR_LEN 12
 #define ETH_HLEN 14
@@ -112,11 +111,11 @@ int64_t svmm_net_transmit(void *context, const struct svmm_chain *chain)
     if (writev(net->fd, iov, (int)chain->count) < 0) {
         if (errno != EAGAIN)
             return SVMM_HANDLED_DEFER;      /* the Python path sees the error itself */
-        net->tx_dropped++;                  /* the tap's queue is full: a NIC drops too */
+        net->counts[TX_DROPPED]++;                  /* the tap's queue is full: a NIC drops too */
         return 0;
     }
-    net->tx_packets++;
-    net->tx_bytes += total - VNET_HDR_LEN;
+    net->counts[TX_PACKETS]++;
+    net->counts[TX_BYTES] += total - VNET_HDR_LEN;
     return 0;
 }
 
@@ -145,12 +144,12 @@ int64_t svmm_net_receive(void *context, const struct svmm_chain *chain)
     if (size <= 0)
         return SVMM_HANDLED_DEFER;          /* a broken tap: Python reads, fails, says so */
     if (size < VNET_HDR_LEN + ETH_HLEN || size > MAX_PACKET || (uint64_t)size > capacity) {
-        net->rx_dropped++;                  /* §5.1.6.3.1: larger than the driver's buffer */
+        net->counts[RX_DROPPED]++;          /* §5.1.6.3.1: larger than the buffer */
         return SVMM_HANDLED_DEFER;
     }
     memcpy((uint8_t *)iov[0].iov_base + 10, &one, 2);   /* num_buffers (§5.1.6.4) */
-    net->rx_packets++;
-    net->rx_bytes += (uint64_t)size - VNET_HDR_LEN;
+    net->counts[RX_PACKETS]++;
+    net->counts[RX_BYTES] += (uint64_t)size - VNET_HDR_LEN;
     return size;
 }
 """)

@@ -12,7 +12,9 @@ from __future__ import annotations
 from stratovmm.api import NativeHandler
 from stratovmm_net._fast import ffi, lib
 
+# svmm_net.counts, in order
 _COUNTERS = ("tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_dropped")
+_ZEROS = [0] * len(_COUNTERS)
 
 
 class NativeNet:
@@ -44,7 +46,9 @@ class NativeNet:
 
     def fold(self, counters: dict[str, int]) -> None:
         """Add what C counted since the last call to ``counters``."""
-        state = self._state
-        for name in _COUNTERS:
-            counters[name] += getattr(state, name)
-            setattr(state, name, 0)
+        counts = self._state.counts
+        values = ffi.unpack(counts, len(_COUNTERS))
+        if any(values):
+            for name, value in zip(_COUNTERS, values, strict=True):
+                counters[name] += value
+            counts[0 : len(_COUNTERS)] = _ZEROS

@@ -359,11 +359,13 @@ class VirtioDevice(DeviceCounters):
                     self.serve_later(index, wait)
                 break
             if native is not None and not held:
-                queue.add_used_batch(done)       # in ring order, before what C uses
-                done = []
+                if done:
+                    queue.add_used_batch(done)   # in ring order, before what C uses
+                    done = []
+                left = (budget - served) * NATIVE_WEIGHT
                 got, stop = queue.serve_native(
                     native, self._active,
-                    _native_budget((budget - served) * NATIVE_WEIGHT, ops_limit))
+                    left if ops_limit is None else min(left, ops_limit.available()))
                 served += -(-got // NATIVE_WEIGHT)
                 items += got
                 if ops_limit is not None and got:
@@ -469,11 +471,6 @@ class VirtioDevice(DeviceCounters):
         """Raise the used-buffer interrupt."""
         if self.interrupt is not None:
             self.interrupt.signal_used()
-
-
-def _native_budget(left: int, ops_limit: RateLimiter | None) -> int:
-    """How many items one C call may serve: what is left of the budget, and of the tokens."""
-    return left if ops_limit is None else min(left, ops_limit.available())
 
 
 def _admission(ops_limit: RateLimiter | None, byte_limit: RateLimiter | None,

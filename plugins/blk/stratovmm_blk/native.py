@@ -14,7 +14,7 @@ from stratovmm_blk.backend import BlockBackend
 
 # svmm_blk.counts, in order
 _COUNTERS = ("requests", "bytes_read", "bytes_written")
-_ZEROS = [0] * len(_COUNTERS)
+_ZEROS = bytes(8 * len(_COUNTERS))
 
 
 class NativeBlk:
@@ -34,5 +34,6 @@ class NativeBlk:
         values = ffi.unpack(counts, len(_COUNTERS))
         if values[0]:
             for name, value in zip(_COUNTERS, values, strict=True):
-                counters[name] += value
-            counts[0 : len(_COUNTERS)] = _ZEROS
+                if value:
+                    counters[name] += value
+            ffi.memmove(counts, _ZEROS, len(_ZEROS))

@@ -14,7 +14,7 @@ from stratovmm_net._fast import ffi, lib
 
 # svmm_net.counts, in order
 _COUNTERS = ("tx_packets", "tx_bytes", "tx_dropped", "rx_packets", "rx_bytes", "rx_dropped")
-_ZEROS = [0] * len(_COUNTERS)
+_ZEROS = bytes(8 * len(_COUNTERS))
 
 
 class NativeNet:
@@ -50,5 +50,6 @@ class NativeNet:
         values = ffi.unpack(counts, len(_COUNTERS))
         if any(values):
             for name, value in zip(_COUNTERS, values, strict=True):
-                counters[name] += value
-            counts[0 : len(_COUNTERS)] = _ZEROS
+                if value:
+                    counters[name] += value
+            ffi.memmove(counts, _ZEROS, len(_ZEROS))

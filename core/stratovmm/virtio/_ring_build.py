@@ -227,20 +227,27 @@ static int svmm_walk(const struct svmm_guest *g, uint64_t desc_table, uint32_t s
    out[3] = the SVMM_E_* reason the chain is refused. */
 static int svmm_next(const struct svmm_guest *g, uint64_t desc_table, uint64_t avail_ring,
                      uint32_t size, uint32_t last_avail, uint64_t *addrs, uint32_t *lens,
-                     struct iovec *iov, uint32_t *out)
+                     struct iovec *iov, uint32_t *out, uint16_t *known)
 {
     uint16_t avail, head;
     uint32_t pending;
-    if (svmm_read_u16(g, avail_ring + 2, &avail) != 0)
-        return SVMM_RING_OUTSIDE;
-    pending = (uint32_t)(avail - last_avail) & 0xFFFF;
-    if (pending == 0)
-        return SVMM_EMPTY;
-    if (pending > size) {
-        return SVMM_RING_JUMP;
+    /* avail->idx as last read, while it still names chains not taken (svmm_serve: the
+       driver's cache line is read once per run of chains, as QEMU's shadow_avail_idx) */
+    pending = known != NULL ? (uint32_t)(*known - last_avail) & 0xFFFF : 0;
+    if (pending == 0 || pending > size) {
+        if (svmm_read_u16(g, avail_ring + 2, &avail) != 0)
+            return SVMM_RING_OUTSIDE;
+        pending = (uint32_t)(avail - last_avail) & 0xFFFF;
+        if (pending == 0)
+            return SVMM_EMPTY;
+        if (pending > size) {
+            return SVMM_RING_JUMP;
+        }
+        if (known != NULL)
+            *known = avail;
+        /* the head is read after the index that published it (§2.7.13.3: a read barrier) */
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
     }
-    /* the head is read after the index that published it (§2.7.13.3: a read barrier) */
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
     if (svmm_read_u16(g, avail_ring + 4 + 2 * (uint64_t)(last_avail % size), &head) != 0)
         return SVMM_RING_OUTSIDE;
     out[0] = head;
@@ -256,7 +263,8 @@ int svmm_pop(const struct svmm_guest *g, uint64_t desc_table, uint64_t avail_rin
              uint32_t size, uint32_t last_avail, uint64_t *addrs, uint32_t *lens,
              uint32_t *out)
 {
-    return svmm_next(g, desc_table, avail_ring, size, last_avail, addrs, lens, NULL, out);
+    return svmm_next(g, desc_table, avail_ring, size, last_avail, addrs, lens, NULL, out,
+                     NULL);
 }
 
 /* Write count (head, len) pairs from next_used on, then used->idx once after them
@@ -289,6 +297,7 @@ int svmm_push_used(const struct svmm_guest *g, uint64_t used_ring, uint32_t size
 int svmm_serve(const struct svmm_guest *g, struct svmm_serving *s, uint32_t budget)
 {
     uint32_t out[4], served = 0, last_avail = s->last_avail;
+    uint16_t known = (uint16_t)last_avail;      /* nothing known: read avail->idx first */
     int stop = SVMM_STOP_BUDGET;
     s->served = 0;
     s->stop = SVMM_STOP_DEFER;
@@ -305,7 +314,7 @@ int svmm_serve(const struct svmm_guest *g, struct svmm_serving *s, uint32_t budg
             break;
         }
         found = svmm_next(g, s->desc_table, s->avail_ring, s->size, last_avail, s->addrs,
-                          s->lens, s->iov, out);
+                          s->lens, s->iov, out, &known);
         if (found == SVMM_EMPTY) {
             stop = SVMM_STOP_EMPTY;
             break;

@@ -310,6 +310,7 @@ def net_rx_rig(loop: EventLoop, tmp: str) -> Rig:
         each(h, RX, lambda: [Buffer(h.alloc(128), 128, True)])
 
     rig.load = load
+    rig.native = True
     return rig
 
 

@@ -375,7 +375,7 @@ class VirtioDevice(DeviceCounters):
                     break                # (reset meanwhile: §2.4.1, touch no ring)
                 if got:
                     continue             # the budget, the limiter, then C again
-            if not self._take_chains(index, queue, held, frames):
+            if not self._take_chains(index, queue, held, frames, done):
                 break
             lengths = self._serve_item(index, held, handler, byte_limit)
             if lengths is None:
@@ -400,12 +400,13 @@ class VirtioDevice(DeviceCounters):
         return items
 
     def _take_chains(self, index: int, queue: SplitQueue, held: HeldChains,
-                     frames: Frames | None) -> bool:
+                     frames: Frames | None, done: list[tuple[int, int]]) -> bool:
         """Hold the chains the next item needs: one, or as many as ``frames.wants``, each
-        walked and checked whole by ``queue.pop`` (§2.7.5).  False when none is held and the
-        ring is empty, after asking the driver to notify us of its next buffer (§2.7.10)."""
+        walked and checked whole by ``queue.pop`` (§2.7.5); the chains refused on the way
+        join ``done``, the batch's completions.  False when none is held and the ring is
+        empty, after asking the driver to notify us of its next buffer (§2.7.10)."""
         while frames.wants(held) if frames is not None else not held:
-            chain = queue.pop()
+            chain = queue.pop(done)        # a bad chain joins the batch, in ring order
             if chain is None:
                 if queue.set_notification(True):
                     continue               # the driver added one meanwhile (§2.7.10)
@@ -414,7 +415,7 @@ class VirtioDevice(DeviceCounters):
                 fault = frames.check(chain) if frames.check is not None else None
                 if fault is not None:
                     self.guest_fault("unusable-chain", f"queue {index}: {fault}")
-                    queue.add_used(chain.head, 0)
+                    done.append((chain.head, 0))
                     continue
                 if held and held.descriptors + _descriptors(chain) >= IOV_MAX:
                     queue.unpop()          # for a later item: one readv could not take it

@@ -108,13 +108,15 @@ class SplitQueue:
         """True when the driver has made chains available that we have not popped."""
         return self.avail_idx() != self.last_avail
 
-    def pop(self) -> DescriptorChain | None:
+    def pop(self, batch: list[tuple[int, int]] | None = None) -> DescriptorChain | None:
         """The next valid chain, or None when the ring is empty.
 
         Bad chains are completed with length 0 and skipped (counted in
-        ``bad_chains``); a broken ring raises ``QueueProtocolError``.  The one
-        per-chain walk of ``VirtioDevice.serve``; with the fast path, C takes the common
-        case (an empty ring, a good chain) and this code everything else.
+        ``bad_chains``): appended to ``batch`` when given (the caller's completions not yet
+        published, so the used ring keeps the order of the avail ring), else at once.  A
+        broken ring raises ``QueueProtocolError``.  The one per-chain walk of
+        ``VirtioDevice.serve``; with the fast path, C takes the common case (an empty ring,
+        a good chain) and this code everything else.
         """
         if self._native is not None:
             chain = self._native.pop(self.desc_table, self.avail_ring, self.size,
@@ -144,7 +146,16 @@ class SplitQueue:
                 if len(self.errors) < 8:
                     self.errors.append(str(exc))
                 log.debug("bad descriptor chain at head %d: %s", head, exc)
-                self.add_used(head, 0)
+                if batch is None:
+                    self.add_used(head, 0)
+                else:
+                    batch.append((head, 0))
+
+    @property
+    def in_c(self) -> bool:
+        """C serves this queue's pops and ``serve_native`` (the fast path is on and reaches
+        its memory)."""
+        return self._native is not None
 
     def serve_native(self, handler: NativeHandler, active: ActiveFlag,
                      budget: int) -> tuple[int, int]:

@@ -5,9 +5,11 @@ same image and the same counters, whichever path served them.
 Requests are drawn as a guest might send them: every type, sectors inside, at the edge
 of and far past the capacity, data lengths that are and are not sector multiples, the
 header and status in their own buffers (Linux's framing, the one C takes) or merged with
-the data, wrong buffer directions, direct or indirect chains, O_DIRECT on or off, a
-read-only drive.  Guest RAM is an anonymous mapping (page-aligned, as a VM's), so the C
-handler's O_DIRECT alignment check sees what it would in a VM.
+the data, wrong buffer directions, chains the ring walk refuses (a buffer outside RAM:
+the used ring keeps the avail ring's order either way), direct or indirect chains,
+O_DIRECT on or off, a read-only drive.  Guest RAM is an anonymous mapping
+(page-aligned, as a VM's), so the C handler's O_DIRECT alignment check sees what it
+would in a VM.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ requests = st.tuples(
     st.sampled_from([0, 512, 512, 1024, 4096, 4096, 100, 513]),
     st.integers(1, 3),
     st.sampled_from(["linux", "linux", "linux", "merged-header", "merged-status",
-                     "no-status", "short-header"]),
+                     "no-status", "short-header", "outside"]),
     st.sampled_from([False] * 7 + [True]),
     st.booleans(),
 )
@@ -99,6 +101,8 @@ def lay_out(memory: GuestMemoryProtocol, drawn: list[tuple[Any, ...]]) -> None:
             memory.write(data, content[:length].ljust(length, b"\0"))
             entries.append((data, length, DESC_F_WRITE if writable else 0))
             data += length
+        if request[4] == "outside":            # a chain the ring walk refuses (§2.7.5)
+            entries[0] = (RAM + 0x1000, *entries[0][1:])
         head = slot
         if request[-1]:
             table = INDIRECT + 16 * 16 * serial

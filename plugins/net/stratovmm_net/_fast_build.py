@@ -8,12 +8,14 @@ handler ABI 1), each taking only what it is sure of and giving everything else b
   checked against the accepted features exactly as ``NetDevice._check_tx_header``
   (§5.1.6.2.1), written to the tap with one ``writev`` straight from guest RAM; a tap
   whose queue is full drops the frame (counted), as a NIC would;
-- ``svmm_net_receive``: without VIRTIO_NET_F_MRG_RXBUF, one frame per chain (§5.1.6.3):
-  one ``readv`` from the tap into the chain's buffers plus a host overflow buffer behind
-  them, ``num_buffers`` = 1 (§5.1.6.4); with no frame waiting, the chain stays in the ring
-  (``SVMM_HANDLED_KEEP``) and the device watches the tap.  A frame the chain cannot take
-  (too short, larger than the buffers) is dropped and counted, and the chain goes to
-  Python, which reads the next frame into it.
+- ``svmm_net_receive``: one ``readv`` from the tap into the chain's buffers plus a host
+  overflow buffer behind them; a frame that fits is used with ``num_buffers`` = 1
+  (§5.1.6.4); with no frame waiting, the chain stays in the ring (``SVMM_HANDLED_KEEP``)
+  and the device watches the tap.  A runt is dropped and counted, and so is a frame
+  larger than the chain without VIRTIO_NET_F_MRG_RXBUF (§5.1.6.3.1); with it, the frame
+  goes on in the next chains: C records its size (``spill_size``, its tail is in the
+  overflow buffer) and gives the chain to Python, which places the tail in the chains
+  that follow, as it does for its own frames (``NetDevice._Spill``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from cffi import FFI
 ffibuilder = FFI()
 ffibuilder.cdef("""
 #define SVMM_HANDLER_ABI ...
-struct svmm_net { int fd; uint64_t acked; uint8_t *overflow; int waiting; uint64_t counts[6]; };
+struct svmm_net {
+    int fd; uint64_t acked; int mergeable; uint8_t *overflow; int waiting;
+    uint32_t spill_size; uint32_t spill_first; uint64_t counts[6];
+};
 struct svmm_chain;
 int64_t svmm_net_transmit(void *context, const struct svmm_chain *chain);
 int64_t svmm_net_receive(void *context, const struct svmm_chain *chain);
@@ -42,10 +47,15 @@ ffibuilder.set_source("stratovmm_net._fast", r"""
 struct svmm_chain { uint32_t head; uint32_t count; uint32_t readable; uint32_t reserved;
                     const struct iovec *iov; };
 
-/* fd: the tap, -1 while there is none that works (Python drops and counts);
-   overflow: MAX_PACKET + 1 bytes; waiting: set when receive found no frame;
-   counts: what NativeNet.fold adds to the device's counters, in its order */
-struct svmm_net { int fd; uint64_t acked; uint8_t *overflow; int waiting; uint64_t counts[6]; };
+/* fd: the tap, -1 while there is none that works (Python drops and counts); acked and
+   mergeable: the driver's features; overflow: MAX_PACKET + 1 bytes; waiting: set when
+   receive found no frame; spill_size, spill_first: a frame larger than its first chain
+   (MRG_RXBUF), and the bytes that chain took, until Python places the rest; counts:
+   what NativeNet.fold adds to the device's counters, in its order */
+struct svmm_net {
+    int fd; uint64_t acked; int mergeable; uint8_t *overflow; int waiting;
+    uint32_t spill_size; uint32_t spill_first; uint64_t counts[6];
+};
 #define TX_PACKETS 0
 #define TX_BYTES 1
 #define TX_DROPPED 2
@@ -126,8 +136,8 @@ int64_t svmm_net_receive(void *context, const struct svmm_chain *chain)
     uint64_t capacity = 0;
     uint16_t one = 1;
     ssize_t size;
-    if (net->fd < 0 || chain->readable != 0 || chain->iov[0].iov_len < VNET_HDR_LEN
-            || chain->count >= MAX_IOV)
+    if (net->fd < 0 || net->spill_size || chain->readable != 0
+            || chain->iov[0].iov_len < VNET_HDR_LEN || chain->count >= MAX_IOV)
         return SVMM_HANDLED_DEFER;
     for (uint32_t i = 0; i < chain->count; i++) {
         iov[i] = chain->iov[i];
@@ -143,8 +153,14 @@ int64_t svmm_net_receive(void *context, const struct svmm_chain *chain)
     }
     if (size <= 0)
         return SVMM_HANDLED_DEFER;          /* a broken tap: Python reads, fails, says so */
-    if (size < VNET_HDR_LEN + ETH_HLEN || size > MAX_PACKET || (uint64_t)size > capacity) {
+    if (size < VNET_HDR_LEN + ETH_HLEN || size > MAX_PACKET
+            || ((uint64_t)size > capacity && !net->mergeable)) {
         net->counts[RX_DROPPED]++;          /* §5.1.6.3.1: larger than the buffer */
+        return SVMM_HANDLED_DEFER;
+    }
+    if ((uint64_t)size > capacity) {        /* §5.1.6.4: on into the next chains */
+        net->spill_size = (uint32_t)size;
+        net->spill_first = (uint32_t)capacity;
         return SVMM_HANDLED_DEFER;
     }
     memcpy((uint8_t *)iov[0].iov_base + 10, &one, 2);   /* num_buffers (§5.1.6.4) */

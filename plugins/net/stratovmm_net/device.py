@@ -14,23 +14,21 @@ Receive (§5.1.6.3, §5.1.6.4): the tap fd is registered on the device's loop
 (``EPOLLIN``) only while the driver has receive buffers for it, so an idle or
 starved device costs nothing.  Both queues are served by the core's ``serve``
 (a budget of frames per loop turn); receive in its ``Frames`` form, because
-with VIRTIO_NET_F_MRG_RXBUF a frame may fill several chains: ``serve`` holds
-chains until they have room for the largest frame (or the ring is empty), the
-device reads one frame into all of them with a single ``readv`` (plus a host
-overflow buffer behind them) and uses as many as the frame needed; the rest
-stay held for the next frame.  A frame larger than the buffers held spills into
-the overflow buffer and waits, tap reads paused, until the driver posts enough
-buffers for the rest (``_Spill``).
+with VIRTIO_NET_F_MRG_RXBUF a frame may fill several chains.  Each frame is read
+with one ``readv`` into the next chain plus a host overflow buffer behind it;
+a frame larger than that chain spills: with MRG_RXBUF its tail is copied into
+the chains that follow (``_Spill``; tap reads pause until the driver has posted
+enough of them), without it the frame is dropped (§5.1.6.3.1).
 
-Transmitted frames, and received ones without MRG_RXBUF, move in C
-(``stratovmm_net.native``) under the core's serving loop, with the same checks;
-whatever the C handlers are not sure of comes back to the Python handlers here.
+Transmitted and received frames move in C (``stratovmm_net.native``) under the core's
+serving loop, with the same checks; whatever the C handlers are not sure of comes
+back to the Python handlers here.  A frame C read that spills is handed over with
+its tail, and placed here.
 """
 
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import os
 import re
@@ -46,6 +44,7 @@ from stratovmm.api import (
     EventLoop,
     Frames,
     HeldChains,
+    SplitQueue,
     VirtioDevice,
 )
 from stratovmm_net.native import NativeNet
@@ -175,7 +174,7 @@ class _Spill:
     (``room`` writable bytes), ``tail`` waits for the buffers the driver posts next."""
 
     size: int
-    tail: bytes
+    tail: memoryview          # (a view: placing a piece takes no copy of the rest)
     lengths: list[int]
     room: int
 
@@ -245,6 +244,7 @@ class NetDevice(VirtioDevice):
         the core forgets the buffers it held)."""
         self._arm(False)
         self._spill = None
+        self._native.drop_spill()
 
     def close(self) -> None:
         """Detach from the tap."""
@@ -289,6 +289,7 @@ class NetDevice(VirtioDevice):
         with self.lock:
             old, self.tap = self.tap, None
         self._spill = None
+        self._native.drop_spill()
         self._config_changed()
         return old
 
@@ -303,7 +304,7 @@ class NetDevice(VirtioDevice):
         """A kick: RX means new receive buffers, TX new frames to send."""
         native = self._native
         native.sync(self.tap.fd if self.tap is not None and self._tap_usable() else None,
-                    self.acked_features)
+                    self.acked_features, self._mergeable)
         try:
             if index == RX:
                 self._receive()
@@ -409,9 +410,15 @@ class NetDevice(VirtioDevice):
         watch the tap only while buffers wait for a frame — held ones, or the one the C
         handler left in the ring (a spilled frame waits for buffers instead: the driver's
         kick brings them)."""
-        if self._tap_usable() or self._spill is not None:
-            one_chain = not self._mergeable and self._spill is None
-            self.serve(RX, self._frames, native=self._native.receive if one_chain else None)
+        spilled = self._spill is not None or self._native.spill_size > 0
+        if self._tap_usable() or spilled:
+            self.serve(RX, self._frames, native=None if spilled else self._native.receive)
+        if self.active and (self._spill is not None or self._native.spill_size > 0):
+            # a spilled frame waits for the chains after it: there already, or the driver's
+            # next kick, asked for here (§2.7.10: a stale avail_event would never bring it)
+            queue = self._rx_queue()
+            if queue.has_available() or queue.set_notification(True):
+                self.serve_later(RX)
         self._arm(self._tap_usable() and self._spill is None
                   and (self.held_chains(RX) > 0 or self._native.waiting))
 
@@ -433,33 +440,40 @@ class NetDevice(VirtioDevice):
             self._arm(False)
 
     def _wants_chain(self, held: HeldChains) -> bool:
-        """Hold room for the largest frame (with MRG_RXBUF, §5.1.6.4) or one chain; a spilled
-        frame wants room for its tail, up to a whole ring of chains."""
+        """One chain for the next frame; a spilled frame wants room for its tail (or,
+        handed over by C, for all of it), up to a whole ring of chains (§5.1.6.4)."""
         spill = self._spill
         if spill is not None:
             return held.room - spill.room < len(spill.tail) and len(held) < self._rx_size()
-        if not self._mergeable:
-            return not held
-        return held.room <= MAX_PACKET
+        handed_over = self._native.spill_size
+        if handed_over:
+            return held.room < handed_over and len(held) < self._rx_size()
+        return not held
 
-    def _rx_size(self) -> int:
+    def _rx_queue(self) -> SplitQueue:
         queue = self.queues[RX]
         assert queue is not None
-        return queue.size
+        return queue
+
+    def _rx_size(self) -> int:
+        return self._rx_queue().size
 
     def _receive_frame(self, held: HeldChains) -> Sequence[int] | None:
         """One frame from the tap into the held buffers: the bytes each used chain got
         (§5.1.6.4), none for a dropped frame, None when the tap has none or a spilled frame
         waits for more buffers."""
+        if self._spill is None and self._native.spill_size:
+            total, tail = self._native.take_spill()     # C read it into held[0] and on
+            first = held[0].writable_len
+            self._spill = _Spill(total, memoryview(tail), [first], first)
         if self._spill is not None:
             return self._place_tail(held)
         if not self._tap_usable():
             return None
         memory = self.memory
         assert memory is not None
-        count = len(held) if self._mergeable else 1
-        capacity = held.room if self._mergeable else held[0].writable_len
-        iov = held.write_views(memory, count)
+        capacity = held[0].writable_len
+        iov = held.write_views(memory, 1)
         iov.append(self._overflow[: max(1, MAX_PACKET + 1 - capacity)])
         size = self._read_tap(iov)
         if size is None:
@@ -468,18 +482,12 @@ class NetDevice(VirtioDevice):
             self.counters["rx_dropped"] += 1
             return []
         if size <= capacity:
-            lengths, left = [], size
-            for chain in itertools.islice(held, count):
-                lengths.append(min(chain.writable_len, left))
-                left -= lengths[-1]
-                if not left:
-                    break
-            return self._frame_done(held, lengths, size)
+            return self._frame_done(held, [size], size)
         if not self._mergeable:
             self.counters["rx_dropped"] += 1    # larger than the driver's buffer (§5.1.6.3.1)
             return []
-        self._spill = _Spill(size, bytes(self._overflow[: size - capacity]),
-                             [chain.writable_len for chain in held], capacity)
+        self._spill = _Spill(size, memoryview(bytes(self._overflow[: size - capacity])),
+                             [capacity], capacity)
         return self._place_tail(held)
 
     def _read_tap(self, iov: list[memoryview]) -> int | None:

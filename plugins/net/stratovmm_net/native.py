@@ -31,12 +31,31 @@ class NativeNet:
         return NativeHandler(int(ffi.cast("uintptr_t", ffi.addressof(lib, name))), context,
                              self, lib.SVMM_HANDLER_ABI)
 
-    def sync(self, fd: int | None, acked: int) -> None:
+    def sync(self, fd: int | None, acked: int, mergeable: bool) -> None:
         """The tap C may use (None: none that works) and the driver's features."""
         state = self._state
         state.fd = -1 if fd is None else fd
         state.acked = acked
+        state.mergeable = mergeable
         state.waiting = 0
+
+    @property
+    def spill_size(self) -> int:
+        """The size of a frame C read whose first chain could not hold it all (with
+        MRG_RXBUF), until ``take_spill``: the device places the rest; 0 when none."""
+        return int(self._state.spill_size)
+
+    def take_spill(self) -> tuple[int, bytes]:
+        """The spilled frame's size and the bytes of it past its first chain (from the
+        overflow buffer); C may read frames again."""
+        state = self._state
+        size, first = state.spill_size, state.spill_first
+        state.spill_size = state.spill_first = 0
+        return size, bytes(ffi.buffer(self._overflow, size - first))
+
+    def drop_spill(self) -> None:
+        """Forget a spilled frame (a reset, a tap taken away)."""
+        self._state.spill_size = self._state.spill_first = 0
 
     @property
     def waiting(self) -> bool:

@@ -130,9 +130,11 @@ class Rig:
         return addrs
 
     def host_sends(self, frame: bytes, header: bytes = bytes(VNET_HDR_LEN)) -> None:
-        """The tap hands the device ``header + frame``; run the loop once."""
+        """The tap hands the device ``header + frame``; run the loop (a second turn places
+        the tail of a frame that spilled past its first buffer)."""
         self.peer.send(header + frame)
         self.loop.run_once(0.5)
+        self.loop.run_once(0)
 
     def armed(self) -> bool:
         assert self.tap is not None

@@ -5,7 +5,8 @@ frames on the tap and the same counters, whichever path moved them.
 Drawn as a guest and a host might: transmit headers of every kind (good, offloads the
 driver did or did not accept, garbage), frames from too short to too long, split over
 buffers or not, chains with device-writable buffers; receive chains of any buffer
-sizes (too small for the header, too small for the frame, one or several buffers),
+sizes (too small for the header, too small for the frame, one or several buffers,
+a buffer outside RAM),
 host frames from runts to jumbo, more or fewer than there are buffers, a tap whose
 queue is full; mergeable receive buffers (Python only) or not.  The tap is a datagram
 socketpair (one frame per read and write, as a tap).
@@ -57,9 +58,10 @@ headers = st.one_of(
 # (header, frame length, pieces, a writable buffer in it, indirect)
 transmits = st.tuples(headers, st.sampled_from([0, 10, 14, 60, 1514, 1514, 65550, 65551]),
                       st.integers(1, 3), st.sampled_from([False] * 9 + [True]), st.booleans())
-# (buffer sizes, indirect)
+# (buffer sizes, indirect, a buffer outside RAM)
 receives = st.tuples(st.lists(st.sampled_from([1, 8, 12, 64, 200, 1526, 1526, 4096]),
-                              min_size=1, max_size=3), st.booleans())
+                              min_size=1, max_size=3), st.booleans(),
+                     st.sampled_from([False] * 9 + [True]))
 host_frames = st.sampled_from([5, 26, 60, 100, 1526, 1526, 4000, 9000])
 features = st.sets(st.sampled_from([F_CSUM, F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN,
                                     F_HOST_UFO])).map(lambda bits: sum(1 << b for b in bits))
@@ -98,13 +100,16 @@ class Layout:
         self.posted = {RX: 0, TX: 0}
         self.tables = 0
 
-    def chain(self, queue: int, buffers: list[tuple[bytes, int, bool]], indirect: bool) -> None:
+    def chain(self, queue: int, buffers: list[tuple[bytes, int, bool]], indirect: bool,
+              outside: bool = False) -> None:
         entries = []
         for content, length, writable in buffers:
             self.data = (self.data + 7) & ~7
             self.memory.write(self.data, content[:length].ljust(length, b"\0"))
             entries.append((self.data, length, DESC_F_WRITE if writable else 0))
             self.data += length
+        if outside:                        # a chain the ring walk refuses (§2.7.5)
+            entries[0] = (RAM + 0x1000, *entries[0][1:])
         desc, avail, _used = RINGS[queue]
         slot = self.slots[queue]
         if indirect:
@@ -158,8 +163,8 @@ def run(fast: bool, acked: int, transmits_: list[Any], receives_: list[Any],
     layout = Layout(memory)
     for serial, transmit in enumerate(transmits_):
         layout.chain(TX, tx_buffers(transmit, serial), transmit[-1])
-    for sizes, indirect in receives_:
-        layout.chain(RX, [(b"\xee" * n, n, True) for n in sizes], indirect)
+    for sizes, indirect, outside in receives_:
+        layout.chain(RX, [(b"\xee" * n, n, True) for n in sizes], indirect, outside)
     loop = EventLoop()
     device = NetDevice("net0", SocketTap(ours.detach(), "sp0", 0x1F), MAC, loop)
     queues: list[SplitQueue | None] = [
@@ -222,8 +227,9 @@ def test_c_moves_plain_frames(monkeypatch: pytest.MonkeyPatch) -> None:
 
         monkeypatch.setattr(NetDevice, name, spy)
     plain = ((0, 0, 0, 0, 0, 0, 0), 60, 1, False, False)
-    fast = run(True, 0, [plain] * 5, [([1526], False)] * 4, [100] * 4, False)
+    buffers = [([1526], False, False)] * 4
+    fast = run(True, 0, [plain] * 5, buffers, [100] * 4, False)
     assert called == []
     assert len(fast[1]) == 5
     assert fast[2] == {"tx_packets": 5, "tx_bytes": 300, "rx_packets": 4, "rx_bytes": 352}
-    assert run(False, 0, [plain] * 5, [([1526], False)] * 4, [100] * 4, False)[1:] == fast[1:]
+    assert run(False, 0, [plain] * 5, buffers, [100] * 4, False)[1:] == fast[1:]

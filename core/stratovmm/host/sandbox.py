@@ -298,15 +298,18 @@ def _compile_now(rules: SeccompRules) -> seccompcache.Compiled:
 
 def pid_template(rules: SeccompRules, pid: int) -> SeccompRules | None:
     """A copy of ``rules`` with ``PID_MARKER`` for ``pid`` in the ``tgkill`` rules ("our
-    own process"); None when the marker is a constant of some other rule already."""
+    own process"); None when the marker is a constant of some other rule already, or the
+    pid is: libseccomp shares a comparison between rules that test the same value, so
+    the program compiled for the marker would not be the one compiled for that pid."""
     marker = seccompcache.PID_MARKER
+    ours = (ArgCondition(0, "eq", pid),)
     halves = {half for name in rules.rules for _owner, conditions in rules.rules[name]
+              if not (name == "tgkill" and conditions == ours)
               for c in conditions for v in (c.value, c.mask)
               for half in (v & LOW32, (v & ALL64) >> 32)}
-    if marker in halves | {r & LOW32 for r in rules.ioctls}:
+    if {marker, pid & LOW32} & (halves | {r & LOW32 for r in rules.ioctls}):
         return None
     template = rules.copy()
-    ours = (ArgCondition(0, "eq", pid),)
     template.rules["tgkill"] = [
         (owner, (ArgCondition(0, "eq", marker),) if conditions == ours else conditions)
         for owner, conditions in rules.rules.get("tgkill", [])]

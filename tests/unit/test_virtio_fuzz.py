@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from stratovmm.host.eventloop import EventLoop
 from stratovmm.memory import GuestMemory
+from stratovmm.testing.harness import CountingInterrupt
 from stratovmm.virtio.device import VirtioDevice
 from stratovmm.virtio.queue import QueueConfig, SplitQueue
 
@@ -74,22 +75,6 @@ def make_rng() -> VirtioDevice:
     return RngDevice("fuzz-rng", ENTROPY, LOOP, 1000)
 
 
-class NullInterrupt:
-    """Counts what the device signals."""
-
-    def __init__(self) -> None:
-        self.used = self.config = self.resets = 0
-
-    def signal_used(self) -> None:
-        self.used += 1
-
-    def signal_config(self) -> None:
-        self.config += 1
-
-    def needs_reset(self) -> None:
-        self.resets += 1
-
-
 def run_scenario(factory: Callable[[], VirtioDevice], data: dict) -> None:  # type: ignore[type-arg]
     buffer = bytearray(RAM_SIZE) + bytearray(CANARY)
     memory = GuestMemory(buffer, [(0, RAM_SIZE)])
@@ -106,7 +91,7 @@ def run_scenario(factory: Callable[[], VirtioDevice], data: dict) -> None:  # ty
     config = QueueConfig(QUEUE_SIZE)
     config.desc_table, config.avail_ring, config.used_ring = DESC, AVAIL, USED
     device = factory()
-    interrupt = NullInterrupt()
+    interrupt = CountingInterrupt()
     try:
         device.activate(memory, [SplitQueue.from_config(memory, config, data["event_idx"])],
                         interrupt, LOOP)

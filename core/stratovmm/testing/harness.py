@@ -119,3 +119,20 @@ class DeviceHarness:
     def kick(self, index: int) -> None:
         """Notify queue ``index`` and let the device serve it."""
         self.write_reg(c.QUEUE_NOTIFY, index)
+
+
+class CountingInterrupt:
+    """What a device signals, counted: the ``interrupt`` to ``VirtioDevice.activate`` a
+    device under test without a transport (a bare ``SplitQueue``)."""
+
+    def __init__(self) -> None:
+        self.used = self.config = self.resets = 0
+
+    def signal_used(self) -> None:
+        self.used += 1
+
+    def signal_config(self) -> None:
+        self.config += 1
+
+    def needs_reset(self) -> None:
+        self.resets += 1

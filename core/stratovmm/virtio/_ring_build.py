@@ -22,11 +22,9 @@ from __future__ import annotations
 
 from cffi import FFI
 
-ffibuilder = FFI()
-ffibuilder.cdef("""
-struct svmm_region { uint64_t start; uint64_t end; int64_t delta; };
-struct svmm_guest { uint8_t *base; const struct svmm_region *regions; int count; };
-struct iovec { void *iov_base; size_t iov_len; };
+# what the cdef and the C source both declare: a device's C handler's contract, and the
+# state svmm_serve works on
+_SHARED = """
 struct svmm_chain { uint32_t head; uint32_t count; uint32_t readable; uint32_t reserved;
                     const struct iovec *iov; };
 typedef int64_t (*svmm_handler)(void *context, const struct svmm_chain *chain);
@@ -37,7 +35,14 @@ struct svmm_serving {
     uint64_t *addrs; uint32_t *lens; struct iovec *iov; uint32_t *elements;
     uint32_t served; int stop;
 };
+"""
 
+ffibuilder = FFI()
+ffibuilder.cdef("""
+struct svmm_region { uint64_t start; uint64_t end; int64_t delta; };
+struct svmm_guest { uint8_t *base; const struct svmm_region *regions; int count; };
+struct iovec { void *iov_base; size_t iov_len; };
+""" + _SHARED + """
 #define SVMM_HANDLER_ABI ...
 #define SVMM_HANDLED_DEFER ...
 #define SVMM_HANDLED_KEEP ...
@@ -87,17 +92,7 @@ struct svmm_guest { uint8_t *base; const struct svmm_region *regions; int count;
 #define SVMM_HANDLER_ABI 1
 #define SVMM_HANDLED_DEFER (-1)
 #define SVMM_HANDLED_KEEP (-2)
-struct svmm_chain { uint32_t head; uint32_t count; uint32_t readable; uint32_t reserved;
-                    const struct iovec *iov; };
-typedef int64_t (*svmm_handler)(void *context, const struct svmm_chain *chain);
-struct svmm_serving {
-    uint64_t desc_table; uint64_t avail_ring; uint64_t used_ring; uint32_t size;
-    uint32_t last_avail; uint32_t next_used;
-    svmm_handler handler; void *context; const int *active;
-    uint64_t *addrs; uint32_t *lens; struct iovec *iov; uint32_t *elements;
-    uint32_t served; int stop;
-};
-
+""" + _SHARED + r"""
 /* why svmm_serve stopped */
 #define SVMM_STOP_EMPTY 0
 #define SVMM_STOP_BUDGET 1

@@ -26,6 +26,7 @@ from stratovmm_blk.backend import BlockBackend
 from stratovmm_blk.device import BlockDevice
 
 from stratovmm.api import EventLoop, GuestMemoryProtocol, SplitQueue
+from stratovmm.testing.harness import CountingInterrupt
 from stratovmm.testing.memory import MappedGuestMemory
 from stratovmm.testing.spec import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE
 
@@ -51,22 +52,6 @@ requests = st.tuples(
     st.sampled_from([False] * 7 + [True]),
     st.booleans(),
 )
-
-
-class Interrupts:
-    """The transport's side of ``Interrupt``: counts what the device raised."""
-
-    def __init__(self) -> None:
-        self.used = self.config = self.resets = 0
-
-    def signal_used(self) -> None:
-        self.used += 1
-
-    def signal_config(self) -> None:
-        self.config += 1
-
-    def needs_reset(self) -> None:
-        self.resets += 1
 
 
 def buffers(request: tuple[Any, ...], serial: int) -> list[tuple[bytes, int, bool]]:
@@ -134,7 +119,7 @@ def serve(drawn: list[tuple[Any, ...]], fast: bool, read_only: bool,
     device = BlockDevice("blk0", BlockBackend(path, read_only, direct), "SERIAL", loop)
     queue = SplitQueue(memory, SIZE, DESC, AVAIL, USED, fastpath=fast)
     assert (queue._native is not None) == fast
-    interrupts = Interrupts()
+    interrupts = CountingInterrupt()
     try:
         device.SERVE_BUDGET = 4                    # runs of C interleave with budget retries
         device.activate(memory, [queue], interrupts, loop)

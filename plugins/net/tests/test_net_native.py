@@ -37,6 +37,7 @@ from stratovmm_net.device import (
 from stratovmm_net.tap import Tap
 
 from stratovmm.api import EventLoop, GuestMemoryProtocol, SplitQueue
+from stratovmm.testing.harness import CountingInterrupt
 from stratovmm.testing.memory import MappedGuestMemory
 from stratovmm.testing.spec import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, F_VERSION_1
 
@@ -72,22 +73,6 @@ class SocketTap(Tap):
 
     def set_offload(self, flags: int) -> None:
         self.offload = flags
-
-
-class Interrupts:
-    """The transport's side of ``Interrupt``: counts what the device raised."""
-
-    def __init__(self) -> None:
-        self.used = self.config = self.resets = 0
-
-    def signal_used(self) -> None:
-        self.used += 1
-
-    def signal_config(self) -> None:
-        self.config += 1
-
-    def needs_reset(self) -> None:
-        self.resets += 1
 
 
 class Layout:
@@ -169,7 +154,7 @@ def run(fast: bool, acked: int, transmits_: list[Any], receives_: list[Any],
     device = NetDevice("net0", SocketTap(ours.detach(), "sp0", 0x1F), MAC, loop)
     queues: list[SplitQueue | None] = [
         SplitQueue(memory, SIZE, *RINGS[index], fastpath=fast) for index in (RX, TX)]
-    interrupts = Interrupts()
+    interrupts = CountingInterrupt()
     received = []
     try:
         device.SERVE_BUDGET = 4             # runs of C interleave with budget retries

@@ -151,12 +151,6 @@ class SplitQueue:
                 else:
                     batch.append((head, 0))
 
-    @property
-    def in_c(self) -> bool:
-        """C serves this queue's pops and ``serve_native`` (the fast path is on and reaches
-        its memory)."""
-        return self._native is not None
-
     def serve_native(self, handler: NativeHandler, active: ActiveFlag,
                      budget: int) -> tuple[int, int]:
         """Up to ``budget`` chains through a device's C ``handler`` in one C call (pop,

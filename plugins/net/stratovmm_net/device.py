@@ -408,8 +408,8 @@ class NetDevice(VirtioDevice):
     def _receive(self) -> None:
         """Frames from the tap into receive buffers, a budget per loop turn (``serve``); then
         watch the tap only while buffers wait for a frame — held ones, or the one the C
-        handler left in the ring (a spilled frame waits for buffers instead: the driver's
-        kick brings them)."""
+        handler left in the ring.  A spilled frame waits for buffers instead: those the
+        ring has already (served again on a later turn) or the driver's next kick."""
         spilled = self._spill is not None or self._native.spill_size > 0
         if self._tap_usable() or spilled:
             self.serve(RX, self._frames, native=None if spilled else self._native.receive)
@@ -451,6 +451,7 @@ class NetDevice(VirtioDevice):
         return not held
 
     def _rx_queue(self) -> SplitQueue:
+        """The receive queue (set up: only called while serving it)."""
         queue = self.queues[RX]
         assert queue is not None
         return queue

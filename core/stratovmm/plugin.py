@@ -53,7 +53,7 @@ NAMESPACE = "stratovmm.devices"
 # The options a plugin's distribution declares (optional): entry point names such as
 # "-drive" or "-device virtio-blk-device", each pointing at the plugin module.
 CLAIMS = "stratovmm.options"
-API_VERSION = "1.1"
+API_VERSION = "1.2"
 hookimpl = pluggy.HookimplMarker("stratovmm")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from venvtools import Venv, find_modules
 
+from stratovmm.plugin import API_VERSION
 from stratovmm.testing.fixtures import build_pvh_guest_or_skip
 from stratovmm.testing.vm import RunningVm
 
@@ -147,12 +148,12 @@ def discoverable(site: Path, name: str, source: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("declared", "message"), [
-    ('"2.0"', "plugin future: written for plugin API 2.0, this core provides 1.1; install a"
-              " matching version of the plugin"),
-    ('"1.9"', "plugin future: written for plugin API 1.9, this core provides 1.1; install a"
-              " matching version of the plugin"),
+    ('"2.0"', f"plugin future: written for plugin API 2.0, this core provides {API_VERSION};"
+              " install a matching version of the plugin"),
+    ('"1.9"', f"plugin future: written for plugin API 1.9, this core provides {API_VERSION};"
+              " install a matching version of the plugin"),
     (None, "plugin future: does not declare STRATOVMM_API (the plugin API version it was"
-           " written for; this core provides 1.1)"),
+           f" written for; this core provides {API_VERSION})"),
 ])
 def test_incompatible_api_version_is_refused_at_load(contract_venv: Venv, tmp_path: Path,
                                                      declared: str | None, message: str) -> None:

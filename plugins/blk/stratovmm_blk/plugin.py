@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from stratovmm_blk.backend import BlockBackend
     from stratovmm_blk.device import BlockDevice
 
-STRATOVMM_API = "1.1"
+STRATOVMM_API = "1.2"
 
 # StratoVirt 2.x's -drive keys that change nothing here: the image is read and written with
 # preadv/pwritev on the drive's thread whatever the aio engine, and the device offers no

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from stratovmm.api import BackendTable, VhostBackend, VirtioDevice
     from stratovmm_net.device import NetDevice
 
-STRATOVMM_API = "1.1"
+STRATOVMM_API = "1.2"
 
 log = logging.getLogger(__name__)
 

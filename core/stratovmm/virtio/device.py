@@ -340,14 +340,41 @@ class VirtioDevice(DeviceCounters):
         held = self._serve_held.get(index)
         if held is None:
             held = self._serve_held[index] = HeldChains()
-        frames = handler if isinstance(handler, Frames) else None
+        if not queue.has_c_path:
+            native = None        # (STRATOVMM_FASTPATH=0: the batch stays one used->idx store)
         turn = self.loop.turns if self.loop is not None else 0
         spent_turn, spent = self._serve_spent.get(index, (turn, 0))
         served = spent if spent_turn == turn else 0     # the budget spent by every call this turn
-        items = 0
-        budget = self.SERVE_BUDGET if budget is None else budget
         bad_before, used_before = queue.bad_chains, queue.completed
         done: list[tuple[int, int]] = []        # (head, length) of the chains items used
+        try:
+            served, items = self._serve_items(
+                index, queue, held, handler, native, served,
+                self.SERVE_BUDGET if budget is None else budget, done,
+                (ops_limit, byte_limit, gate))
+        finally:
+            # the batch's used elements, then used->idx once (§2.7.8.2): one store per
+            # batch, also when the ring broke in the middle of it (those items were done)
+            queue.add_used_batch(done)
+        self._serve_spent[index] = (turn, served)
+        bad = queue.bad_chains - bad_before
+        if bad:
+            self.guest_fault("chain", f"queue {index}: {queue.errors[-1] if queue.errors else ''}",
+                             count=bad)
+        if queue.completed != used_before and queue.needs_interrupt():
+            self.signal_used()
+        return items
+
+    def _serve_items(self, index: int, queue: SplitQueue, held: HeldChains,
+                     handler: ChainHandler | Frames, native: NativeHandler | None,
+                     served: int, budget: int, done: list[tuple[int, int]],
+                     limits: tuple[RateLimiter | None, RateLimiter | None, Gate | None],
+                     ) -> tuple[int, int]:
+        """``serve``'s loop: items until the budget, a limit, an empty ring or a kept chain;
+        their completions go to ``done``.  Returns (the budget spent this turn, items)."""
+        ops_limit, byte_limit, gate = limits
+        frames = handler if isinstance(handler, Frames) else None
+        items = 0
         while self.active:
             if served >= budget:
                 if (held or queue.has_available()
@@ -362,7 +389,7 @@ class VirtioDevice(DeviceCounters):
             if native is not None and not held:
                 if done:
                     queue.add_used_batch(done)   # in ring order, before what C uses
-                    done = []
+                    done.clear()
                 left = (budget - served) * NATIVE_WEIGHT
                 got, stop = queue.serve_native(
                     native, self._active,
@@ -388,16 +415,7 @@ class VirtioDevice(DeviceCounters):
                 byte_limit.take(sum(lengths))
             served += 1
             items += 1
-        # the batch's used elements, then used->idx once (§2.7.8.2): one store per batch
-        queue.add_used_batch(done)
-        self._serve_spent[index] = (turn, served)
-        bad = queue.bad_chains - bad_before
-        if bad:
-            self.guest_fault("chain", f"queue {index}: {queue.errors[-1] if queue.errors else ''}",
-                             count=bad)
-        if queue.completed != used_before and queue.needs_interrupt():
-            self.signal_used()
-        return items
+        return served, items
 
     def _take_chains(self, index: int, queue: SplitQueue, held: HeldChains,
                      frames: Frames | None, done: list[tuple[int, int]]) -> bool:

@@ -151,6 +151,12 @@ class SplitQueue:
                 else:
                     batch.append((head, 0))
 
+    @property
+    def has_c_path(self) -> bool:
+        """C pops this queue's chains and ``serve_native`` serves them (the fast path is on
+        and reaches this queue's memory)."""
+        return self._native is not None
+
     def serve_native(self, handler: NativeHandler, active: ActiveFlag,
                      budget: int) -> tuple[int, int]:
         """Up to ``budget`` chains through a device's C ``handler`` in one C call (pop,

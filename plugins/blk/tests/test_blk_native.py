@@ -165,3 +165,20 @@ def test_c_serves_linux_reads_and_writes(monkeypatch: pytest.MonkeyPatch,
     called.clear()
     assert serve(drawn, False, False, direct) == fast
     assert len(called) == 4
+
+
+def test_without_the_c_path_a_batch_is_one_used_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """STRATOVMM_FASTPATH=0 (no C path for the queue): serve ignores the C handler, so a
+    batch's completions are still published together, one used->idx store."""
+    stores: list[int] = []
+    publish = SplitQueue.add_used_batch
+
+    def spy(self: SplitQueue, elements: Any) -> None:
+        if elements:
+            stores.append(len(elements))
+        publish(self, elements)
+
+    monkeypatch.setattr(SplitQueue, "add_used_batch", spy)
+    drawn = [(0, 8, 512, 1, "linux", False, True)] * 4
+    serve(drawn, False, False, False)
+    assert stores == [4]

@@ -204,10 +204,11 @@ class NetDevice(VirtioDevice):
         self._armed = False
         self._tap_broken = False
         self._spill: _Spill | None = None
-        self._overflow = memoryview(bytearray(MAX_PACKET + 1))
+        overflow = bytearray(MAX_PACKET + 1)
+        self._overflow = memoryview(overflow)
         self._frames = Frames(self._receive_frame, wants=self._wants_chain,
                               check=_rx_buffer_problem)
-        self._native = NativeNet(MAX_PACKET)
+        self._native = NativeNet(overflow)
 
     # -- features and config space (§5.1.3, §5.1.4) -------------------------------------------
 
@@ -464,9 +465,8 @@ class NetDevice(VirtioDevice):
         (§5.1.6.4), none for a dropped frame, None when the tap has none or a spilled frame
         waits for more buffers."""
         if self._spill is None and self._native.spill_size:
-            total, tail = self._native.take_spill()     # C read it into held[0] and on
-            first = held[0].writable_len
-            self._spill = _Spill(total, memoryview(tail), [first], first)
+            total, read = self._native.take_spill()     # C read it into held[0] and on
+            self._spill_over(total, total - read, held[0].writable_len)
         if self._spill is not None:
             return self._place_tail(held)
         if not self._tap_usable():
@@ -487,9 +487,14 @@ class NetDevice(VirtioDevice):
         if not self._mergeable:
             self.counters["rx_dropped"] += 1    # larger than the driver's buffer (§5.1.6.3.1)
             return []
-        self._spill = _Spill(size, memoryview(bytes(self._overflow[: size - capacity])),
-                             [capacity], capacity)
+        self._spill_over(size, size - capacity, capacity)
         return self._place_tail(held)
+
+    def _spill_over(self, size: int, tail: int, first: int) -> None:
+        """A frame of ``size`` bytes that did not fit its first chain (``first`` writable
+        bytes): its last ``tail`` bytes, in the overflow buffer, wait for the chains after
+        it, copied out so that the next frame can be read."""
+        self._spill = _Spill(size, memoryview(bytes(self._overflow[:tail])), [first], first)
 
     def _read_tap(self, iov: list[memoryview]) -> int | None:
         """One frame from the tap into ``iov``: its size, or None when there is none."""

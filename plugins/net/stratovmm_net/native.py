@@ -20,8 +20,10 @@ _ZEROS = bytes(8 * len(_COUNTERS))
 class NativeNet:
     """The C transmit and receive handlers of one NIC."""
 
-    def __init__(self, max_packet: int) -> None:
-        self._overflow = ffi.new("uint8_t[]", max_packet + 1)
+    def __init__(self, overflow: bytearray) -> None:
+        # the device's overflow buffer (MAX_PACKET + 1 bytes): C and Python read frames
+        # into it by turns, on the device's loop
+        self._overflow = ffi.from_buffer("uint8_t[]", overflow)
         self._state = ffi.new("struct svmm_net *", {"fd": -1, "overflow": self._overflow})
         context = int(ffi.cast("uintptr_t", self._state))
         self.transmit = self._handler("svmm_net_transmit", context)
@@ -45,13 +47,14 @@ class NativeNet:
         MRG_RXBUF), until ``take_spill``: the device places the rest; 0 when none."""
         return int(self._state.spill_size)
 
-    def take_spill(self) -> tuple[int, bytes]:
-        """The spilled frame's size and the bytes of it past its first chain (from the
-        overflow buffer); C may read frames again."""
+    def take_spill(self) -> tuple[int, int]:
+        """The spilled frame's size and the bytes of it its first chain took (the rest is
+        at the start of the overflow buffer); C may read frames again once the device has
+        copied that rest out."""
         state = self._state
-        size, first = state.spill_size, state.spill_first
+        size, first = int(state.spill_size), int(state.spill_first)
         state.spill_size = state.spill_first = 0
-        return size, bytes(ffi.buffer(self._overflow, size - first))
+        return size, first
 
     def drop_spill(self) -> None:
         """Forget a spilled frame (a reset, a tap taken away)."""

@@ -81,6 +81,8 @@ class EventLoop:
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on this loop's thread (safe from any thread)."""
         self._pending.append(callback)
+        if self.thread_id == threading.get_ident():
+            return               # our own turn: the next poll does not wait (run_once)
         try:
             os.eventfd_write(self._wake, 1)
         except OSError:
@@ -135,6 +137,8 @@ class EventLoop:
         if self._timers:
             wait = max(0.0, self._timers[0].deadline - time.monotonic())
             timeout = wait if timeout < 0 else min(timeout, wait)
+        if self._pending:
+            timeout = 0          # callbacks queued from this thread wait for no fd
         try:
             ready = self._epoll.poll(timeout)
         except InterruptedError:
@@ -153,6 +157,11 @@ class EventLoop:
         # runs next turn, after the fds of other devices had their chance
         for _ in range(len(self._pending)):
             self._dispatch_call(self._pending.popleft())
+        if self._timers:
+            self._run_timers()
+
+    def _run_timers(self) -> None:
+        """The callbacks of the timers due."""
         now = time.monotonic()
         while self._timers and self._timers[0].deadline <= now:
             timer = heapq.heappop(self._timers)

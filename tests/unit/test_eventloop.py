@@ -1,0 +1,62 @@
+"""``EventLoop``'s own scheduling: callbacks queued from the loop's thread run on the next
+turn without a wake-up write, and those queued from other threads wake a waiting loop."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from stratovmm.host.eventloop import EventLoop
+
+
+def run_in_thread(loop: EventLoop) -> threading.Thread:
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_callback_queued_on_the_loop_thread_runs_without_a_wake_up() -> None:
+    """The second callback is queued from the first, on the loop's thread: no eventfd write
+    (the loop's wake-up fd stays empty), and the next turn's poll does not wait for one."""
+    loop = EventLoop("test")
+    ran: list[str] = []
+    wake_pending: list[bool] = []
+
+    def second() -> None:
+        ran.append("second")
+        loop.stop()
+
+    def first() -> None:
+        loop.call_soon(second)
+        try:
+            os.eventfd_read(loop._wake)
+            wake_pending.append(True)
+        except BlockingIOError:
+            wake_pending.append(False)
+        ran.append("first")
+
+    loop.call_soon(first)
+    thread = run_in_thread(loop)
+    thread.join(10)
+    try:
+        assert not thread.is_alive(), "the loop waited in poll with a callback queued"
+        assert ran == ["first", "second"]
+        assert wake_pending == [False]
+    finally:
+        loop.stop()
+        thread.join(5)
+        loop.close()
+
+
+def test_a_callback_queued_from_another_thread_wakes_the_loop() -> None:
+    """While the loop waits in poll with nothing to do, another thread's callback wakes it."""
+    loop = EventLoop("test")
+    done = threading.Event()
+    thread = run_in_thread(loop)
+    try:
+        loop.call_soon(done.set)
+        assert done.wait(10)
+    finally:
+        loop.stop()
+        thread.join(5)
+        loop.close()

@@ -356,11 +356,11 @@ class VirtioDevice(DeviceCounters):
             # the batch's used elements, then used->idx once (§2.7.8.2): one store per
             # batch, also when the ring broke in the middle of it (those items were done)
             queue.add_used_batch(done)
+            bad = queue.bad_chains - bad_before    # (counted also when the ring broke later)
+            if bad:
+                self.guest_fault("chain", f"queue {index}: "
+                                 f"{queue.errors[-1] if queue.errors else ''}", count=bad)
         self._serve_spent[index] = (turn, served)
-        bad = queue.bad_chains - bad_before
-        if bad:
-            self.guest_fault("chain", f"queue {index}: {queue.errors[-1] if queue.errors else ''}",
-                             count=bad)
         if queue.completed != used_before and queue.needs_interrupt():
             self.signal_used()
         return items

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stratovmm.testing.memory import BytearrayGuestMemory
 from stratovmm.testing.virtqueue import Buffer, MockSplitQueue
@@ -102,6 +106,28 @@ def test_event_idx_interrupts_only_when_used_event_is_crossed() -> None:
     assert dq.needs_interrupt()           # used idx 3 crossed used_event 2
     dq.add_used(0, 0)
     assert not dq.needs_interrupt()
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(0, 0xFFFF), st.integers(0, 8)), min_size=1,
+                      max_size=20), start=st.integers(0, 0xFFFF))
+def test_event_idx_decision_in_c_matches_python(steps: list[tuple[int, int]],
+                                                 start: int) -> None:
+    """The C path's vring_need_event (svmm_need_event) answers as the Python one does, for
+    any used_event the driver writes and any run of completions, across the 16-bit wrap."""
+    answers = []
+    for fast in (True, False):
+        q = make(event_idx=True)
+        dq = dataclasses.replace(q.device_queue(), fastpath=fast, next_used=start)
+        assert dq.has_c_path == fast
+        seen = []
+        for used_event, completions in steps:
+            q.set_used_event(used_event)
+            for _ in range(completions):
+                dq.add_used(0, 0)
+            seen.append(dq.needs_interrupt())
+        answers.append(seen)
+    assert answers[0] == answers[1]
 
 
 def test_notification_control_writes_avail_event_or_flag() -> None:

@@ -30,7 +30,7 @@ struct svmm_chain { uint32_t head; uint32_t count; uint32_t readable; uint32_t r
 typedef int64_t (*svmm_handler)(void *context, const struct svmm_chain *chain);
 struct svmm_serving {
     uint64_t desc_table; uint64_t avail_ring; uint64_t used_ring; uint32_t size;
-    uint32_t last_avail; uint32_t next_used;
+    uint32_t event_idx; uint32_t ask_on_empty; uint32_t last_avail; uint32_t next_used;
     svmm_handler handler; void *context; const int *active;
     uint64_t *addrs; uint32_t *lens; struct iovec *iov; uint32_t *elements;
     uint32_t served; int stop;
@@ -73,6 +73,8 @@ int svmm_pop(const struct svmm_guest *g, uint64_t desc_table, uint64_t avail_rin
 int svmm_push_used(const struct svmm_guest *g, uint64_t used_ring, uint32_t size,
                    uint32_t next_used, const uint32_t *elements, uint32_t count);
 int svmm_serve(const struct svmm_guest *g, struct svmm_serving *s, uint32_t budget);
+int svmm_need_event(const struct svmm_guest *g, uint64_t avail_ring, uint32_t size,
+                    uint32_t new_used, uint32_t old_used);
 """)
 
 ffibuilder.set_source("stratovmm.virtio._ring", r"""
@@ -281,18 +283,55 @@ int svmm_push_used(const struct svmm_guest *g, uint64_t used_ring, uint32_t size
     return idx;
 }
 
+/* With EVENT_IDX, whether the driver asked for an interrupt for the used entries from
+   old_used up to new_used (§2.7.7.2: used_event in that range; Linux's
+   vring_need_event), after a full barrier: our used->idx store is visible before the
+   driver's used_event is read, or both sides may decide the other will act (QEMU: the
+   smp_mb() in virtio_split_should_notify).  1 or 0; -1 when used_event lies outside
+   RAM (SplitQueue.needs_interrupt then reads it, and fails, as it always does). */
+int svmm_need_event(const struct svmm_guest *g, uint64_t avail_ring, uint32_t size,
+                    uint32_t new_used, uint32_t old_used)
+{
+    uint16_t used_event;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (svmm_read_u16(g, avail_ring + 4 + 2 * (uint64_t)size, &used_event) != 0)
+        return -1;
+    return (uint16_t)(new_used - used_event - 1) < (uint16_t)(new_used - old_used);
+}
+
+/* Ask the driver to notify us of its next buffer (§2.7.10): with EVENT_IDX avail_event =
+   the next index we will look at, else used->flags without NO_NOTIFY; then a full barrier,
+   so that the caller's next read of avail->idx is not ordered before the store (QEMU's
+   virtio_queue_set_notification, and the smp_mb() before its re-check).  -1 when the used
+   ring's fields lie outside RAM. */
+static int svmm_enable_notification(const struct svmm_guest *g, const struct svmm_serving *s,
+                                    uint32_t last_avail)
+{
+    uint64_t at = s->event_idx ? s->used_ring + 4 + 8 * (uint64_t)s->size : s->used_ring;
+    uint16_t value = s->event_idx ? (uint16_t)last_avail : 0;
+    uint8_t *p = svmm_host(g, at, 2);
+    if (p == NULL)
+        return -1;
+    memcpy(p, &value, 2);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return 0;
+}
+
 /* Serve up to budget chains with a device's C handler (SplitQueue.serve_native): pop a good
    chain, give it to the handler with its buffers as host iovecs, collect (head, used
    length); then write the used elements and used->idx once (§2.7.8.2).  Stops at the
-   budget, an empty ring, a device reset (*active cleared: §2.4.1, nothing touches the
-   rings after it), or anything Python must decide: a refused chain or broken ring (not
-   popped: the Python path pops it again, counts and logs it), a handler's DEFER (the
-   chain is not popped; the Python handler takes it) or KEEP (not popped; the host side
-   has nothing for it yet).  Returns the chains served. */
+   budget, an empty ring (with ask_on_empty, only after asking for the driver's next kick
+   and finding nothing added meanwhile: SplitQueue.set_notification's re-check), a device
+   reset (*active cleared: §2.4.1, nothing touches the rings after it), or anything Python
+   must decide: a refused chain or broken ring (not popped: the Python path pops it again,
+   counts and logs it), a handler's DEFER (the chain is not popped; the Python handler
+   takes it) or KEEP (not popped; the host side has nothing for it yet).  Returns the
+   chains served. */
 int svmm_serve(const struct svmm_guest *g, struct svmm_serving *s, uint32_t budget)
 {
     uint32_t out[4], served = 0, last_avail = s->last_avail;
     uint16_t known = (uint16_t)last_avail;      /* nothing known: read avail->idx first */
+    uint32_t asked = 0x10000;           /* the last_avail we last asked for a kick at */
     int stop = SVMM_STOP_BUDGET;
     s->served = 0;
     s->stop = SVMM_STOP_DEFER;
@@ -311,8 +350,19 @@ int svmm_serve(const struct svmm_guest *g, struct svmm_serving *s, uint32_t budg
         found = svmm_next(g, s->desc_table, s->avail_ring, s->size, last_avail, s->addrs,
                           s->lens, s->iov, out, &known);
         if (found == SVMM_EMPTY) {
-            stop = SVMM_STOP_EMPTY;
-            break;
+            /* empty after asking at this very index: the driver will kick.  Else ask (at
+               last_avail: after chains served since an earlier ask, that one is stale and
+               the driver would not kick), then read avail->idx once more */
+            if (!s->ask_on_empty || asked == last_avail) {
+                stop = SVMM_STOP_EMPTY;
+                break;
+            }
+            if (svmm_enable_notification(g, s, last_avail) != 0) {
+                stop = SVMM_STOP_DEFER;
+                break;
+            }
+            asked = last_avail;
+            continue;
         }
         if (found != SVMM_CHAIN || out[3] != 0) {
             stop = SVMM_STOP_DEFER;

@@ -53,7 +53,7 @@ from stratovmm.host.eventloop import EventLoop, Timer
 from stratovmm.memory import GuestMemoryProtocol
 from stratovmm.virtio.chain import IOV_MAX, DescriptorChain
 from stratovmm.virtio.constants import F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1
-from stratovmm.virtio.native import STOP_INACTIVE, STOP_KEEP, ActiveFlag, NativeHandler
+from stratovmm.virtio.native import STOP_EMPTY, STOP_INACTIVE, STOP_KEEP, ActiveFlag, NativeHandler
 from stratovmm.virtio.queue import QueueProtocolError, SplitQueue
 
 BASE_FEATURES = (1 << F_VERSION_1) | (1 << F_INDIRECT_DESC) | (1 << F_EVENT_IDX)
@@ -63,6 +63,8 @@ SERVE_BUDGET = 64       # items one queue may complete per loop turn
 # transmitted frame), and the Python around each C call (the loop turn, serve) is paid
 # once per call, so a C call should serve more than a Python turn does
 NATIVE_WEIGHT = 4
+# a C run that ends serving: a chain kept for host data, a reset (an empty ring: _run_native)
+_C_FINISHED = frozenset((STOP_KEEP, STOP_INACTIVE))
 STOP = math.inf         # a gate's answer: stop now; whoever unblocks the queue serves it again
 
 
@@ -337,21 +339,35 @@ class VirtioDevice(DeviceCounters):
         """
         queue = self.queues[index]
         assert queue is not None
-        held = self._serve_held.get(index)
-        if held is None:
-            held = self._serve_held[index] = HeldChains()
-        if not queue.has_c_path:
+        if native is not None and not queue.has_c_path:
             native = None        # (STRATOVMM_FASTPATH=0: the batch stays one used->idx store)
         turn = self.loop.turns if self.loop is not None else 0
         spent_turn, spent = self._serve_spent.get(index, (turn, 0))
         served = spent if spent_turn == turn else 0     # the budget spent by every call this turn
-        bad_before, used_before = queue.bad_chains, queue.completed
+        limit = self.SERVE_BUDGET if budget is None else budget
+        used_before = queue.completed
+        items = 0
+        if (native is not None and served < limit and ops_limit is None and byte_limit is None
+                and gate is None and not self._serve_held.get(index)):
+            # the common case, C calls and nothing else; the loop below takes what they
+            # leave (the budget spent, a chain for the Python handler)
+            items, finished = self._run_native(queue, native, (limit - served) * NATIVE_WEIGHT,
+                                               isinstance(handler, Frames))
+            served += -(-items // NATIVE_WEIGHT)
+            if finished:
+                self._serve_spent[index] = (turn, served)
+                if items and queue.needs_interrupt():
+                    self.signal_used()
+                return items
+        held = self._serve_held.get(index)
+        if held is None:
+            held = self._serve_held[index] = HeldChains()
+        bad_before = queue.bad_chains
         done: list[tuple[int, int]] = []        # (head, length) of the chains items used
         try:
-            served, items = self._serve_items(
-                index, queue, held, handler, native, served,
-                self.SERVE_BUDGET if budget is None else budget, done,
-                (ops_limit, byte_limit, gate))
+            served, more = self._serve_items(index, queue, held, handler, native, served, limit,
+                                             done, (ops_limit, byte_limit, gate))
+            items += more
         finally:
             # the batch's used elements, then used->idx once (§2.7.8.2): one store per
             # batch, also when the ring broke in the middle of it (those items were done)
@@ -391,15 +407,15 @@ class VirtioDevice(DeviceCounters):
                     queue.add_used_batch(done)   # in ring order, before what C uses
                     done.clear()
                 left = (budget - served) * NATIVE_WEIGHT
-                got, stop = queue.serve_native(
-                    native, self._active,
-                    left if ops_limit is None else min(left, ops_limit.available()))
+                got, finished = self._run_native(
+                    queue, native, left if ops_limit is None else min(left, ops_limit.available()),
+                    frames is not None)
                 served += -(-got // NATIVE_WEIGHT)
                 items += got
                 if ops_limit is not None and got:
                     ops_limit.take(got)
-                if stop in (STOP_KEEP, STOP_INACTIVE):
-                    break                # (reset meanwhile: §2.4.1, touch no ring)
+                if finished:
+                    break
                 if got:
                     continue             # the budget, the limiter, then C again
             if not self._take_chains(index, queue, held, frames, done):
@@ -416,6 +432,26 @@ class VirtioDevice(DeviceCounters):
             served += 1
             items += 1
         return served, items
+
+    def _run_native(self, queue: SplitQueue, native: NativeHandler, left: int,
+                    receive: bool) -> tuple[int, bool]:
+        """Up to ``left`` chains through the C handler; returns (chains served, finished:
+        the ring is empty and the driver asked to kick, a chain is kept for host data, or
+        the driver reset the device — else the budget is spent or Python takes the next
+        chain).  Receive queues (``receive``: buffers the device waits to fill) ask for
+        the kick in C as soon as the ring is empty: a device without buffers holds host
+        data back.  Request queues ask from here, after the C call returns: a driver
+        still adding requests meanwhile is served without a kick (§2.7.10)."""
+        got = 0
+        while True:
+            served, stop = queue.serve_native(native, self._active, left - got, receive)
+            got += served
+            if stop != STOP_EMPTY:
+                return got, stop in _C_FINISHED
+            if receive or not queue.set_notification(True):
+                return got, True
+            if got >= left:
+                return got, False
 
     def _take_chains(self, index: int, queue: SplitQueue, held: HeldChains,
                      frames: Frames | None, done: list[tuple[int, int]]) -> bool:

@@ -104,20 +104,23 @@ class NativeRing:
         self._setting: tuple[object, ...] = ()
 
     def serve(self, handler: NativeHandler, active: ActiveFlag, desc_table: int,
-              avail_ring: int, used_ring: int, size: int, last_avail: int, next_used: int,
-              budget: int) -> tuple[int, int, int, int]:
+              avail_ring: int, used_ring: int, size: int, event_idx: bool, ask_on_empty: bool,
+              last_avail: int, next_used: int, budget: int) -> tuple[int, int, int, int]:
         """Up to ``budget`` chains through ``handler`` in one C call; returns (chains served,
-        why it stopped, last_avail, next_used)."""
+        why it stopped, last_avail, next_used).  ``ask_on_empty``: at an empty ring C asks
+        for the driver's next kick and looks once more (``SplitQueue.serve_native``)."""
         s: Any = self._serving
         if s is None:
             self._iov = ffi.new("struct iovec[]", 2 * self._capacity)
             s = self._serving = ffi.new("struct svmm_serving *", {
                 "addrs": self._addrs, "lens": self._lens, "elements": self._elements,
                 "iov": self._iov})
-        setting = (desc_table, avail_ring, used_ring, size, handler, active)
+        setting = (desc_table, avail_ring, used_ring, size, event_idx, ask_on_empty, handler,
+                   active)
         if setting != self._setting:     # (per queue, the same every call: set once)
             self._setting = setting
             s.desc_table, s.avail_ring, s.used_ring, s.size = setting[:4]
+            s.event_idx, s.ask_on_empty = setting[4:6]
             s.handler, s.context, s.active = handler._function, handler._context, active.cell
         s.last_avail, s.next_used = last_avail, next_used
         served = lib.svmm_serve(self._guest, s, min(budget, self._capacity))
@@ -140,6 +143,12 @@ class NativeRing:
             out[0],
             tuple(Descriptor(addrs[i], lens[i], False) for i in range(readable)),
             tuple(Descriptor(addrs[i], lens[i], True) for i in range(readable, count)))
+
+    def need_event(self, avail_ring: int, size: int, new: int, old: int) -> bool | None:
+        """EVENT_IDX: whether ``used_event`` lies in the used entries since ``old`` (after a
+        full barrier); None when it lies outside RAM."""
+        verdict = lib.svmm_need_event(self._guest, avail_ring, size, new, old)
+        return None if verdict < 0 else verdict == 1
 
     def push_used(self, used_ring: int, size: int, next_used: int,
                   elements: Sequence[tuple[int, int]]) -> int | None:

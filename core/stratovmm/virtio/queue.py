@@ -157,18 +157,21 @@ class SplitQueue:
         and reaches this queue's memory)."""
         return self._native is not None
 
-    def serve_native(self, handler: NativeHandler, active: ActiveFlag,
-                     budget: int) -> tuple[int, int]:
+    def serve_native(self, handler: NativeHandler, active: ActiveFlag, budget: int,
+                     ask_on_empty: bool = False) -> tuple[int, int]:
         """Up to ``budget`` chains through a device's C ``handler`` in one C call (pop,
         handle, used elements, ``used->idx`` once); returns (chains served, why it stopped:
-        ``stratovmm.virtio.native.STOP_*``).  Without the C path (``STRATOVMM_FASTPATH=0``,
+        ``stratovmm.virtio.native.STOP_*``).  At an empty ring (``STOP_EMPTY``), with
+        ``ask_on_empty`` C has asked for the driver's next kick and found nothing added
+        meanwhile (``set_notification(True)`` and its re-check, going on if chains came);
+        without it the caller asks.  Without the C path (``STRATOVMM_FASTPATH=0``,
         or memory C cannot reach) nothing is served and the answer is ``STOP_DEFER``: the
         Python path serves the queue."""
         if self._native is None:
             return 0, STOP_DEFER
         served, stop, self.last_avail, self.next_used = self._native.serve(
             handler, active, self.desc_table, self.avail_ring, self.used_ring, self.size,
-            self.last_avail, self.next_used, budget)
+            self.event_idx, ask_on_empty, self.last_avail, self.next_used, budget)
         self.completed += served
         return served, stop
 
@@ -214,6 +217,12 @@ class SplitQueue:
         the driver set ``VIRTQ_AVAIL_F_NO_INTERRUPT``.
         """
         new = self.next_used
+        if self.event_idx and self.signalled_valid and self._native is not None:
+            old, self.signalled_used = self.signalled_used, new      # (the same, in C)
+            verdict = self._native.need_event(self.avail_ring, self.size, new, old)
+            if verdict is not None:
+                return verdict
+            self.signalled_used = old
         # our used->idx store must be visible before we read the driver's suppression
         # fields, or both sides may decide the other will act (QEMU: smp_mb() here)
         _barrier.svmm_full_barrier()

@@ -25,6 +25,8 @@ class NativeNet:
         # into it by turns, on the device's loop
         self._overflow = ffi.from_buffer("uint8_t[]", overflow)
         self._state = ffi.new("struct svmm_net *", {"fd": -1, "overflow": self._overflow})
+        self._counts = self._state.counts        # (a view into _state, made once)
+        self._setting: tuple[int | None, int, bool] = (None, 0, False)
         context = int(ffi.cast("uintptr_t", self._state))
         self.transmit = self._handler("svmm_net_transmit", context)
         self.receive = self._handler("svmm_net_receive", context)
@@ -36,9 +38,12 @@ class NativeNet:
     def sync(self, fd: int | None, acked: int, mergeable: bool) -> None:
         """The tap C may use (None: none that works) and the driver's features."""
         state = self._state
-        state.fd = -1 if fd is None else fd
-        state.acked = acked
-        state.mergeable = mergeable
+        setting = (fd, acked, mergeable)
+        if setting != self._setting:       # (the same on almost every call)
+            self._setting = setting
+            state.fd = -1 if fd is None else fd
+            state.acked = acked
+            state.mergeable = mergeable
         state.waiting = 0
 
     @property
@@ -68,7 +73,7 @@ class NativeNet:
 
     def fold(self, counters: dict[str, int]) -> None:
         """Add what C counted since the last call to ``counters``."""
-        counts = self._state.counts
+        counts = self._counts
         values = ffi.unpack(counts, len(_COUNTERS))
         if any(values):
             for name, value in zip(_COUNTERS, values, strict=True):

@@ -12,7 +12,8 @@ A freestanding guest (``bench/pump/``, one x86-64 PVH ELF for both VMMs, its loo
   (counted by the tap) and tap → guest (written by a host frame source, counted and
   checked by the guest);
 - exits: a one-vCPU loop of ``out`` to an unassigned port, reads of an unassigned MMIO
-  address, and reads of a virtio-mmio register (in ring 0 by default).
+  address, and reads of a virtio-mmio register: MagicValue, and InterruptStatus (the one
+  a driver reads on every interrupt) (in ring 0 by default).
 
 The runs alternate (for each run, each job: StratoVMM, then QEMU).  Per job it reports
 requests/s over the window between the guest's ``PUMP-READY`` and ``PUMP-DONE`` lines and
@@ -84,6 +85,7 @@ JOBS = {
     "exit-pio": Job("exits", "pio", 200_000),
     "exit-mmio": Job("exits", "mmio", 200_000),
     "exit-mmioreg": Job("exits", "mmioreg", 200_000),
+    "exit-mmiostatus": Job("exits", "mmiostatus", 200_000),
 }
 
 
@@ -99,7 +101,7 @@ def commands(job: Job, elf: Path, append: str, image: Path) -> dict[str, list[st
         ours = ["-netdev", f"id=n0,netdev={pumpnet.TAP}"]
         theirs = ["-netdev", f"tap,id=n0,ifname={pumpnet.TAP},script=no,downscript=no,vhost=off",
                   "-device", "virtio-net-device,netdev=n0"]
-    elif job.job == "mmioreg":
+    elif job.job in ("mmioreg", "mmiostatus"):
         ours = ["-rng", "random_file=/dev/urandom"]
         theirs = ["-object", "rng-random,id=r0,filename=/dev/urandom",
                   "-device", "virtio-rng-device,rng=r0"]

@@ -3,7 +3,9 @@
  * pump.job=pio:     `out` to port pump.port (default 0x99, where neither VMM has a device);
  * pump.job=mmio:    32-bit reads of pump.addr (default 0xc0000000: no RAM, no device);
  * pump.job=mmioreg: 32-bit reads of the MagicValue register of the first virtio-mmio device
- *                   (a register read dispatched to a device model, answered at once).
+ *                   (a register read dispatched to a device model, answered at once);
+ * pump.job=mmiostatus: the same with its InterruptStatus register, which a driver reads on
+ *                   every interrupt (Linux's vm_interrupt).
  * pump.ring=0 (default) runs the loop in ring 0, pump.ring=3 in ring 3.
  */
 #include "pump.h"
@@ -32,12 +34,12 @@ void exit_pump(void) {
     } else if (arg_is("pump.job", "mmio")) {
         job = "mmio";
         addr = arg_u64("pump.addr", 0xc0000000u);
-    } else if (arg_is("pump.job", "mmioreg")) {
-        job = "mmioreg";
+    } else if (arg_is("pump.job", "mmioreg") || arg_is("pump.job", "mmiostatus")) {
+        job = arg_is("pump.job", "mmioreg") ? "mmioreg" : "mmiostatus";
         if (!next_virtio_device(0, &addr)) die("mmioreg needs a virtio device");
-        addr += MAGIC;
+        addr += arg_is("pump.job", "mmioreg") ? MAGIC : INT_STATUS;
     } else {
-        die("pump.job must be pio, mmio or mmioreg");
+        die("pump.job must be pio, mmio, mmioreg or mmiostatus");
     }
     uint16_t port = (uint16_t)arg_u64("pump.port", 0x99);
     wait_for_host(job);

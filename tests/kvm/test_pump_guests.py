@@ -87,11 +87,13 @@ def test_blk_writes_land_in_the_image(vmm: str, name: str, count: int, elf: Path
 
 @pytest.mark.parametrize("vmm", VMMS)
 @pytest.mark.parametrize("name,value", [("exit-pio", None), ("exit-mmio", 0),
-                                        ("exit-mmioreg", 0x74726976)])
+                                        ("exit-mmioreg", 0x74726976),
+                                        ("exit-mmiostatus", 0)])
 def test_exit_pump_counts_its_exits(vmm: str, name: str, value: int | None, elf: Path,
                                     tmp_path: Path) -> None:
     """The exit loops run to their count; an unassigned address reads 0, a virtio-mmio
-    MagicValue reads "virt"."""
+    MagicValue reads "virt" and the InterruptStatus of a device never started 0 (both
+    answered by StratoVMM's C run loop)."""
     report = boot(vmm, pump.JOBS[name], 2000, elf, tmp_path / "unused")
     if value is not None:
         assert int(report["value"], 16) == value

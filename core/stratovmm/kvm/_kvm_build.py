@@ -116,9 +116,21 @@ svmm_run_fail_entry *svmm_run_fail_entry_of(struct kvm_run *run);
 int ioctl(int fd, unsigned long request, ...);
 
 #define SVMM_MAX_WINDOWS ...
-struct svmm_windows { uint32_t seq; uint32_t count; uint64_t base[...]; uint64_t end[...]; ...; };
+struct svmm_regs {
+    uint32_t magic; uint32_t version; uint32_t device_id; uint32_t vendor_id;
+    uint32_t interrupt_status;
+};
+struct svmm_windows {
+    uint32_t seq; uint32_t count; uint64_t base[...]; uint64_t end[...];
+    struct svmm_regs *regs[...]; ...;
+};
 struct svmm_exit_counts { uint64_t pio; uint64_t mmio; };
 int svmm_unclaimed(const struct svmm_windows *t, uint64_t addr);
+int svmm_lookup(const struct svmm_windows *t, uint64_t addr, uint64_t *offset,
+                struct svmm_regs **regs);
+int svmm_mmio_register(struct svmm_regs *regs, uint64_t offset, uint32_t len,
+                       uint8_t is_write, uint8_t *data);
+void svmm_status_or(uint32_t *cell, uint32_t bits);
 int svmm_vcpu_run(int fd, struct kvm_run *run, size_t run_size, struct svmm_windows *pio,
                   struct svmm_windows *mmio, struct svmm_exit_counts *counts);
 """
@@ -127,40 +139,102 @@ int svmm_vcpu_run(int fd, struct kvm_run *run, size_t run_size, struct svmm_wind
 # legacy ports; port 0x80 is its I/O delay), and each such exit answered in Python costs
 # several microseconds of interpreter time.  ``svmm_vcpu_run`` answers those itself, the way
 # the Python loop would (a PIO read floats high, an MMIO read is zero, a write is dropped,
-# each counted), and returns to Python for every other exit.  Which addresses are claimed
-# comes from each bus's window table, which Python rewrites under a sequence count (odd while
-# it writes); a lookup that races a rewrite, or a table that never fit, sends the exit to
-# Python, whose bus lookup is the authority.  With NULL tables it is one KVM_RUN.
+# each counted), and the virtio-mmio registers a window gives it (``svmm_regs``: the
+# identification registers, and InterruptStatus/InterruptACK, which a driver reads and
+# writes on every interrupt), and returns to Python for every other exit.  Which addresses
+# are claimed comes from each bus's window table, which Python rewrites under a sequence
+# count (odd while it writes); a lookup that races a rewrite, or a table that never fit,
+# sends the exit to Python, whose bus lookup is the authority.  With NULL tables it is one
+# KVM_RUN.
 _RUN_LOOP = """
 #include <errno.h>
 #include <string.h>
 
 #define SVMM_MAX_WINDOWS 256
+/* A virtio-mmio window's registers as C answers them (virtio 1.2 §4.2.2): the
+ * identification values, constant for the transport's life, and InterruptStatus, which
+ * the device side sets bits in (svmm_status_or) and InterruptACK clears. */
+struct svmm_regs {
+    uint32_t magic; uint32_t version; uint32_t device_id; uint32_t vendor_id;
+    uint32_t interrupt_status;
+};
 struct svmm_windows {
     uint32_t seq;                   /* odd while Python rewrites the table */
     uint32_t count;
     uint64_t base[SVMM_MAX_WINDOWS];  /* sorted; window i is [base[i], end[i]) */
     uint64_t end[SVMM_MAX_WINDOWS];
+    struct svmm_regs *regs[SVMM_MAX_WINDOWS];   /* window i's registers, or NULL */
 };
 struct svmm_exit_counts { uint64_t pio; uint64_t mmio; };
 
-/* 1 when ``addr`` is in no window of a consistent snapshot of ``t``; 0 when it is in one,
- * or when the table is being rewritten or is not in use (the caller then asks Python). */
-static int svmm_unclaimed(const struct svmm_windows *t, uint64_t addr)
+/* ``addr`` in a consistent snapshot of ``t``: 1 when no window claims it; 0 when window i
+ * does (*offset = addr - base[i], *regs = its registers or NULL); -1 when the table is
+ * being rewritten or is not in use (the caller then asks Python). */
+static int svmm_lookup(const struct svmm_windows *t, uint64_t addr, uint64_t *offset,
+                       struct svmm_regs **regs)
 {
     uint32_t seq = __atomic_load_n(&t->seq, __ATOMIC_ACQUIRE);
     if (seq & 1)
-        return 0;
+        return -1;
     uint32_t lo = 0, hi = t->count;
     if (hi > SVMM_MAX_WINDOWS)
-        return 0;
+        return -1;
     while (lo < hi) {               /* the first window whose end lies above addr */
         uint32_t mid = lo + (hi - lo) / 2;
         if (t->end[mid] <= addr) lo = mid + 1; else hi = mid;
     }
     int unclaimed = lo == t->count || addr < t->base[lo];
+    if (!unclaimed) {
+        *offset = addr - t->base[lo];
+        *regs = t->regs[lo];
+    }
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    return unclaimed && __atomic_load_n(&t->seq, __ATOMIC_RELAXED) == seq;
+    if (__atomic_load_n(&t->seq, __ATOMIC_RELAXED) != seq)
+        return -1;
+    return unclaimed;
+}
+
+static int svmm_unclaimed(const struct svmm_windows *t, uint64_t addr)
+{
+    uint64_t offset;
+    struct svmm_regs *regs;
+    return svmm_lookup(t, addr, &offset, &regs) == 1;
+}
+
+/* A register access C answers (VirtioMmioTransport's, the same way): 32-bit reads of
+ * MagicValue, Version, DeviceID, VendorID and InterruptStatus (§4.2.2), and the
+ * InterruptACK write, which clears the acknowledged bits atomically against the device
+ * side setting new ones.  1 when answered, 0 when Python must (any other register, size
+ * or offset: the transport counts and logs what a driver may not do). */
+static int svmm_mmio_register(struct svmm_regs *regs, uint64_t offset, uint32_t len,
+                              uint8_t is_write, uint8_t *data)
+{
+    uint32_t value;
+    if (regs == NULL || len != 4)
+        return 0;
+    if (is_write) {
+        if (offset != 0x064)
+            return 0;
+        memcpy(&value, data, 4);
+        __atomic_fetch_and(&regs->interrupt_status, ~value, __ATOMIC_SEQ_CST);
+        return 1;
+    }
+    switch (offset) {
+    case 0x000: value = regs->magic; break;
+    case 0x004: value = regs->version; break;
+    case 0x008: value = regs->device_id; break;
+    case 0x00c: value = regs->vendor_id; break;
+    case 0x060: value = __atomic_load_n(&regs->interrupt_status, __ATOMIC_SEQ_CST); break;
+    default: return 0;
+    }
+    memcpy(data, &value, 4);
+    return 1;
+}
+
+/* InterruptStatus |= bits, atomically against a vCPU's InterruptACK in C. */
+static void svmm_status_or(uint32_t *cell, uint32_t bits)
+{
+    __atomic_fetch_or(cell, bits, __ATOMIC_SEQ_CST);
 }
 
 static int svmm_vcpu_run(int fd, struct kvm_run *run, size_t run_size,
@@ -183,7 +257,13 @@ static int svmm_vcpu_run(int fd, struct kvm_run *run, size_t run_size,
             continue;
         }
         if (run->exit_reason == KVM_EXIT_MMIO) {
-            if (!svmm_unclaimed(mmio, run->mmio.phys_addr))
+            uint64_t offset = 0;
+            struct svmm_regs *regs = NULL;
+            int found = svmm_lookup(mmio, run->mmio.phys_addr, &offset, &regs);
+            if (found == 0 && svmm_mmio_register(regs, offset, run->mmio.len,
+                                                 run->mmio.is_write, run->mmio.data))
+                continue;
+            if (found != 1)
                 return KVM_EXIT_MMIO;
             if (!run->mmio.is_write)
                 memset(run->mmio.data, 0, sizeof run->mmio.data);

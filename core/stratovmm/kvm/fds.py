@@ -111,25 +111,39 @@ def _new_cpuid2(n: int) -> tuple[Any, Any]:
 
 class ExitWindows:
     """The windows a bus's devices claim, mirrored into C for ``VcpuFd.run``: an exit to an
-    address outside all of them is answered without returning to Python.  ``publish`` is the
-    bus's to call, with the whole sorted list, whenever it changes (one writer at a time)."""
+    address outside all of them is answered without returning to Python, and so is an
+    access to a register a window's device gives C (``register_cells()``: a
+    ``stratovmm.kvm.registers.RegisterCells``).  ``publish`` is the bus's to call, with the
+    whole sorted list, whenever it changes (one writer at a time)."""
 
     def __init__(self) -> None:
         self.table = ffi.new("struct svmm_windows *")
+        # every register block ever published stays alive: a vCPU may still be reading one
+        # through the table it looked at just before a hot-unplug rewrote it
+        self._cells: dict[int, Any] = {}
 
-    def publish(self, windows: Sequence[tuple[int, int]]) -> None:
-        """Replace the table with ``windows`` ((base, length) pairs sorted by base).  The
+    def publish(self, windows: Sequence[tuple[int, int, object]]) -> None:
+        """Replace the table with ``windows`` ((base, length, device) sorted by base).  The
         count is odd while the entries change, so C never trusts a half-written table; a list
         longer than the table leaves it odd for good, and every exit then goes to Python."""
         table = self.table
         table.seq |= 1          # odd (it already is after a list that did not fit)
         if len(windows) > lib.SVMM_MAX_WINDOWS:
             return
-        for i, (base, length) in enumerate(windows):
+        for i, (base, length, device) in enumerate(windows):
             table.base[i] = base
             table.end[i] = base + length
+            table.regs[i] = self._cells_of(device)
         table.count = len(windows)
         table.seq += 1          # even again, and unlike any value C read before
+
+    def _cells_of(self, device: object) -> Any:
+        offer = getattr(device, "register_cells", None)
+        registers = offer() if offer is not None else None
+        if registers is None:
+            return ffi.NULL
+        self._cells[id(registers)] = registers
+        return registers.cells
 
 
 class VmFd:

@@ -40,7 +40,7 @@ class Bus:
         self._lock = threading.Lock()
         self._ranges: tuple[BusRange, ...] = ()
         self._bases: tuple[int, ...] = ()
-        self._mirrors: list[Callable[[Sequence[tuple[int, int]]], None]] = []
+        self._mirrors: list[Callable[[Sequence[tuple[int, int, BusDevice]]], None]] = []
 
     def insert(self, device: BusDevice, base: int, length: int, name: str) -> None:
         """Claim [base, base+length) for ``device``; overlapping an existing window is an error."""
@@ -66,17 +66,17 @@ class Bus:
                     return r.device
         raise KeyError(f"{self.name}: nothing at {base:#x}")
 
-    def mirror(self, publish: Callable[[Sequence[tuple[int, int]]], None]) -> None:
-        """Tell ``publish`` the (base, length) of every window, sorted, now and after every
-        change, before the change returns (the vCPUs' C exit path keeps such a copy)."""
+    def mirror(self, publish: Callable[[Sequence[tuple[int, int, BusDevice]]], None]) -> None:
+        """Tell ``publish`` the (base, length, device) of every window, sorted, now and after
+        every change, before the change returns (the vCPUs' C exit path keeps such a copy)."""
         with self._lock:
             self._mirrors.append(publish)
-            publish([(r.base, r.length) for r in self._ranges])
+            publish([(r.base, r.length, r.device) for r in self._ranges])
 
     def _publish(self, ranges: list[BusRange]) -> None:
         self._ranges = tuple(ranges)
         self._bases = tuple(r.base for r in ranges)
-        windows = [(r.base, r.length) for r in ranges]
+        windows = [(r.base, r.length, r.device) for r in ranges]
         for publish in self._mirrors:
             publish(windows)
 

@@ -42,6 +42,7 @@ from stratovmm.devices.logonce import LogOnce
 from stratovmm.errors import HostError
 from stratovmm.host.eventloop import EPOLLIN, EventLoop
 from stratovmm.kvm.fds import VmFd
+from stratovmm.kvm.registers import RegisterCells
 from stratovmm.memory import GuestMemoryProtocol
 from stratovmm.virtio import constants as c
 from stratovmm.virtio.device import VirtioDevice
@@ -83,7 +84,10 @@ class VirtioMmioTransport:
         # reentrant: the device is activated under it, and may interrupt from inside
         self._lock = threading.RLock()
         self.status = 0
-        self.interrupt_status = 0
+        # the registers a vCPU's C run loop answers too (InterruptStatus/ACK on every
+        # interrupt): they live where C reads them (ExitWindows, via register_cells)
+        self._registers = RegisterCells(c.MMIO_MAGIC, c.MMIO_VERSION, device.DEVICE_TYPE,
+                                        c.VENDOR)
         self.config_generation = 0
         self._device_features_sel = 0
         self._driver_features_sel = 0
@@ -107,16 +111,29 @@ class VirtioMmioTransport:
 
     # -- interrupts (any thread) ---------------------------------------------------------------
 
+    @property
+    def interrupt_status(self) -> int:
+        """InterruptStatus (§4.2.2): the bits raised and not yet acknowledged."""
+        return self._registers.interrupt_status
+
+    @interrupt_status.setter
+    def interrupt_status(self, value: int) -> None:
+        self._registers.interrupt_status = value
+
+    def register_cells(self) -> RegisterCells:
+        """The registers the vCPUs' C run loop may answer for this window (the bus hands
+        them to ``ExitWindows``): the same values this transport reads and writes."""
+        return self._registers
+
     def signal_used(self) -> None:
         """Used-buffer notification (§4.2.3.4)."""
-        with self._lock:
-            self.interrupt_status |= c.INT_USED_RING
+        self._registers.raise_bits(c.INT_USED_RING)
         self._trigger()
 
     def signal_config(self) -> None:
         """Configuration-change notification; bumps ConfigGeneration (§4.2.3.3)."""
         with self._lock:
-            self.interrupt_status |= c.INT_CONFIG
+            self._registers.raise_bits(c.INT_CONFIG)
             self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
         self._trigger()
 
@@ -199,7 +216,7 @@ class VirtioMmioTransport:
         elif offset == c.QUEUE_NOTIFY:
             return self._notify_without_ioeventfd(value)
         elif offset == c.INTERRUPT_ACK:
-            self.interrupt_status &= ~value
+            self._registers.acknowledge(value)
         elif offset == c.STATUS:
             return self._write_status(value)
         elif offset in _QUEUE_REGISTERS:

@@ -436,8 +436,8 @@ class VirtioDevice(DeviceCounters):
     def _run_native(self, queue: SplitQueue, native: NativeHandler, left: int,
                     receive: bool) -> tuple[int, bool]:
         """Up to ``left`` chains through the C handler; returns (chains served, finished:
-        the ring is empty and the driver asked to kick, a chain is kept for host data, or
-        the driver reset the device — else the budget is spent or Python takes the next
+        the ring is empty and the driver was asked to kick, a chain is kept for host data,
+        or the driver reset the device — else the budget is spent or Python takes the next
         chain).  Receive queues (``receive``: buffers the device waits to fill) ask for
         the kick in C as soon as the ring is empty: a device without buffers holds host
         data back.  Request queues ask from here, after the C call returns: a driver

@@ -1,13 +1,14 @@
 """Run one VMM on the pump guest and measure the window between its handshake lines.
 
 The guest prints ``PUMP-READY``, waits for a byte on its serial line, pumps, prints
-``PUMP-DONE`` the moment its last request completed, then its ``PUMP-END`` report, and
-resets.  At ``PUMP-READY`` (before the byte is sent) and at ``PUMP-DONE`` this reads, for
-the VMM process, the CPU time of every thread (user and system separately, from
-``/proc/PID/task/TID/stat``, and on-CPU time in ns from ``.../schedstat``) and of the
-whole process (``/proc/PID/stat``: it keeps the time of threads that have exited, such
-as QEMU's short-lived aio workers), plus an optional ``probe()`` (e.g. a tap's packet
-counters).
+``PUMP-DONE`` the moment its last request completed, waits for a second byte (so the
+VMM's threads, the vCPU's too, are all there when they are read), then prints its
+``PUMP-END`` report and resets. At ``PUMP-READY`` (before the byte is sent) and at
+``PUMP-DONE`` this reads, for the VMM process, the CPU time of every thread (user and
+system separately, from ``/proc/PID/task/TID/stat``, and on-CPU time in ns from
+``.../schedstat``) and of the whole process (``/proc/PID/stat``: it keeps the time of
+threads that have exited, such as QEMU's short-lived aio workers), plus an optional
+``probe()`` (e.g. a tap's packet counters).
 
 At ``PUMP-READY`` the vCPU thread is pinned to one host CPU and every other thread of the
 VMM to the others (when there are two or more), so the polling guest and the device side
@@ -177,6 +178,9 @@ def _on_line(run: PumpRun, line: str, proc: subprocess.Popen[bytes],
             on_go(proc.pid)
     elif line.startswith("PUMP-DONE") and run.done is None:
         run.done = sample(proc.pid, probe)
+        assert proc.stdin is not None
+        proc.stdin.write(b"e")        # the guest reports and resets only after this
+        proc.stdin.flush()
     elif line.startswith("PUMP-END "):
         run.report = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
     elif line.startswith(("PUMP-ERROR", "PUMP-FAULT", "PUMP-STALL", "PUMP-MISMATCH",

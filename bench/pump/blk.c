@@ -204,7 +204,7 @@ void blk_pump(void) {
     struct tally t = {0};
     struct clock c = {0};
     run(&q, &j, slots, qd, count, &t, &c);
-    puts_("PUMP-DONE\n");
+    pump_done();
     puts_("PUMP-END job=");
     puts_(name);
     putkv("count", count);

@@ -49,7 +49,7 @@ void exit_pump(void) {
     if (addr) read_loop(count, addr, &last);
     else pio_loop(count, port);
     c.total = c.busy = rdtsc() - c.start;
-    puts_("PUMP-DONE\n");
+    pump_done();
     puts_("PUMP-END job=");
     puts_(job);
     putkv("count", count);

@@ -30,6 +30,13 @@ void wait_for_host(const char *job) {
     if (arg_u64("pump.wait", 1)) getc_();
 }
 
+void pump_done(void) {
+    puts_("PUMP-DONE\n");
+    /* the host samples the VMM's threads at this line, then sends a byte: the report and
+       the reset come after it, so the vCPU thread is still there to be read */
+    if (arg_u64("pump.wait", 1)) getc_();
+}
+
 void put_clock(const struct clock *c) {
     putkv("tsc_total", c->total);
     putkv("tsc_busy", c->busy);

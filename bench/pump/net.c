@@ -141,7 +141,7 @@ void net_pump(void) {
     if (!tx && !arg_is("pump.job", "rx")) die("pump.job must be tx or rx");
     if (tx) transmit(&n, &t, &c);
     else receive(&n, &t, &c);
-    puts_("PUMP-DONE\n");
+    pump_done();
     puts_(tx ? "PUMP-END job=tx" : "PUMP-END job=rx");
     putkv("count", n.count);
     putkv("completed", t.done);

@@ -14,6 +14,8 @@ struct clock { uint64_t start, total, busy; };
  * "PUMP-DONE" line as soon as its last request completed (the host reads the CPU times
  * again), then its "PUMP-END job=JOB key=value ..." report. */
 void wait_for_host(const char *job);
+/* "PUMP-DONE", then (unless pump.wait=0) wait for the host's byte. */
+void pump_done(void);
 /* " tsc_total=... tsc_busy=... irqs=..." for the PUMP-END line. */
 void put_clock(const struct clock *c);
 

@@ -4,6 +4,7 @@ turn without a wake-up write, and those queued from other threads wake a waiting
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 from stratovmm.host.eventloop import EventLoop
@@ -60,3 +61,33 @@ def test_a_callback_queued_from_another_thread_wakes_the_loop() -> None:
         loop.stop()
         thread.join(5)
         loop.close()
+
+
+def test_a_signal_handler_on_the_loop_thread_wakes_the_waiting_poll() -> None:
+    """A Python signal handler runs on the main thread inside the loop's poll, which
+    CPython then retries with its timeout: a callback it queues must wake the poll (the
+    VMM's SIGTERM handler queues the shutdown this way)."""
+    loop = EventLoop("test")
+    stopped_by: list[str] = []
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        loop.call_soon(lambda: (stopped_by.append("signal"), loop.stop()))
+
+    def watchdog() -> None:
+        if not stopped_by:
+            stopped_by.append("watchdog")
+            loop.stop()
+
+    previous = signal.signal(signal.SIGUSR1, on_signal)
+    sender = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
+    guard = threading.Timer(10, watchdog)
+    try:
+        sender.start()
+        guard.start()
+        loop.run()
+    finally:
+        sender.cancel()
+        guard.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+        loop.close()
+    assert stopped_by[0] == "signal", "the queued callback waited for the watchdog"

@@ -60,6 +60,7 @@ class EventLoop:
         self._seq = itertools.count()
         self.thread_id: int | None = None
         self.turns = 0       # run_once calls so far: devices count their work per turn
+        self._dispatching = False   # after this turn's poll returned, on the loop's thread
 
     def register(self, fd: int, events: int, handler: Handler) -> None:
         """Call ``handler(events)`` whenever ``fd`` is ready for ``events``."""
@@ -81,8 +82,10 @@ class EventLoop:
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on this loop's thread (safe from any thread)."""
         self._pending.append(callback)
-        if self.thread_id == threading.get_ident():
-            return               # our own turn: the next poll does not wait (run_once)
+        if self._dispatching and self.thread_id == threading.get_ident():
+            return               # from this turn's callbacks: the next poll does not wait
+        # (any other thread, or a signal handler, which runs on this thread inside poll:
+        # CPython retries the interrupted poll with its timeout unless woken)
         try:
             os.eventfd_write(self._wake, 1)
         except OSError:
@@ -137,12 +140,14 @@ class EventLoop:
         if self._timers:
             wait = max(0.0, self._timers[0].deadline - time.monotonic())
             timeout = wait if timeout < 0 else min(timeout, wait)
+        self._dispatching = False    # (first: a callback queued from here on wakes poll)
         if self._pending:
             timeout = 0          # callbacks queued from this thread wait for no fd
         try:
             ready = self._epoll.poll(timeout)
         except InterruptedError:
             ready = []
+        self._dispatching = True
         for fd, events in ready:
             if fd == self._wake:
                 try:

@@ -218,11 +218,11 @@ class SplitQueue:
         """
         new = self.next_used
         if self.event_idx and self.signalled_valid and self._native is not None:
-            old, self.signalled_used = self.signalled_used, new      # (the same, in C)
-            verdict = self._native.need_event(self.avail_ring, self.size, new, old)
+            verdict = self._native.need_event(self.avail_ring, self.size, new,
+                                              self.signalled_used)     # (the same, in C)
             if verdict is not None:
+                self.signalled_used = new
                 return verdict
-            self.signalled_used = old
         # our used->idx store must be visible before we read the driver's suppression
         # fields, or both sides may decide the other will act (QEMU: smp_mb() here)
         _barrier.svmm_full_barrier()

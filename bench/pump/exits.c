@@ -35,9 +35,10 @@ void exit_pump(void) {
         job = "mmio";
         addr = arg_u64("pump.addr", 0xc0000000u);
     } else if (arg_is("pump.job", "mmioreg") || arg_is("pump.job", "mmiostatus")) {
-        job = arg_is("pump.job", "mmioreg") ? "mmioreg" : "mmiostatus";
-        if (!next_virtio_device(0, &addr)) die("mmioreg needs a virtio device");
-        addr += arg_is("pump.job", "mmioreg") ? MAGIC : INT_STATUS;
+        int magic = arg_is("pump.job", "mmioreg");
+        job = magic ? "mmioreg" : "mmiostatus";
+        if (!next_virtio_device(0, &addr)) die("the register pumps need a virtio device");
+        addr += magic ? MAGIC : INT_STATUS;
     } else {
         die("pump.job must be pio, mmio, mmioreg or mmiostatus");
     }

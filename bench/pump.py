@@ -15,7 +15,9 @@ A freestanding guest (``bench/pump/``, one x86-64 PVH ELF for both VMMs, its loo
   address, and reads of a virtio-mmio register: MagicValue, and InterruptStatus (the one
   a driver reads on every interrupt) (in ring 0 by default).
 
-The runs alternate (for each run, each job: StratoVMM, then QEMU).  Per job it reports
+The runs alternate (for each run, each job: both VMMs, StratoVMM first in odd-numbered
+runs and QEMU first in even-numbered ones, so that neither always runs on the host as the
+other left it).  Per job it reports
 requests/s over the window between the guest's ``PUMP-READY`` and ``PUMP-DONE`` lines and
 **device CPU per request**: the CPU time of the VMM's threads other than its vCPU
 (``vcpu0``; QEMU's ``CPU 0/KVM``) — main loop, iothread, QEMU's aio workers — over the
@@ -204,7 +206,7 @@ def host_state() -> dict[str, object]:
 
 def run_all(jobs: list[str], runs: int, count: int | None, qd: int, images: dict[str, Path],
             elf: Path, pinned: bool) -> dict[str, dict[str, list[dict[str, object]]]]:
-    """Every run of every job on both VMMs, alternating."""
+    """Every run of every job on both VMMs, alternating which goes first."""
     results: dict[str, dict[str, list[dict[str, object]]]] = {
         name: {vmm: [] for vmm in VMMS} for name in jobs}
     for n in range(runs):
@@ -213,7 +215,8 @@ def run_all(jobs: list[str], runs: int, count: int | None, qd: int, images: dict
             total = count or job.count
             append = job.append(total, qd)
             image = images["write" if job.job.endswith("write") else "read"]
-            for vmm, cmd in commands(job, elf, append, image).items():
+            order = list(commands(job, elf, append, image).items())
+            for vmm, cmd in order if n % 2 == 0 else reversed(order):
                 m = measure(job, cmd, total, image, pinned)
                 m["command"] = " ".join(cmd)
                 results[name][vmm].append(m)

@@ -5,8 +5,8 @@ Listing entry points means importing ``importlib.metadata`` (and with it ``email
 ``csv``, ``zipfile``...) and reading the metadata of every distribution on
 ``sys.path``; stevedore adds ``hashlib`` (OpenSSL's libcrypto, 3 MiB of RSS) for its
 own cache key.  That was a tenth of the time from exec to the guest's first byte.
-Here the group's entries are kept in a small JSON file, valid for a *fingerprint*
-of what is installed:
+Here the group's entries are kept in a small file, valid for a *fingerprint* of what
+is installed:
 
 - the interpreter (``sys.executable``, ``sys.prefix``) and ``sys.path`` in order;
 - each ``sys.path`` directory's modification time, which changes whenever a
@@ -25,7 +25,7 @@ is written and read; a cache that cannot be read or written is simply not used.
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import sys
 import time
@@ -35,7 +35,7 @@ from typing import Any
 from stratovmm.cachefile import cache_dir, read_private, write_private
 
 SETTLE_S = 2.0
-FORMAT = 1
+FORMAT = 2          # 1: JSON text; 2: marshal (stratovmm.cachefile)
 _METADATA_SUFFIXES = (".dist-info", ".egg-info")
 
 Entry = tuple[str, str, str]
@@ -75,17 +75,16 @@ def _settled(print_: list[Any], now_ns: int) -> bool:
 def _file(group: str, print_: list[Any]) -> str:
     """One file per interpreter and path (``python -m`` puts the working directory first),
     so two installations do not keep overwriting each other's cache."""
-    key = zlib.crc32(json.dumps([print_[0], print_[1], [d for d, _m, _n in print_[2:]]]
-                                ).encode())
-    return os.path.join(cache_dir(), f"entry-points-{group}-{key:08x}.json")
+    key = zlib.crc32(repr([print_[0], print_[1], [d for d, _m, _n in print_[2:]]]).encode())
+    return os.path.join(cache_dir(), f"entry-points-{group}-{key:08x}.marshal")
 
 
 def load(group: str, print_: list[Any]) -> list[Entry] | None:
     """The cached entries of ``group`` if the cache matches ``print_``; else None."""
-    text = read_private(_file(group, print_))
+    raw = read_private(_file(group, print_))
     try:
-        data = json.loads(text) if text is not None else None
-    except ValueError:
+        data = marshal.loads(raw) if raw is not None else None
+    except (EOFError, ValueError, TypeError):
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return None
@@ -105,6 +104,5 @@ def store(group: str, print_: list[Any], entries: list[Entry]) -> None:
     if not _settled(print_, time.time_ns()):
         return
     path = _file(group, print_)
-    data = json.dumps({"format": FORMAT, "fingerprint": print_,
-                       "entries": [list(e) for e in entries]})
-    write_private(path, data)
+    write_private(path, marshal.dumps({"format": FORMAT, "fingerprint": print_,
+                                       "entries": [list(e) for e in entries]}))

@@ -5,7 +5,9 @@ stamp is too recent to tell a later change apart."""
 
 from __future__ import annotations
 
+import copy
 import json
+import marshal
 import os
 import subprocess
 import sys
@@ -108,23 +110,34 @@ def test_round_trip_and_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     entrypoints.store("group", print_, entries)
     assert entrypoints.load("group", print_) == entries
     assert entrypoints.load("other", print_) is None
-    changed = json.loads(json.dumps(print_))
+    changed = copy.deepcopy(print_)
     changed[2][1] += 1
     assert entrypoints.load("group", changed) is None
     mode = (tmp_path / "c").stat().st_mode & 0o777, next((tmp_path / "c").iterdir()).stat()
     assert mode[0] == 0o700 and mode[1].st_mode & 0o777 == 0o600
 
 
-@pytest.mark.parametrize("text", ["", "{", "[]", '{"format": 1}',
-                                  '{"format": 1, "fingerprint": null, "entries": [[1, 2, 3]]}'])
+PRINT = object()       # stands for the fingerprint in the corrupt caches below
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"{", b"\xff" * 16, b'{"format": 2}', [], {"format": 2}, {"format": 1},
+    {"format": 2, "fingerprint": PRINT, "entries": [[1, 2, 3]]},
+    {"format": 2, "fingerprint": PRINT, "entries": "abc"},
+    {"format": 1, "fingerprint": PRINT, "entries": [["a", "m", ""]]}])
 def test_a_corrupt_cache_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     text: str) -> None:
-    """Whatever the file holds, a cache that is not exactly ours is ignored."""
+                                     content: object) -> None:
+    """Whatever the file holds (bytes that are not marshal data, or data of another shape
+    or format), a cache that is not exactly ours is ignored."""
     monkeypatch.setenv("STRATOVMM_CACHE_DIR", str(tmp_path))
     print_ = entrypoints.fingerprint([str(tmp_path / "nothing")])
     entrypoints.store("group", print_, [("a", "m", "")])
-    (path,) = tmp_path.glob("entry-points-group-*.json")
-    path.write_text(text.replace("null", json.dumps(print_)))
+    (path,) = tmp_path.glob("entry-points-group-*.marshal")
+    if isinstance(content, dict):
+        content = marshal.dumps({k: print_ if v is PRINT else v for k, v in content.items()})
+    elif not isinstance(content, bytes):
+        content = marshal.dumps(content)
+    path.write_bytes(content)
     assert entrypoints.load("group", print_) is None
 
 

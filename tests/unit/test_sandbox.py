@@ -234,7 +234,7 @@ def test_a_kept_program_filters_as_a_fresh_one(tmp_path: Path) -> None:
     first = run_filtered(probe + "socket.socket()\n", tmp_path)
     killed_by_sigsys(first, "socket")
     assert "PYSECCOMP True" in first.stdout
-    assert len(list((tmp_path / "cache").glob("seccomp-*.json"))) == 1
+    assert len(list((tmp_path / "cache").glob("seccomp-*.marshal"))) == 1
     second = run_filtered(probe + "socket.socket()\n", tmp_path)
     killed_by_sigsys(second, "socket")
     assert "PYSECCOMP False" in second.stdout

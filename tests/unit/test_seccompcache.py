@@ -6,7 +6,8 @@ tests/unit/test_sandbox.py.)"""
 
 from __future__ import annotations
 
-import json
+import ast
+import marshal
 import os
 import struct
 from pathlib import Path
@@ -97,8 +98,8 @@ def test_description_names_everything_the_program_depends_on() -> None:
     for rules in changed:
         assert seccompcache.describe(rules, True, sandbox.__file__) != base
     assert seccompcache.describe(rules_for(1), False, sandbox.__file__) != base
-    assert json.loads(base)["compiler"][1:] == [os.stat(sandbox.__file__).st_size,
-                                                os.stat(sandbox.__file__).st_mtime_ns]
+    assert ast.literal_eval(base)["compiler"][1:] == [os.stat(sandbox.__file__).st_size,
+                                                      os.stat(sandbox.__file__).st_mtime_ns]
 
 
 @pytest.fixture
@@ -121,20 +122,25 @@ def test_kept_for_exactly_its_description(cache: Path) -> None:
     assert seccompcache.load("one", NAMES + 1) is None
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not json", "group writable", "other"])
+@pytest.mark.parametrize("damage", ["truncated", "cut short", "not a program", "garbage",
+                                    "group writable", "other"])
 def test_a_file_that_is_not_whole_or_not_private_is_not_used(cache: Path, damage: str) -> None:
     seccompcache.store("one", KEPT)
     (path,) = cache.iterdir()
-    data = json.loads(path.read_text())
+    data = marshal.loads(path.read_bytes())
     if damage == "truncated":
-        program = seccompcache.binascii.a2b_base64(data["program"])[:-3]
-        data["program"] = seccompcache.binascii.b2a_base64(program, newline=False).decode()
-        path.write_text(json.dumps(data))
-    elif damage == "not json":
-        path.write_text(path.read_text()[:-5])
+        data["program"] = data["program"][:-3]
+        path.write_bytes(marshal.dumps(data))
+    elif damage == "cut short":
+        path.write_bytes(path.read_bytes()[:-5])
+    elif damage == "not a program":
+        data["program"] = "text"
+        path.write_bytes(marshal.dumps(data))
+    elif damage == "garbage":
+        path.write_bytes(b"\xff" * 40)
     elif damage == "group writable":
         path.chmod(0o620)
     else:
         data["description"] = "two"
-        path.write_text(json.dumps(data))
+        path.write_bytes(marshal.dumps(data))
     assert seccompcache.load("one", NAMES) is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,7 +36,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def read_config_file(path: str) -> Any:
-    """The parsed JSON file; unreadable or malformed files name ``-config``."""
+    """The parsed JSON file; unreadable or malformed files name ``-config``.  (``json`` is
+    imported here, not with the module: a start without ``-config`` does not need it.)"""
+    import json
+
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)

@@ -20,7 +20,6 @@ configuration is valid never loads it.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -78,10 +77,19 @@ def assemble(devices: DeviceRegistry) -> dict[str, Any]:
     }
 
 
+def _json(value: Any) -> str:
+    """``value`` spelled as in the JSON file.  ``json`` is imported here, for the error
+    messages that need it: a start without an error imports neither it nor the regular
+    expressions its modules compile."""
+    import json
+
+    return json.dumps(value)
+
+
 def _show(value: Any, schema: dict[str, Any]) -> str:
     if schema.get("x-unit") == "size" and isinstance(value, int) and not isinstance(value, bool):
         return format_size(value)
-    return json.dumps(value)
+    return _json(value)
 
 
 _TYPE_NAMES = {"integer": "an integer", "string": "a string", "boolean": "a boolean (true/false)",
@@ -98,7 +106,7 @@ def describe(error: jsonschema.ValidationError) -> str:
         want = error.validator_value
         names = [want] if isinstance(want, str) else list(want)
         expected = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
-        return f"expected {expected}, got {json.dumps(inst)}"
+        return f"expected {expected}, got {_json(inst)}"
     if v in ("minimum", "exclusiveMinimum"):
         return f"{_show(inst, schema)} is below the minimum {_show(error.validator_value, schema)}"
     if v in ("maximum", "exclusiveMaximum"):
@@ -115,7 +123,7 @@ def describe(error: jsonschema.ValidationError) -> str:
         return f"missing required key {error.message.split(' ')[0]}"
     if v in ("enum", "const"):
         allowed = error.validator_value if v == "enum" else [error.validator_value]
-        return f"{json.dumps(inst)} is not one of {', '.join(json.dumps(a) for a in allowed)}"
+        return f"{_json(inst)} is not one of {', '.join(_json(a) for a in allowed)}"
     if v in ("minLength",) and inst == "":
         return "must not be empty"
     return str(error.message)

@@ -21,8 +21,7 @@ comparisons that hold the marker before the program is loaded."""
 
 from __future__ import annotations
 
-import binascii
-import json
+import marshal
 import os
 import struct
 import zlib
@@ -37,7 +36,7 @@ from stratovmm.registry import SeccompRules
 LOW32 = 0xFFFF_FFFF
 ALL64 = 0xFFFF_FFFF_FFFF_FFFF
 
-FORMAT = 1
+FORMAT = 2          # 1: JSON text; 2: marshal (stratovmm.cachefile)
 INSN_SIZE = 8           # sizeof(struct sock_filter): u16 code, u8 jt, u8 jf, u32 k
 MAX_INSNS = 4096        # BPF_MAXINSNS
 JEQ_K = 0x15            # BPF_JMP | BPF_JEQ | BPF_K: "A == k"
@@ -77,37 +76,39 @@ def _stamp(path: str) -> list[int]:
 
 
 def describe(rules: SeccompRules, reporter: bool, compiler: str) -> str:
-    """Everything the compiled program depends on, as canonical JSON (``compiler``: the
-    file of the code that compiles it)."""
+    """Everything the compiled program depends on, as one canonical string: the ``repr`` of
+    a dict of plain values, its keys (and the system calls') inserted in sorted order
+    (``compiler``: the file of the code that compiles it)."""
     syscalls = {}
     for name in sorted(rules.syscalls):
         alternatives = rules.conditions(name)
         syscalls[name] = None if alternatives is None else [
             [[c.arg, c.op, c.value & ALL64, c.mask & ALL64] for c in conditions]
             for conditions in alternatives]
-    return json.dumps({
-        "format": FORMAT, "machine": os.uname().machine, "version": __version__,
-        "compiler": [compiler, *_stamp(compiler)], "reporter": reporter,
-        "syscalls": syscalls, "ioctls": sorted({r & LOW32 for r in rules.ioctls}),
-    }, sort_keys=True, separators=(",", ":"))
+    return repr({
+        "compiler": [compiler, *_stamp(compiler)], "format": FORMAT,
+        "ioctls": sorted({r & LOW32 for r in rules.ioctls}), "machine": os.uname().machine,
+        "reporter": reporter, "syscalls": syscalls, "version": __version__,
+    })
 
 
 def _path(description: str) -> str:
-    return os.path.join(cache_dir(), f"seccomp-{zlib.crc32(description.encode()):08x}.json")
+    return os.path.join(cache_dir(), f"seccomp-{zlib.crc32(description.encode()):08x}.marshal")
 
 
 def load(description: str, names_size: int) -> Compiled | None:
     """The program kept for ``description``, or None (none kept, another description,
     or a file that is not whole: a program that is not a whole number of instructions,
     a name table of another size)."""
-    text = read_private(_path(description))
+    raw = read_private(_path(description))
     try:
-        data = json.loads(text) if text is not None else None
+        data = marshal.loads(raw) if raw is not None else None
         if not isinstance(data, dict) or data.get("description") != description:
             return None
-        program = binascii.a2b_base64(data["program"])
-        names = zlib.decompress(binascii.a2b_base64(data["names"]))
-    except (ValueError, KeyError, TypeError, binascii.Error, zlib.error):
+        program, names = data["program"], zlib.decompress(data["names"])
+    except (EOFError, ValueError, KeyError, TypeError, zlib.error):
+        return None
+    if not isinstance(program, bytes):
         return None
     count, rest = divmod(len(program), INSN_SIZE)
     if rest or not 0 < count <= MAX_INSNS or len(names) != names_size:
@@ -117,8 +118,6 @@ def load(description: str, names_size: int) -> Compiled | None:
 
 def store(description: str, compiled: Compiled) -> None:
     """Keep ``compiled`` for ``description`` (nothing when the cache cannot be written)."""
-    write_private(_path(description), json.dumps({
-        "description": description,
-        "program": binascii.b2a_base64(compiled.program, newline=False).decode(),
-        "names": binascii.b2a_base64(zlib.compress(compiled.names), newline=False).decode(),
-    }))
+    write_private(_path(description), marshal.dumps({
+        "description": description, "program": compiled.program,
+        "names": zlib.compress(compiled.names)}))

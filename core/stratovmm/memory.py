@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from stratovmm.errors import ConfigError, GuestMemoryError, HostError
+from stratovmm.records import record
 
 # <asm-generic/mman-common.h>, x86_64 (Python's mmap module names it from 3.13 only): do
 # not reserve swap for the whole of guest RAM, as QEMU maps it.
@@ -173,7 +174,7 @@ _ACCESSORS = ("_offset", "contains", "slice", "read", "write", "read_u16", "read
               "read_u64", "write_u16", "write_u32", "write_u64")
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class MemoryOptions:
     """How guest RAM is backed (-m, -mem-path, -machine mem-share, dump-guest-core)."""
 

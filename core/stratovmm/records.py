@@ -10,7 +10,8 @@ methods that are closures over the field list, built in microseconds: keyword or
 positional construction with defaults and ``field(default_factory=...)``, the dataclass
 ``repr``, equality and hashing over the fields (``compare=False`` fields left out), a
 frozen class refusing assignment with ``dataclasses.FrozenInstanceError``, ``slots``,
-``__match_args__``, and ``field_names`` for what ``dataclasses.fields`` did.  Type
+``__match_args__``, ``field_names`` for what ``dataclasses.fields`` did and ``replace`` for
+``dataclasses.replace``.  Type
 checkers see a dataclass (PEP 681's ``dataclass_transform``).
 ``tests/unit/test_records.py`` checks with hypothesis that a record and the same class
 under ``@dataclass`` behave alike.
@@ -186,3 +187,12 @@ def field_names(obj_or_cls: Any) -> tuple[str, ...]:
     """The record's field names, in order (``dataclasses.fields`` for records)."""
     fields: tuple[_Field, ...] = getattr(obj_or_cls, _FIELDS)
     return tuple(f.name for f in fields)
+
+
+def replace(obj: T, /, **changes: Any) -> T:
+    """A new record like ``obj`` with ``changes`` (``dataclasses.replace`` for records)."""
+    values = {name: getattr(obj, name) for name in field_names(obj)}
+    for name in changes:
+        if name not in values:
+            raise TypeError(f"{type(obj).__qualname__} has no field {name!r}")
+    return type(obj)(**{**values, **changes})

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stratovmm.records import field_names, record
+from stratovmm.records import field_names, record, replace
 
 
 def pair(frozen: bool, slots: bool = False) -> tuple[Any, Any]:
@@ -145,3 +145,16 @@ def test_a_field_without_default_after_one_with_is_refused() -> None:
         class Bad:
             a: int = 0
             b: int  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("frozen", "slots"), FLAVOURS)
+def test_replace_matches_dataclass(frozen: bool, slots: bool) -> None:
+    """``replace`` gives what ``dataclasses.replace`` gives, and refuses an unknown field."""
+    dc, rec = pair(frozen, slots)
+    for changes in ({}, {"a": 9}, {"b": "z", "c": [1]}, {"d": 7}):
+        want = dataclasses.replace(dc(1, "x", [2], 3), **changes)
+        got = replace(rec(1, "x", [2], 3), **changes)
+        assert (got.a, got.b, got.c, got.d) == (want.a, want.b, want.c, want.d)
+        assert type(got) is rec
+    with pytest.raises(TypeError, match="no field 'e'"):
+        replace(rec(1), e=1)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 from stratovmm.boot import layout
 from stratovmm.kvm.fds import CpuidEntry
-from stratovmm.records import record
+from stratovmm.records import record, replace
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ import errno as _errno
 import mmap
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from stratovmm.errors import HostError, KvmError
 from stratovmm.fastpath import fastpath_enabled
 from stratovmm.kvm import exits
 from stratovmm.kvm._kvm import ffi, lib
+from stratovmm.records import record
 
 MAX_CPUID_ENTRIES = 256
 
@@ -40,7 +40,7 @@ def _ioctl(fd: int, request: int, arg: Any, what: str) -> int:
     return rc
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class CpuidEntry:
     """One CPUID leaf/subleaf as KVM describes it."""
 

@@ -17,13 +17,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol
+
+from stratovmm.records import record
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Event:
     """One event with its wall-clock timestamp (QMP: seconds + microseconds)."""
 

@@ -14,7 +14,6 @@ import mmap
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from stratovmm.errors import ConfigError, GuestMemoryError, HostError
@@ -29,7 +28,7 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Region:
     """``size`` bytes of guest RAM at guest address ``gpa``, at ``offset`` in the host buffer."""
 

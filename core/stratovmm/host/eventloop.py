@@ -19,7 +19,6 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +30,24 @@ EPOLLHUP = select.EPOLLHUP
 Handler = Callable[[int], None]
 
 
-@dataclass(order=True)
 class Timer:
-    """A ``call_later`` callback; ``cancel()`` stops it from running."""
+    """A ``call_later`` callback; ``cancel()`` stops it from running.  Timers order by
+    (deadline, seq) in the loop's heap: the same deadline runs in the order asked.  (A
+    plain class: a dataclass would exec its generated methods at every start.)"""
 
-    deadline: float
-    seq: int
-    callback: Callable[[], None] = field(compare=False)
-    cancelled: bool = field(default=False, compare=False)
+    __slots__ = ("callback", "cancelled", "deadline", "seq")
+
+    def __init__(self, deadline: float, seq: int, callback: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.seq = seq
+        self.callback = callback
+        self.cancelled = False
+
+    def __lt__(self, other: Timer) -> bool:
+        return (self.deadline, self.seq) < (other.deadline, other.seq)
+
+    def __repr__(self) -> str:
+        return f"Timer(deadline={self.deadline!r}, seq={self.seq!r}, callback={self.callback!r})"
 
     def cancel(self) -> None:
         """Do not run the callback."""

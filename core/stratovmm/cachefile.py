@@ -8,16 +8,19 @@ mode 0600 and renamed over the old one, so a reader never sees half of it; it is
 only when it belongs to this user and nobody else can write it.  A cache that cannot be
 written or read is not used: each caller then does the work it saves.
 
-The callers keep their data in ``marshal``'s format: a built-in module, so reading a cache
-at start-up imports nothing (the ``json`` package, with the regular expressions its modules
-compile, was ~3 ms of a start here).  ``marshal`` is not meant for data from others; these
-files are, by the checks above, only ever their owner's, and one that does not load, or
-loads as something else than its caller wrote, is not used."""
+A file holds one value of plain data (dicts, lists, strings, bytes, numbers) in
+``marshal``'s format: a built-in module, so reading a cache at start-up imports nothing
+(the ``json`` package, with the regular expressions its modules compile, was ~3 ms of a
+start here).  ``marshal`` is not meant for data from others; these files are, by the
+checks above, only ever their owner's, and one that does not load reads as None; each
+caller still checks that what loaded has the shape it wrote."""
 
 from __future__ import annotations
 
+import marshal
 import os
 import stat
+from typing import Any
 
 
 def cache_dir() -> str:
@@ -29,8 +32,9 @@ def cache_dir() -> str:
     return os.path.join(base, "stratovmm")
 
 
-def write_private(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically, mode 0600 (nothing on failure)."""
+def write_private(path: str, value: Any) -> None:
+    """Replace ``path`` with ``value`` atomically, mode 0600 (nothing on failure)."""
+    data = marshal.dumps(value)
     temporary = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -46,9 +50,9 @@ def write_private(path: str, data: bytes) -> None:
             pass
 
 
-def read_private(path: str) -> bytes | None:
-    """The contents of ``path`` if it is a regular file of this user that no one else may
-    write; else None."""
+def read_private(path: str) -> Any:
+    """The value kept in ``path`` if it is a regular file of this user that no one else
+    may write and it loads; else None."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
@@ -59,6 +63,6 @@ def read_private(path: str) -> bytes | None:
                 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
             return None
         try:
-            return f.read()
-        except OSError:
+            return marshal.loads(f.read())
+        except (OSError, EOFError, ValueError, TypeError):
             return None

@@ -25,7 +25,6 @@ is written and read; a cache that cannot be read or written is simply not used.
 
 from __future__ import annotations
 
-import marshal
 import os
 import sys
 import time
@@ -81,11 +80,7 @@ def _file(group: str, print_: list[Any]) -> str:
 
 def load(group: str, print_: list[Any]) -> list[Entry] | None:
     """The cached entries of ``group`` if the cache matches ``print_``; else None."""
-    raw = read_private(_file(group, print_))
-    try:
-        data = marshal.loads(raw) if raw is not None else None
-    except (EOFError, ValueError, TypeError):
-        return None
+    data = read_private(_file(group, print_))
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return None
     if data.get("fingerprint") != print_:
@@ -104,5 +99,5 @@ def store(group: str, print_: list[Any], entries: list[Entry]) -> None:
     if not _settled(print_, time.time_ns()):
         return
     path = _file(group, print_)
-    write_private(path, marshal.dumps({"format": FORMAT, "fingerprint": print_,
-                                       "entries": [list(e) for e in entries]}))
+    write_private(path, {"format": FORMAT, "fingerprint": print_,
+                         "entries": [list(e) for e in entries]})

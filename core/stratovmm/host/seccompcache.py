@@ -21,7 +21,6 @@ comparisons that hold the marker before the program is loaded."""
 
 from __future__ import annotations
 
-import marshal
 import os
 import struct
 import zlib
@@ -100,13 +99,12 @@ def load(description: str, names_size: int) -> Compiled | None:
     """The program kept for ``description``, or None (none kept, another description,
     or a file that is not whole: a program that is not a whole number of instructions,
     a name table of another size)."""
-    raw = read_private(_path(description))
+    data = read_private(_path(description))
+    if not isinstance(data, dict) or data.get("description") != description:
+        return None
     try:
-        data = marshal.loads(raw) if raw is not None else None
-        if not isinstance(data, dict) or data.get("description") != description:
-            return None
         program, names = data["program"], zlib.decompress(data["names"])
-    except (EOFError, ValueError, KeyError, TypeError, zlib.error):
+    except (KeyError, TypeError, zlib.error):
         return None
     if not isinstance(program, bytes):
         return None
@@ -118,6 +116,6 @@ def load(description: str, names_size: int) -> Compiled | None:
 
 def store(description: str, compiled: Compiled) -> None:
     """Keep ``compiled`` for ``description`` (nothing when the cache cannot be written)."""
-    write_private(_path(description), marshal.dumps({
+    write_private(_path(description), {
         "description": description, "program": compiled.program,
-        "names": zlib.compress(compiled.names)}))
+        "names": zlib.compress(compiled.names)})

@@ -190,9 +190,7 @@ def field_names(obj_or_cls: Any) -> tuple[str, ...]:
 
 
 def replace(obj: T, /, **changes: Any) -> T:
-    """A new record like ``obj`` with ``changes`` (``dataclasses.replace`` for records)."""
+    """A new record like ``obj`` with ``changes`` (``dataclasses.replace`` for records; a
+    name that is not a field is refused by the record's ``__init__``, as there)."""
     values = {name: getattr(obj, name) for name in field_names(obj)}
-    for name in changes:
-        if name not in values:
-            raise TypeError(f"{type(obj).__qualname__} has no field {name!r}")
     return type(obj)(**{**values, **changes})

@@ -5,7 +5,8 @@ an iothread); each ``-iothread id=NAME`` is an ``IoThread``: the same loop on it
 own thread.  Handlers never block.  ``call_soon`` is the only thread-safe entry
 point: it queues a callable and wakes the loop through an eventfd, so other
 threads (vCPUs, QMP) hand work to the loop that owns a device instead of
-touching its state.
+touching its state.  A loop may wait through a ``Waiter`` instead of ``epoll.poll``:
+``stratovmm.virtio.kicks`` waits in C and serves some devices' kicks there.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,14 @@ EPOLLERR = select.EPOLLERR
 EPOLLHUP = select.EPOLLHUP
 
 Handler = Callable[[int], None]
+
+
+class Waiter(Protocol):
+    """What waits for a loop's fds instead of ``epoll.poll`` (``set_waiter``): it may serve
+    some fds itself and returns the others' (fd, events), as ``epoll.poll`` would."""
+
+    def wait(self, epfd: int, timeout: float) -> list[tuple[int, int]]: ...
+    def discard(self, fd: int) -> None: ...
 
 
 class Timer:
@@ -70,6 +80,7 @@ class EventLoop:
         self.thread_id: int | None = None
         self.turns = 0       # run_once calls so far: devices count their work per turn
         self._dispatching = False   # after this turn's poll returned, on the loop's thread
+        self.waiter: Waiter | None = None
 
     def register(self, fd: int, events: int, handler: Handler) -> None:
         """Call ``handler(events)`` whenever ``fd`` is ready for ``events``."""
@@ -80,8 +91,14 @@ class EventLoop:
         """Change the events ``fd`` is watched for."""
         self._epoll.modify(fd, events)
 
+    def set_waiter(self, waiter: Waiter) -> None:
+        """Wait through ``waiter`` from now on (``stratovmm.virtio.kicks``: kicks served in C)."""
+        self.waiter = waiter
+
     def unregister(self, fd: int) -> None:
         """Stop watching ``fd`` (no error if it was not watched)."""
+        if self.waiter is not None:
+            self.waiter.discard(fd)
         if self._handlers.pop(fd, None) is not None:
             try:
                 self._epoll.unregister(fd)
@@ -153,7 +170,9 @@ class EventLoop:
         if self._pending:
             timeout = 0          # callbacks queued from this thread wait for no fd
         try:
-            ready = self._epoll.poll(timeout)
+            waiter = self.waiter
+            ready = (self._epoll.poll(timeout) if waiter is None
+                     else waiter.wait(self._epoll.fileno(), timeout))
         except InterruptedError:
             ready = []
         self._dispatching = True

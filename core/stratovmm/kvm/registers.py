@@ -38,6 +38,10 @@ class RegisterCells:
     def interrupt_status(self, value: int) -> None:
         self.cells.interrupt_status = value & 0xFFFFFFFF
 
+    def interrupt_status_address(self) -> int:
+        """Where InterruptStatus lives, for C that raises bits in it too (``svmm_wait``)."""
+        return int(ffi.cast("uintptr_t", ffi.addressof(self.cells, "interrupt_status")))
+
     def raise_bits(self, bits: int) -> None:
         """Set ``bits`` (atomically: a vCPU may be acknowledging others in C meanwhile)."""
         lib.svmm_status_or(ffi.addressof(self.cells, "interrupt_status"), bits)

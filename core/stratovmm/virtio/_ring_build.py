@@ -37,6 +37,18 @@ struct svmm_serving {
 };
 """
 
+# a loop's wait that serves kicks in C (svmm_wait): one queue's state, one fd that serves it
+_KICKS = """
+struct svmm_queue {
+    const struct svmm_guest *guest; struct svmm_serving *serving; uint32_t budget;
+    uint32_t signalled_used; uint32_t signalled_valid; uint32_t *isr; int irqfd;
+    int kick_fd; int enabled; int busy; int watched; int polling; uint32_t ran;
+    uint64_t served; uint64_t interrupts;
+};
+struct svmm_kick { int fd; int is_eventfd; struct svmm_queue *queue; };
+struct svmm_poll { int64_t ns; int64_t max_ns; };
+"""
+
 ffibuilder = FFI()
 ffibuilder.cdef("""
 struct svmm_region { uint64_t start; uint64_t end; int64_t delta; };
@@ -75,12 +87,21 @@ int svmm_push_used(const struct svmm_guest *g, uint64_t used_ring, uint32_t size
 int svmm_serve(const struct svmm_guest *g, struct svmm_serving *s, uint32_t budget);
 int svmm_need_event(const struct svmm_guest *g, uint64_t avail_ring, uint32_t size,
                     uint32_t new_used, uint32_t old_used);
+""" + _KICKS + """
+#define SVMM_WAIT_MAX_EVENTS ...
+int svmm_wait(int epfd, struct svmm_kick *const *kicks, uint32_t count, int64_t timeout_ns,
+              int64_t slice_ns, struct svmm_poll *poll, uint32_t *out, int *error);
+void svmm_queue_stop(struct svmm_queue *q);
 """)
 
-ffibuilder.set_source("stratovmm.virtio._ring", r"""
+_SOURCE = r"""
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
 
 struct svmm_region { uint64_t start; uint64_t end; int64_t delta; };
 struct svmm_guest { uint8_t *base; const struct svmm_region *regions; int count; };
@@ -392,7 +413,262 @@ int svmm_serve(const struct svmm_guest *g, struct svmm_serving *s, uint32_t budg
     s->stop = stop;
     return (int)served;
 }
-""")
+"""
+
+# svmm_wait: the event loop's wait, serving in C the kicks (and a receive queue's host fd) of
+# queues whose device lets C take them (stratovmm.virtio.kicks), so that a kick costs no
+# Python: read the ioeventfd, svmm_serve, the interrupt decision, the irqfd.  And, as QEMU's
+# iothreads (aio_poll's adaptive polling), a queue served to empty is watched for a short
+# while before the loop asks for the driver's next kick and sleeps.
+_WAIT = r"""
+#define SVMM_WAIT_MAX_EVENTS 64
+#define SVMM_POLL_GROW_NS 4000          /* QEMU's first poll window after none */
+
+static int64_t svmm_now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static void svmm_kick_again(int fd)
+{
+    uint64_t one = 1;
+    (void)!write(fd, &one, sizeof one);     /* an eventfd: only fails when it overflows */
+}
+
+/* SplitQueue.needs_interrupt in C (§2.7.7): with EVENT_IDX, whether used_event lies in the
+   used entries since the last interrupt; without, unless VIRTQ_AVAIL_F_NO_INTERRUPT.  The
+   rings were checked to lie in RAM when the queue was set up (QueueConfig.check), so a
+   read that fails here means the memory map changed: interrupt, the safe side. */
+static int svmm_should_interrupt(struct svmm_queue *q)
+{
+    const struct svmm_serving *s = q->serving;
+    uint16_t flags;
+    uint32_t old = q->signalled_used, valid = q->signalled_valid;
+    q->signalled_used = s->next_used & 0xFFFF;
+    q->signalled_valid = 1;
+    if (s->event_idx) {
+        if (!valid)
+            return 1;
+        return svmm_need_event(q->guest, s->avail_ring, s->size, s->next_used, old) != 0;
+    }
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);   /* our used->idx store, then the flags */
+    if (svmm_read_u16(q->guest, s->avail_ring, &flags) != 0)
+        return 1;
+    return !(flags & 1);
+}
+
+/* Give q to Python: disabled (its events go to Python), its kick eventfd written (Python's
+   handler serves the queue; the loop's next epoll_wait reports it). */
+static void svmm_hand_over(struct svmm_queue *q)
+{
+    __atomic_store_n(&q->enabled, 0, __ATOMIC_SEQ_CST);
+    q->polling = 0;
+    svmm_kick_again(q->kick_fd);
+}
+
+/* Serve q with its device's C handler, then interrupt the driver if it asked.  ask: at an
+   empty ring, ask for the driver's next kick (§2.7.10); else the ring is left to the poll
+   (q->polling), which asks when its window closes.  0 when done in C, 1 when handed to
+   Python: a chain the handler defers or the walk refuses, a reset, or a receive queue
+   whose host fd must start (a chain kept for host data) or stop (no buffers) being
+   watched. */
+static int svmm_serve_queue(struct svmm_queue *q, int ask)
+{
+    struct svmm_serving *s = q->serving;
+    uint32_t saved = s->ask_on_empty;
+    int served, python = 0;
+    s->ask_on_empty = (uint32_t)ask;
+    served = svmm_serve(q->guest, s, q->budget);
+    s->ask_on_empty = saved;
+    q->ran = 1;
+    q->served += (uint64_t)served;
+    if (served && svmm_should_interrupt(q)) {
+        __atomic_fetch_or(q->isr, 1, __ATOMIC_SEQ_CST);    /* InterruptStatus: used ring */
+        svmm_kick_again(q->irqfd);
+        q->interrupts++;
+    }
+    q->polling = 0;
+    switch (s->stop) {
+    case SVMM_STOP_EMPTY:
+        python = q->watched;
+        q->polling = !ask && !python;
+        break;
+    case SVMM_STOP_KEEP:
+        python = !q->watched;
+        break;
+    case SVMM_STOP_BUDGET:      /* more: served again after the other ready fds */
+        q->polling = 1;
+        break;
+    default:
+        python = 1;
+    }
+    if (python)
+        svmm_hand_over(q);
+    return python;
+}
+
+/* svmm_serve_queue if q is enabled, with busy set meanwhile (Dekker with svmm_queue_stop:
+   busy is stored before enabled is read here, enabled before busy is read there, both
+   sequentially consistent).  1 when Python must serve q. */
+static int svmm_claim_and_serve(struct svmm_queue *q, int ask)
+{
+    int python = 1;
+    __atomic_store_n(&q->busy, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&q->enabled, __ATOMIC_SEQ_CST)) {
+        python = svmm_serve_queue(q, ask);
+    } else {            /* stopped meanwhile: Python serves it (and asks for its kicks) */
+        q->polling = 0;
+        svmm_kick_again(q->kick_fd);
+    }
+    __atomic_store_n(&q->busy, 0, __ATOMIC_RELEASE);
+    return python;
+}
+
+/* From any thread: C serves q no more until Python enables it again, and no serving of it
+   is still under way when this returns, so the caller may close what its handler uses (a
+   hot-replaced image, a tap taken away) or let the driver reuse the rings (a reset). */
+void svmm_queue_stop(struct svmm_queue *q)
+{
+    __atomic_store_n(&q->enabled, 0, __ATOMIC_SEQ_CST);
+    while (__atomic_load_n(&q->busy, __ATOMIC_SEQ_CST))
+        __builtin_ia32_pause();
+}
+
+/* One ready fd: read an ioeventfd's count, then serve its queue.  0 when C handled it. */
+static int svmm_serve_fd(const struct svmm_kick *k, int ask)
+{
+    uint64_t count;
+    if (!__atomic_load_n(&k->queue->enabled, __ATOMIC_SEQ_CST))
+        return 1;
+    if (k->is_eventfd && read(k->fd, &count, sizeof count) != sizeof count)
+        return 0;                       /* read by someone else meanwhile: nothing to do */
+    return svmm_claim_and_serve(k->queue, ask);
+}
+
+static int svmm_has_new(const struct svmm_queue *q)
+{
+    uint8_t *p = svmm_host(q->guest, q->serving->avail_ring + 2, 2);
+    return p != NULL && __atomic_load_n((uint16_t *)p, __ATOMIC_ACQUIRE) !=
+                        (uint16_t)q->serving->last_avail;
+}
+
+/* The queues served to empty without asking for a kick (q->polling): look at their rings for
+   up to window ns and serve what the driver adds (no kick, no sleep); when the window
+   closes with nothing, ask for each one's next kick (svmm_serve asks, then looks once
+   more).  With end set, only ask: the wait is returning to Python.  1 if anything was
+   served. */
+static int svmm_poll(struct svmm_kick *const *kicks, uint32_t count, int64_t window, int end)
+{
+    int64_t until = svmm_now_ns() + window;
+    int polling, served = 0;
+    do {
+        polling = 0;
+        for (uint32_t i = 0; i < count && !end; i++) {
+            struct svmm_queue *q = kicks[i]->queue;
+            if (!kicks[i]->is_eventfd || !q->polling)
+                continue;
+            polling = 1;
+            if (svmm_has_new(q)) {
+                svmm_claim_and_serve(q, 0);
+                served = 1;
+            }
+        }
+        if (served || !polling)
+            return served;
+        __builtin_ia32_pause();
+    } while (svmm_now_ns() < until);
+    for (uint32_t i = 0; i < count; i++) {
+        struct svmm_queue *q = kicks[i]->queue;
+        if (kicks[i]->is_eventfd && q->polling) {
+            uint64_t before = q->served;
+            svmm_claim_and_serve(q, 1);
+            served |= q->served != before;
+            if (end && q->polling) {    /* a budget's worth served, more waiting */
+                q->polling = 0;
+                svmm_kick_again(q->kick_fd);
+            }
+        }
+    }
+    return served;
+}
+
+/* QEMU's aio_poll adaptation (poll-grow 2, poll-shrink 0): a wait that blocked longer than
+   max_ns stops polling; one shorter than that widens the window. */
+static void svmm_poll_adapt(struct svmm_poll *p, int64_t blocked)
+{
+    if (blocked <= p->ns)
+        return;
+    if (blocked > p->max_ns)
+        p->ns = 0;
+    else if (p->ns < p->max_ns)
+        p->ns = p->ns ? (p->ns * 2 < p->max_ns ? p->ns * 2 : p->max_ns) : SVMM_POLL_GROW_NS;
+}
+
+static const struct svmm_kick *svmm_find(struct svmm_kick *const *kicks, uint32_t count, int fd)
+{
+    for (uint32_t i = 0; i < count; i++)
+        if (kicks[i]->fd == fd)
+            return kicks[i];
+    return NULL;
+}
+
+/* epoll_wait on the loop's epfd until an event Python must see, the timeout (ns, -1: none)
+   or, once C served something, slice_ns (Python then folds counters and runs its timers).
+   C serves the ready fds in kicks whose queue is enabled (and polls the rings it served,
+   poll->ns at a time); the others' (fd, events) pairs go to out (SVMM_WAIT_MAX_EVENTS
+   pairs at most) for Python to dispatch.  Returns the pairs, or -1 with *error = errno
+   (EINTR: a signal, for Python to handle).  Before returning it asks for the next kick of
+   every queue it left unasked. */
+int svmm_wait(int epfd, struct svmm_kick *const *kicks, uint32_t count, int64_t timeout_ns,
+              int64_t slice_ns, struct svmm_poll *poll, uint32_t *out, int *error)
+{
+    struct epoll_event events[SVMM_WAIT_MAX_EVENTS];
+    int64_t start = svmm_now_ns(), now = start, served = 0;
+    int handed = 0;
+    for (;;) {
+        int ms = -1, ready;
+        int64_t began = now;
+        if (timeout_ns >= 0) {
+            int64_t left = start + timeout_ns - now;
+            ms = left <= 0 ? 0 : (int)((left + 999999) / 1000000);     /* rounded up */
+        }
+        if (ms != 0 && svmm_poll(kicks, count, poll->ns, 0)) {
+            served = 1;
+            ms = 0;                     /* the other fds, then poll again */
+        }
+        ready = epoll_wait(epfd, events, SVMM_WAIT_MAX_EVENTS, ms);
+        if (ready < 0) {
+            *error = errno;
+            handed = -1;
+            break;
+        }
+        now = svmm_now_ns();
+        if (ms != 0)
+            svmm_poll_adapt(poll, now - began);
+        for (int i = 0; i < ready; i++) {
+            const struct svmm_kick *k = svmm_find(kicks, count, events[i].data.fd);
+            if (k != NULL && !svmm_serve_fd(k, poll->ns == 0)) {
+                served = 1;
+                continue;
+            }
+            out[2 * handed] = (uint32_t)events[i].data.fd;
+            out[2 * handed + 1] = events[i].events;
+            handed++;
+        }
+        if (handed || (ready == 0 && ms != 0))
+            break;
+        if ((timeout_ns >= 0 && now - start >= timeout_ns) ||
+                (served && now - start >= slice_ns))
+            break;
+    }
+    svmm_poll(kicks, count, 0, 1);
+    return handed;
+}
+"""
+
+ffibuilder.set_source("stratovmm.virtio._ring", _SOURCE + _KICKS + _WAIT)
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

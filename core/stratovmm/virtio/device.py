@@ -29,7 +29,8 @@ reads and writes, net's frames) gives it to ``serve`` too: runs of chains then g
 through ``SplitQueue.serve_native``, pop, handler and used ring in one C call, and
 come back to this loop for anything the C handler leaves to Python.  Nothing else
 here touches the rings, except the notification re-enable and the interrupt
-decision.
+decision.  Such a device may also let its kicks skip this loop (``native_kick``):
+the device's event loop then serves them in C (``stratovmm.virtio.kicks``).
 
 Threading: ``activate``, ``handle_queue`` and ``reset`` run on the device's own
 loop (the main loop or its ``iothread``); ``read_config``/``write_config`` and
@@ -53,6 +54,7 @@ from stratovmm.host.eventloop import EventLoop, Timer
 from stratovmm.memory import GuestMemoryProtocol
 from stratovmm.virtio.chain import IOV_MAX, DescriptorChain
 from stratovmm.virtio.constants import F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1
+from stratovmm.virtio.kicks import FastQueue, watch_host_fd
 from stratovmm.virtio.native import STOP_EMPTY, STOP_INACTIVE, STOP_KEEP, ActiveFlag, NativeHandler
 from stratovmm.virtio.queue import QueueProtocolError, SplitQueue
 
@@ -190,6 +192,7 @@ class VirtioDevice(DeviceCounters):
         self._serve_held: dict[int, HeldChains] = {}    # queue -> chains taken, not yet used
         self._serve_retries: dict[int, object] = {}     # queue -> its one pending retry
         self._serve_spent: dict[int, tuple[int, int]] = {}  # queue -> (loop turn, budget spent)
+        self.fast_queues: dict[int, FastQueue] = {}    # queues whose kicks C may serve
         self.init_counters()
 
     @property
@@ -202,6 +205,11 @@ class VirtioDevice(DeviceCounters):
     @active.setter
     def active(self, value: bool) -> None:
         self._active.cell[0] = 1 if value else 0
+
+    @property
+    def serving_flag(self) -> ActiveFlag:
+        """``active`` where C reads it (``svmm_serve`` stops at a reset)."""
+        return self._active
 
     # -- what subclasses describe ---------------------------------------------------
 
@@ -256,6 +264,8 @@ class VirtioDevice(DeviceCounters):
         next chain on (§2.4.1: once the reset is visible the device must not interact with
         the queues); ``reset`` follows on the device loop."""
         self.active = False
+        with self.lock:
+            self.stop_native_kicks()      # (and no C run of the old rings is still going)
 
     def reset(self) -> None:
         """The driver reset the device: forget every queue, held chain and pending retry."""
@@ -266,6 +276,7 @@ class VirtioDevice(DeviceCounters):
         self._serve_retries.clear()
         self._serve_held.clear()
         self._serve_spent.clear()
+        self.fast_queues = {}
         self.on_reset()
         self.queues = []
         self.acked_features = 0
@@ -493,6 +504,30 @@ class VirtioDevice(DeviceCounters):
         except GuestError as exc:
             self.guest_fault("request", f"queue {index}: request at head {held[0].head}: {exc}")
             return (0,)
+
+    def native_kick(self, index: int) -> NativeHandler | None:
+        """The C handler that may serve queue ``index``'s kicks right now with no Python at all
+        (``stratovmm.virtio.kicks``: in the loop's wait, as ``serve(native=...)`` would with
+        nothing held, no limiter and no gate), or None: Python serves them.  Asked before
+        each wait of the device's loop, so the answer may follow the device's state."""
+        return None
+
+    def stop_native_kicks(self) -> None:
+        """From any thread, under ``self.lock``: C serves none of this device's kicks until
+        the loop's next wait asks ``native_kick`` again, and none is under way when this
+        returns — call it before closing what a C handler uses."""
+        for queue in self.fast_queues.values():
+            queue.stop()
+
+    def after_native(self, index: int) -> None:
+        """Hook: C served queue ``index`` in the loop's wait (fold what the C handler counted)."""
+
+    def watch_host_fd(self, index: int, fd: int, handler: Callable[[int], None]) -> None:
+        """Watch ``fd`` (the host side of receive queue ``index``, e.g. a tap) for input:
+        ``handler`` runs when it is readable, or C serves the queue itself while C serves
+        its kicks.  ``self.loop.unregister(fd)`` stops both."""
+        assert self.loop is not None
+        watch_host_fd(self.loop, fd, handler, self.fast_queues.get(index))
 
     def held_chains(self, index: int) -> int:
         """Chains of queue ``index`` taken and not yet used (receive buffers kept for host

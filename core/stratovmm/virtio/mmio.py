@@ -46,6 +46,7 @@ from stratovmm.kvm.registers import RegisterCells
 from stratovmm.memory import GuestMemoryProtocol
 from stratovmm.virtio import constants as c
 from stratovmm.virtio.device import VirtioDevice
+from stratovmm.virtio.kicks import serve_kicks_in_c
 from stratovmm.virtio.queue import QueueConfig, SplitQueue
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class VirtioMmioTransport:
         self._vm = vm
         self._memory = memory
         self._trigger = irq if callable(irq) else irq.trigger
+        fd = getattr(irq, "fd", None)      # an irqfd line: C may raise it too (kicks in C)
+        self._irqfd: int | None = fd if isinstance(fd, int) else None
         self._loop = loop
         # reentrant: the device is activated under it, and may interrupt from inside
         self._lock = threading.RLock()
@@ -334,6 +337,9 @@ class VirtioMmioTransport:
                 self._activation_failed(f"cannot watch its ioeventfds: {exc}")()
                 return
             self.device.acked_features = act.features
+            self.device.fast_queues = serve_kicks_in_c(
+                self._loop, self.device, act.queues, act.eventfds,
+                self._registers.interrupt_status_address(), self._irqfd)
             try:
                 self.device.activate(self._memory, act.queues, self, self._loop)
             except Exception as exc:     # e.g. a vhost backend refusing the rings

@@ -103,12 +103,27 @@ class NativeRing:
         #                                        a C handler
         self._setting: tuple[object, ...] = ()
 
+    @property
+    def guest(self) -> Any:
+        """The ``struct svmm_guest *`` C reaches guest RAM through (``svmm_wait``'s queues)."""
+        return self._guest
+
     def serve(self, handler: NativeHandler, active: ActiveFlag, desc_table: int,
               avail_ring: int, used_ring: int, size: int, event_idx: bool, ask_on_empty: bool,
               last_avail: int, next_used: int, budget: int) -> tuple[int, int, int, int]:
         """Up to ``budget`` chains through ``handler`` in one C call; returns (chains served,
         why it stopped, last_avail, next_used).  ``ask_on_empty``: at an empty ring C asks
         for the driver's next kick and looks once more (``SplitQueue.serve_native``)."""
+        s = self.serving(handler, active, desc_table, avail_ring, used_ring, size, event_idx,
+                         ask_on_empty, last_avail, next_used)
+        served = lib.svmm_serve(self._guest, s, min(budget, self._capacity))
+        return served, s.stop, s.last_avail, s.next_used
+
+    def serving(self, handler: NativeHandler, active: ActiveFlag, desc_table: int,
+                avail_ring: int, used_ring: int, size: int, event_idx: bool,
+                ask_on_empty: bool, last_avail: int, next_used: int) -> Any:
+        """The ``struct svmm_serving *`` for ``handler`` at ring position (``last_avail``,
+        ``next_used``): what ``svmm_serve`` works on, here or in ``svmm_wait``."""
         s: Any = self._serving
         if s is None:
             self._iov = ffi.new("struct iovec[]", 2 * self._capacity)
@@ -123,8 +138,7 @@ class NativeRing:
             s.event_idx, s.ask_on_empty = setting[4:6]
             s.handler, s.context, s.active = handler._function, handler._context, active.cell
         s.last_avail, s.next_used = last_avail, next_used
-        served = lib.svmm_serve(self._guest, s, min(budget, self._capacity))
-        return served, s.stop, s.last_avail, s.next_used
+        return s
 
     def pop(self, desc_table: int, avail_ring: int, size: int,
             last_avail: int) -> DescriptorChain | Deferred | None:

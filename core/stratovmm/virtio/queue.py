@@ -16,6 +16,7 @@ import logging
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from stratovmm.errors import GuestError
 from stratovmm.fastpath import fastpath_enabled
@@ -174,6 +175,20 @@ class SplitQueue:
             self.event_idx, ask_on_empty, self.last_avail, self.next_used, budget)
         self.completed += served
         return served, stop
+
+    def native_serving(self, handler: NativeHandler, active: ActiveFlag) -> Any:
+        """C's serving state for ``handler`` at this queue's position, for the loop's wait to
+        serve kicks with (``stratovmm.virtio.kicks``); None without the C path."""
+        if self._native is None:
+            return None
+        return self._native.serving(handler, active, self.desc_table, self.avail_ring,
+                                    self.used_ring, self.size, self.event_idx, False,
+                                    self.last_avail, self.next_used)
+
+    def native_guest(self) -> Any:
+        """The ``struct svmm_guest *`` of the C path (which must be there: ``has_c_path``)."""
+        assert self._native is not None
+        return self._native.guest
 
     def unpop(self) -> None:
         """Give back the chain ``pop`` just returned: the next ``pop`` walks (and checks) it

@@ -25,6 +25,7 @@ from stratovmm.api import (
     DescriptorChain,
     EventLoop,
     GuestMemoryProtocol,
+    NativeHandler,
     TokenBucket,
     VirtioDevice,
     skip_views,
@@ -81,6 +82,7 @@ class BlockDevice(VirtioDevice):
         """
         native = NativeBlk(backend) if backend is not None else None
         with self.lock:
+            self.stop_native_kicks()     # (none in C with the old image once this returns)
             old, self.backend = self.backend, backend
             self.serial = serial.encode()[:ID_BYTES]
             self._native = native
@@ -106,6 +108,17 @@ class BlockDevice(VirtioDevice):
             self.serve(index, self._request, ops_limit=self._bucket, native=native.handler)
         finally:                 # also when the ring broke after C served some
             native.fold(self.counters)
+
+    def native_kick(self, index: int) -> NativeHandler | None:
+        """C may serve kicks without Python while there is no iops limit (its bucket is
+        Python's) and a backend C can read and write."""
+        native = self._native
+        return native.handler if native is not None and self._bucket is None else None
+
+    def after_native(self, index: int) -> None:
+        """What C served in the loop's wait, into ``query-stats``'s counters."""
+        if self._native is not None:
+            self._native.fold(self.counters)
 
     def _request(self, chain: DescriptorChain) -> int:
         """Execute one request; returns the bytes written to the guest (data + status)."""

@@ -27,6 +27,7 @@ from stratovmm_blk.device import BlockDevice
 
 from stratovmm.api import EventLoop, GuestMemoryProtocol, SplitQueue
 from stratovmm.testing.harness import CountingInterrupt
+from stratovmm.testing.kicks import KickWiring
 from stratovmm.testing.memory import MappedGuestMemory
 from stratovmm.testing.spec import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE
 
@@ -107,23 +108,31 @@ def lay_out(memory: GuestMemoryProtocol, drawn: list[tuple[Any, ...]]) -> None:
     memory.write_u16(AVAIL + 2, len(drawn))
 
 
-def serve(drawn: list[tuple[Any, ...]], fast: bool, read_only: bool,
+def serve(drawn: list[tuple[Any, ...]], fast: bool | str, read_only: bool,
           direct: bool | None) -> tuple[Any, ...]:
-    """Run ``drawn`` through a BlockDevice on a fresh image; what the guest and host see."""
-    path = os.path.join(TMP, f"disk-{int(fast)}.img")
+    """Run ``drawn`` through a BlockDevice on a fresh image; what the guest and host see.
+    ``fast``: the C path (True), pure Python (False), or ``"kick"``: the requests come
+    after activation with a kick, which the loop's wait serves in C (KickWiring)."""
+    path = os.path.join(TMP, f"disk-{fast}.img")
     with open(path, "wb") as f:
         f.write(IMAGE)
     memory = MappedGuestMemory(RAM)
     lay_out(memory, drawn)
+    if fast == "kick":
+        memory.write_u16(AVAIL + 2, 0)           # published after activation, with a kick
     loop = EventLoop()
     device = BlockDevice("blk0", BlockBackend(path, read_only, direct), "SERIAL", loop)
-    queue = SplitQueue(memory, SIZE, DESC, AVAIL, USED, fastpath=fast)
-    assert (queue._native is not None) == fast
+    queue = SplitQueue(memory, SIZE, DESC, AVAIL, USED, fastpath=bool(fast))
+    assert (queue._native is not None) == bool(fast)
     interrupts = CountingInterrupt()
+    wiring = KickWiring(loop, device, [queue]) if fast == "kick" else None
     try:
         device.SERVE_BUDGET = 4                    # runs of C interleave with budget retries
         device.activate(memory, [queue], interrupts, loop)
-        for _ in range(len(drawn)):
+        if wiring is not None:
+            memory.write_u16(AVAIL + 2, len(drawn))
+            wiring.kick(0)
+        for _ in range(len(drawn) + 1):
             loop.run_once(0)
         with open(path, "rb") as f:
             image = f.read()
@@ -131,6 +140,8 @@ def serve(drawn: list[tuple[Any, ...]], fast: bool, read_only: bool,
         return (memory.read(0, RAM), image, counters, queue.next_used,
                 queue.bad_chains, interrupts.resets, device.active)
     finally:
+        if wiring is not None:
+            wiring.close()
         device.close()
         loop.close()          # (the mapping goes with the last view the queue holds)
 
@@ -140,7 +151,9 @@ def serve(drawn: list[tuple[Any, ...]], fast: bool, read_only: bool,
        direct=st.sampled_from([False, None]))
 def test_c_and_python_handlers_agree(drawn: list[tuple[Any, ...]], read_only: bool,
                                      direct: bool | None) -> None:
-    assert serve(drawn, True, read_only, direct) == serve(drawn, False, read_only, direct)
+    slow = serve(drawn, False, read_only, direct)
+    assert serve(drawn, True, read_only, direct) == slow
+    assert serve(drawn, "kick", read_only, direct) == slow
 
 
 @pytest.mark.parametrize("direct", [False, None])
@@ -182,3 +195,48 @@ def test_without_the_c_path_a_batch_is_one_used_store(monkeypatch: pytest.Monkey
     drawn = [(0, 8, 512, 1, "linux", False, True)] * 4
     serve(drawn, False, False, False)
     assert stores == [4]
+
+
+def test_a_kick_is_served_in_c_without_a_python_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads and writes published after activation, with one kick: the loop's wait serves
+    them in C (no ``process_queue``), raises the interrupt on the irqfd with the used-ring
+    bit in InterruptStatus (§4.2.3.4), and the counters and queue state come back to Python
+    for ``query-stats``; a flush, which C leaves to Python, makes a Python turn."""
+    path = os.path.join(TMP, "disk-kick.img")
+    with open(path, "wb") as f:
+        f.write(IMAGE)
+    memory = MappedGuestMemory(RAM)
+    drawn = [(1, 8, 4096, 1, "linux", False, True), (0, 8, 4096, 2, "linux", False, False),
+             (4, 0, 0, 1, "linux", False, True)]
+    lay_out(memory, drawn)
+    memory.write_u16(AVAIL + 2, 0)
+    loop = EventLoop()
+    device = BlockDevice("blk0", BlockBackend(path, False, False), "SERIAL", loop)
+    queue = SplitQueue(memory, SIZE, DESC, AVAIL, USED)
+    turns: list[int] = []
+    process = BlockDevice.process_queue
+    monkeypatch.setattr(BlockDevice, "process_queue",
+                        lambda self, index: (turns.append(index), process(self, index)))
+    wiring = KickWiring(loop, device, [queue])
+    try:
+        device.activate(memory, [queue], CountingInterrupt(), loop)
+        turns.clear()
+        memory.write_u16(AVAIL + 2, 2)
+        wiring.kick(0)
+        loop.run_once(0)
+        assert turns == []
+        assert (queue.next_used, queue.last_avail, memory.read_u16(USED + 2)) == (2, 2, 2)
+        assert wiring.interrupts() == 1 and wiring.registers.interrupt_status == 1
+        assert device.counters["requests"] == 2 and device.counters["bytes_written"] == 4096
+        memory.write_u16(AVAIL + 2, 3)
+        wiring.kick(0)
+        loop.run_once(0)
+        assert turns == [0]                        # the flush: Python's
+        assert (queue.next_used, memory.read_u16(USED + 2)) == (3, 3)
+        assert wiring.served_in_c(0)
+        loop.unregister(wiring.eventfds[0])        # (a reset: the loop stops watching it)
+        assert not wiring.served_in_c(0)
+    finally:
+        wiring.close()
+        device.close()
+        loop.close()

@@ -37,13 +37,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from stratovmm.api import (
-    EPOLLIN,
     ID_NET,
     ConfigError,
     DescriptorChain,
     EventLoop,
     Frames,
     HeldChains,
+    NativeHandler,
     SplitQueue,
     VirtioDevice,
 )
@@ -273,6 +273,7 @@ class NetDevice(VirtioDevice):
         then), so a ``mac`` given here reaches config space but not a running driver.
         """
         with self.lock:
+            self.stop_native_kicks()     # (C takes the new tap at the loop's next wait)
             self.tap = tap
             self._tap_broken = False
             if mac is not None:
@@ -288,6 +289,7 @@ class NetDevice(VirtioDevice):
         buffers stay held for the next tap's frames)."""
         self._arm(False)
         with self.lock:
+            self.stop_native_kicks()     # (none in C with the old tap once this returns)
             old, self.tap = self.tap, None
         self._spill = None
         self._native.drop_spill()
@@ -313,6 +315,25 @@ class NetDevice(VirtioDevice):
                 self.serve(TX, self._transmit_chain, native=native.transmit)
         finally:                 # also when the ring broke after C served some
             native.fold(self.counters)
+
+    def native_kick(self, index: int) -> NativeHandler | None:
+        """C may serve kicks (and, for receive, the tap) while the tap works and no frame C
+        read waits to be placed by Python (``_Spill``)."""
+        native = self._native
+        usable = self._tap_usable()
+        native.sync(self.tap.fd if self.tap is not None and usable else None,
+                    self.acked_features, self._mergeable)
+        if not usable:
+            return None
+        if index == TX:
+            return native.transmit
+        if index == RX and self._spill is None and not native.spill_size:
+            return native.receive
+        return None
+
+    def after_native(self, index: int) -> None:
+        """What C moved in the loop's wait, into ``query-stats``'s counters."""
+        self._native.fold(self.counters)
 
     # -- transmit (§5.1.6.2) -----------------------------------------------------------------------
 
@@ -430,7 +451,7 @@ class NetDevice(VirtioDevice):
         assert self.tap is not None or not on
         if on:
             assert self.tap is not None
-            self._loop.register(self.tap.fd, EPOLLIN, self._on_tap_readable)
+            self.watch_host_fd(RX, self.tap.fd, self._on_tap_readable)
         elif self.tap is not None:
             self._loop.unregister(self.tap.fd)
         self._armed = on

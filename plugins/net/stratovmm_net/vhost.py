@@ -108,6 +108,10 @@ class VhostNetDevice(NetDevice):
         """Serve ring ``index`` with the tap ``fd`` (-1: stop)."""
         self.vhost.request(VHOST_NET_SET_BACKEND, _FILE.pack(index, fd))
 
+    def native_kick(self, index: int) -> None:
+        """None: vhost serves the rings, never the loop's C."""
+        return None
+
     def handle_queue(self, index: int) -> None:
         """Pass the driver's kick on to vhost."""
         self.rings.kick(index)

@@ -38,6 +38,7 @@ from stratovmm_net.tap import Tap
 
 from stratovmm.api import EventLoop, GuestMemoryProtocol, SplitQueue
 from stratovmm.testing.harness import CountingInterrupt
+from stratovmm.testing.kicks import KickWiring
 from stratovmm.testing.memory import MappedGuestMemory
 from stratovmm.testing.spec import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, F_VERSION_1
 
@@ -130,11 +131,13 @@ def tx_buffers(transmit: tuple[Any, ...], serial: int) -> list[tuple[bytes, int,
     return out
 
 
-def run(fast: bool, acked: int, transmits_: list[Any], receives_: list[Any],
+def run(fast: bool | str, acked: int, transmits_: list[Any], receives_: list[Any],
         frames: list[int], small_tap: bool) -> tuple[Any, ...]:
     """Post everything, let the device loop run; what the guest and the host saw (not
     ``last_avail``: a receive chain waiting for a frame is held by Python, popped, and left
-    in the ring by C)."""
+    in the ring by C).  ``fast``: the C path (True), pure Python (False), or ``"kick"``:
+    the chains come after activation with a kick per queue, which the loop's wait serves
+    in C (``KickWiring``), the tap too."""
     os.environ["STRATOVMM_FASTPATH"] = "1" if fast else "0"
     ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     ours.setblocking(False)
@@ -156,10 +159,18 @@ def run(fast: bool, acked: int, transmits_: list[Any], receives_: list[Any],
         SplitQueue(memory, SIZE, *RINGS[index], fastpath=fast) for index in (RX, TX)]
     interrupts = CountingInterrupt()
     received = []
+    wiring = KickWiring(loop, device, queues) if fast == "kick" else None
+    if wiring is not None:                  # published after activation, with a kick
+        for index in (RX, TX):
+            memory.write_u16(RINGS[index][1] + 2, 0)
     try:
         device.SERVE_BUDGET = 4             # runs of C interleave with budget retries
         device.acked_features = acked | (1 << F_VERSION_1)
         device.activate(memory, queues, interrupts, loop)
+        if wiring is not None:
+            for index in (RX, TX):
+                memory.write_u16(RINGS[index][1] + 2, layout.posted[index])
+                wiring.kick(index)
         for _ in range(TURNS):
             loop.run_once(0)
             with contextlib.suppress(BlockingIOError):
@@ -170,6 +181,8 @@ def run(fast: bool, acked: int, transmits_: list[Any], receives_: list[Any],
                 [q.next_used for q in queues if q is not None],
                 interrupts.resets, device.active)
     finally:
+        if wiring is not None:
+            wiring.close()
         device.close()
         loop.close()
         peer.close()
@@ -194,10 +207,11 @@ def test_c_and_python_handlers_agree(acked: int, mergeable: bool, transmits_: li
                                      small_tap: bool) -> None:
     if mergeable:
         acked |= 1 << F_MRG_RXBUF
-    fast = run(True, acked, transmits_, receives_, frames, small_tap)
     slow = run(False, acked, transmits_, receives_, frames, small_tap)
-    assert fast[1:] == slow[1:]
-    assert fast[0] == slow[0]
+    for fast in (run(True, acked, transmits_, receives_, frames, small_tap),
+                 run("kick", acked, transmits_, receives_, frames, small_tap)):
+        assert fast[1:] == slow[1:]
+        assert fast[0] == slow[0]
 
 
 def test_c_moves_plain_frames(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -218,3 +232,63 @@ def test_c_moves_plain_frames(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(fast[1]) == 5
     assert fast[2] == {"tx_packets": 5, "tx_bytes": 300, "rx_packets": 4, "rx_bytes": 352}
     assert run(False, 0, [plain] * 5, buffers, [100] * 4, False)[1:] == fast[1:]
+
+
+def test_kicks_and_the_tap_are_served_in_c_without_a_python_turn(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames posted after activation, with a kick per queue: the loop's wait moves them in
+    C (no ``process_queue``) and raises the interrupt on the irqfd.  Receive buffers with
+    no frame for them make Python watch the tap (a turn); the tap's frames are then C's,
+    until the last buffer is filled and Python stops watching the tap (a turn)."""
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    for serial in range(2):
+        peer.send(bytes([serial]) * 100)
+    memory = MappedGuestMemory(RAM)
+    layout = Layout(memory)
+    plain = ((0, 0, 0, 0, 0, 0, 0), 60, 1, False, False)
+    for serial in range(3):
+        layout.chain(TX, tx_buffers(plain, serial), False)
+    for _ in range(2):
+        layout.chain(RX, [(b"", 1526, True)], False)
+    for index in (RX, TX):
+        memory.write_u16(RINGS[index][1] + 2, 0)
+    loop = EventLoop()
+    device = NetDevice("net0", SocketTap(ours.detach(), "sp0", 0x1F), MAC, loop)
+    queues: list[SplitQueue | None] = [SplitQueue(memory, SIZE, *RINGS[i]) for i in (RX, TX)]
+    turns: list[int] = []
+    process = NetDevice.process_queue
+    monkeypatch.setattr(NetDevice, "process_queue",
+                        lambda self, index: (turns.append(index), process(self, index)))
+    wiring = KickWiring(loop, device, queues)
+    try:
+        device.acked_features = 1 << F_VERSION_1
+        device.activate(memory, queues, CountingInterrupt(), loop)
+        turns.clear()
+        for index in (RX, TX):
+            memory.write_u16(RINGS[index][1] + 2, layout.posted[index])
+            wiring.kick(index)
+        loop.run_once(0)
+        assert turns == []
+        assert [q.next_used for q in queues if q is not None] == [2, 3]
+        assert wiring.interrupts() == 2
+        assert device.counters["tx_packets"] == 3 and device.counters["rx_packets"] == 2
+        assert len([peer.recv(200) for _ in range(3)]) == 3
+        for _ in range(2):
+            layout.chain(RX, [(b"", 1526, True)], False)  # (each published at once)
+        wiring.kick(RX)
+        loop.run_once(0)
+        assert turns == [RX]                 # no frame for them: Python watches the tap
+        turns.clear()
+        peer.send(b"\x07" * 100)
+        loop.run_once(0)
+        assert turns == [] and device.counters["rx_packets"] == 3
+        assert memory.read_u16(RINGS[RX][2] + 2) == 3
+        peer.send(b"\x08" * 100)           # the last buffer: the tap has nowhere to go
+        loop.run_once(0)
+        assert turns == [RX] and device.counters["rx_packets"] == 4
+    finally:
+        wiring.close()
+        device.close()
+        loop.close()
+        peer.close()

@@ -110,11 +110,17 @@ struct svmm_guest { uint8_t *base; const struct svmm_region *regions; int count;
    The chain was walked and checked whole (§2.7.5); iov holds its count buffers as host
    addresses, the readable ones first (§2.7.4.2).  The handler returns the bytes it wrote
    (the used length), or SVMM_HANDLED_DEFER to leave the chain to the device's Python
-   handler, or SVMM_HANDLED_KEEP to leave it in the ring until the host side has data.
-   SVMM_HANDLER_ABI changes whenever these declarations do. */
-#define SVMM_HANDLER_ABI 1
+   handler, or SVMM_HANDLED_KEEP to leave it in the ring until the host side has data, or
+   (ABI 2) SVMM_HANDLED_PART(len): the chain took len bytes of an item that goes on in the
+   next chain (a received frame over several mergeable buffers, §5.1.6.4): the item's
+   chains are used together, or, when serving stops before its last one, none of them
+   (they go back to the ring and the Python handler takes the item over).
+   SVMM_HANDLER_ABI changes whenever these declarations do; ABI 1 handlers (no PART)
+   still work. */
+#define SVMM_HANDLER_ABI 2
 #define SVMM_HANDLED_DEFER (-1)
 #define SVMM_HANDLED_KEEP (-2)
+#define SVMM_HANDLED_PART(len) (-((int64_t)1 << 32) - (int64_t)(len))
 """ + _SHARED + r"""
 /* why svmm_serve stopped */
 #define SVMM_STOP_EMPTY 0
@@ -351,6 +357,7 @@ static int svmm_enable_notification(const struct svmm_guest *g, const struct svm
 int svmm_serve(const struct svmm_guest *g, struct svmm_serving *s, uint32_t budget)
 {
     uint32_t out[4], served = 0, last_avail = s->last_avail;
+    uint32_t item_served = 0, item_avail = last_avail;  /* where the current item began */
     uint16_t known = (uint16_t)last_avail;      /* nothing known: read avail->idx first */
     uint32_t asked = 0x10000;           /* the last_avail we last asked for a kick at */
     int stop = SVMM_STOP_BUDGET;
@@ -395,14 +402,24 @@ int svmm_serve(const struct svmm_guest *g, struct svmm_serving *s, uint32_t budg
         chain.reserved = 0;
         chain.iov = s->iov;
         used = s->handler(s->context, &chain);
-        if (used < 0) {
+        if (used < 0 && used > SVMM_HANDLED_PART(0)) {
             stop = used == SVMM_HANDLED_KEEP ? SVMM_STOP_KEEP : SVMM_STOP_DEFER;
             break;
         }
         s->elements[2 * served] = out[0];
-        s->elements[2 * served + 1] = (uint32_t)used;
+        s->elements[2 * served + 1] = (uint32_t)(used < 0 ? SVMM_HANDLED_PART(0) - used : used);
         served++;
         last_avail = (last_avail + 1) & 0xFFFF;
+        if (used >= 0) {                /* the item is whole */
+            item_served = served;
+            item_avail = last_avail;
+        }
+    }
+    if (item_served != served) {        /* an item cut short: its chains back to the ring */
+        served = item_served;
+        last_avail = item_avail;
+        if (stop != SVMM_STOP_INACTIVE)
+            stop = SVMM_STOP_DEFER;
     }
     if (served) {
         s->next_used = (uint32_t)svmm_push_used(g, s->used_ring, s->size, s->next_used,

@@ -32,6 +32,7 @@ from stratovmm.virtio._ring import ffi, lib
 from stratovmm.virtio.chain import Descriptor, DescriptorChain
 
 HANDLER_ABI = int(lib.SVMM_HANDLER_ABI)
+HANDLER_ABIS = (1, HANDLER_ABI)     # ABI 2 only added SVMM_HANDLED_PART
 # why ``NativeRing.serve`` stopped
 STOP_EMPTY, STOP_BUDGET, STOP_DEFER, STOP_KEEP, STOP_INACTIVE = (
     lib.SVMM_STOP_EMPTY, lib.SVMM_STOP_BUDGET, lib.SVMM_STOP_DEFER, lib.SVMM_STOP_KEEP,
@@ -49,9 +50,9 @@ class NativeHandler:
     __slots__ = ("_context", "_function", "owner")
 
     def __init__(self, function: int, context: int, owner: object, abi: int) -> None:
-        if abi != HANDLER_ABI:
-            raise ValueError(f"a C handler built for handler ABI {abi}; this core has"
-                             f" {HANDLER_ABI}")
+        if abi not in HANDLER_ABIS:
+            raise ValueError(f"a C handler built for handler ABI {abi}; this core takes"
+                             f" {', '.join(map(str, HANDLER_ABIS))}")
         self._function = ffi.cast("svmm_handler", function)
         self._context = ffi.cast("void *", context)
         self.owner = owner

@@ -58,12 +58,13 @@ class NativeNet:
         copied that rest out."""
         state = self._state
         size, first = int(state.spill_size), int(state.spill_first)
-        state.spill_size = state.spill_first = 0
+        state.spill_size = state.spill_first = state.spilling = 0
         return size, first
 
     def drop_spill(self) -> None:
         """Forget a spilled frame (a reset, a tap taken away)."""
-        self._state.spill_size = self._state.spill_first = 0
+        state = self._state
+        state.spill_size = state.spill_first = state.spilling = 0
 
     @property
     def waiting(self) -> bool:

@@ -234,6 +234,32 @@ def test_c_moves_plain_frames(monkeypatch: pytest.MonkeyPatch) -> None:
     assert run(False, 0, [plain] * 5, buffers, [100] * 4, False)[1:] == fast[1:]
 
 
+def test_c_places_a_frame_over_mergeable_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With MRG_RXBUF, frames larger than one buffer go on in the next ones in C (§5.1.6.4,
+    num_buffers in the first header); a frame the ring has too few buffers for goes back to
+    Python, which waits for more, as it does for its own frames."""
+    called: list[int] = []
+    python_handler = NetDevice._receive_frame
+
+    def spy(self: NetDevice, held: Any) -> Any:
+        called.append(len(held))
+        return python_handler(self, held)
+
+    monkeypatch.setattr(NetDevice, "_receive_frame", spy)
+    acked = 1 << F_MRG_RXBUF
+    buffers = [([1526], False, False)] * 7
+    fast = run(True, acked, [], buffers, [4000, 100, 3000], False)
+    assert called == []
+    assert fast[2] == {"rx_packets": 3, "rx_bytes": 7100 - 3 * 12}
+    assert fast[3] == [6, 0]                      # 3 + 1 + 2 chains
+    assert fast[0][0x10000 + 10] == 3             # num_buffers of the first frame
+    slow = run(False, acked, [], buffers, [4000, 100, 3000], False)
+    assert fast[1:] == slow[1:] and fast[0] == slow[0]
+    called.clear()
+    short = run(True, acked, [], buffers[:2], [4000], False)
+    assert called and short[3] == [0, 0] and "rx_packets" not in short[2]
+
+
 def test_kicks_and_the_tap_are_served_in_c_without_a_python_turn(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Frames posted after activation, with a kick per queue: the loop's wait moves them in

@@ -17,6 +17,30 @@ from stratovmm.virtio.kicks import KickTable, serve_kicks_in_c
 from stratovmm.virtio.queue import SplitQueue
 
 
+class EventfdIrq:
+    """An interrupt line as the transport sees the machine's irqfd line (``trigger`` and
+    ``fd``; C raises it by writing ``fd``): hand it to ``VirtioMmioTransport`` so that its
+    device's kicks are served in C.  ``edges()`` reads what was raised."""
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def trigger(self) -> None:
+        """One edge (Python's side: ``VirtioMmioTransport.signal_used``)."""
+        os.eventfd_write(self.fd, 1)
+
+    def edges(self) -> int:
+        """Edges raised since the last call."""
+        try:
+            return os.eventfd_read(self.fd)
+        except BlockingIOError:
+            return 0
+
+    def close(self) -> None:
+        """Close the eventfd."""
+        os.close(self.fd)
+
+
 class KickWiring:
     """Kicks by eventfd and interrupts by irqfd for ``device``'s ``queues`` on ``loop``;
     made before ``device.activate``, as the transport does."""

@@ -42,7 +42,7 @@ _KICKS = """
 struct svmm_queue {
     const struct svmm_guest *guest; struct svmm_serving *serving; uint32_t budget;
     uint32_t signalled_used; uint32_t signalled_valid; uint32_t *isr; int irqfd;
-    int kick_fd; int enabled; int busy; int watched; int polling; uint32_t ran;
+    int kick_fd; int enabled; int busy; int watched; int polling; int emptied; uint32_t ran;
     uint64_t served; uint64_t interrupts;
 };
 struct svmm_kick { int fd; int is_eventfd; struct svmm_queue *queue; };
@@ -511,6 +511,7 @@ static int svmm_serve_queue(struct svmm_queue *q, int ask)
     case SVMM_STOP_EMPTY:
         python = q->watched;
         q->polling = !ask && !python;
+        q->emptied = 1;         /* (its next kick tells whether polling would have paid) */
         break;
     case SVMM_STOP_KEEP:
         python = !q->watched;
@@ -611,16 +612,34 @@ static int svmm_poll(struct svmm_kick *const *kicks, uint32_t count, int64_t win
     return served;
 }
 
-/* QEMU's aio_poll adaptation (poll-grow 2, poll-shrink 0): a wait that blocked longer than
-   max_ns stops polling; one shorter than that widens the window. */
-static void svmm_poll_adapt(struct svmm_poll *p, int64_t blocked)
+/* After a wait that slept for blocked ns (its poll window included): QEMU's aio_poll
+   adaptation (poll-grow 2, poll-shrink 0), growing the window only when what woke the
+   loop was the kick of a queue served to empty (kicked): a longer poll of that ring
+   would have caught it.  Woken by anything else (a tap's frame, a Python fd), or later
+   than max_ns, the poll was of no use: none until a kick says otherwise. */
+static void svmm_poll_adapt(struct svmm_poll *p, int64_t blocked, int kicked)
 {
     if (blocked <= p->ns)
         return;
-    if (blocked > p->max_ns)
+    if (!kicked || blocked > p->max_ns)
         p->ns = 0;
     else if (p->ns < p->max_ns)
         p->ns = p->ns ? (p->ns * 2 < p->max_ns ? p->ns * 2 : p->max_ns) : SVMM_POLL_GROW_NS;
+}
+
+/* Whether events hold the kick of a queue served to empty; forget which ones were. */
+static int svmm_kicked_emptied(struct svmm_kick *const *kicks, uint32_t count,
+                               const struct epoll_event *events, int ready)
+{
+    int kicked = 0;
+    for (int i = 0; i < ready; i++)
+        for (uint32_t j = 0; j < count; j++)
+            if (kicks[j]->fd == events[i].data.fd && kicks[j]->is_eventfd
+                    && kicks[j]->queue->emptied)
+                kicked = 1;
+    for (uint32_t j = 0; j < count; j++)
+        kicks[j]->queue->emptied = 0;
+    return kicked;
 }
 
 static const struct svmm_kick *svmm_find(struct svmm_kick *const *kicks, uint32_t count, int fd)
@@ -663,7 +682,7 @@ int svmm_wait(int epfd, struct svmm_kick *const *kicks, uint32_t count, int64_t 
         }
         now = svmm_now_ns();
         if (ms != 0)
-            svmm_poll_adapt(poll, now - began);
+            svmm_poll_adapt(poll, now - began, svmm_kicked_emptied(kicks, count, events, ready));
         for (int i = 0; i < ready; i++) {
             const struct svmm_kick *k = svmm_find(kicks, count, events[i].data.fd);
             if (k != NULL && !svmm_serve_fd(k, poll->ns == 0)) {

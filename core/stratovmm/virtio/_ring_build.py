@@ -39,11 +39,20 @@ struct svmm_serving {
 
 # a loop's wait that serves kicks in C (svmm_wait): one queue's state, one fd that serves it
 _KICKS = """
+/* svmm_queue: one queue svmm_wait may serve.  Python writes guest, serving (its position
+   and C handler), budget, isr (InterruptStatus), irqfd, kick_fd (its ioeventfd) once, and
+   signalled_used/valid (SplitQueue.needs_interrupt's state) and enabled before each wait;
+   enabled is cleared by C when it hands the queue to Python and by svmm_queue_stop (any
+   thread; busy is set while C serves it); watched: a host fd (a tap) serves it too;
+   polling: served to empty, its kick not asked yet; emptied: served to empty since the
+   last sleep; ran, served: what Python takes back after the wait.
+   svmm_kick: an fd of the loop's epoll that serves a queue (an ioeventfd, or a host fd).
+   svmm_poll: the loop's poll window (ns, adapting up to max_ns). */
 struct svmm_queue {
     const struct svmm_guest *guest; struct svmm_serving *serving; uint32_t budget;
     uint32_t signalled_used; uint32_t signalled_valid; uint32_t *isr; int irqfd;
     int kick_fd; int enabled; int busy; int watched; int polling; int emptied; uint32_t ran;
-    uint64_t served; uint64_t interrupts;
+    uint64_t served;
 };
 struct svmm_kick { int fd; int is_eventfd; struct svmm_queue *queue; };
 struct svmm_poll { int64_t ns; int64_t max_ns; };
@@ -504,7 +513,6 @@ static int svmm_serve_queue(struct svmm_queue *q, int ask)
     if (served && svmm_should_interrupt(q)) {
         __atomic_fetch_or(q->isr, 1, __ATOMIC_SEQ_CST);    /* InterruptStatus: used ring */
         svmm_kick_again(q->irqfd);
-        q->interrupts++;
     }
     q->polling = 0;
     switch (s->stop) {

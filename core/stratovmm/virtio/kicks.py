@@ -114,11 +114,6 @@ class FastQueue:
         none under way when this returns (``svmm_queue_stop``)."""
         lib.svmm_queue_stop(self.cell)
 
-    @property
-    def interrupts(self) -> int:
-        """Interrupts C raised for this queue."""
-        return int(self.cell.interrupts)
-
 
 class KickTable:
     """One loop's fds served in C, and the loop's wait (``EventLoop.set_waiter``)."""

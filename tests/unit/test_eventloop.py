@@ -7,7 +7,10 @@ import os
 import signal
 import threading
 
+import pytest
+
 from stratovmm.host.eventloop import EventLoop
+from stratovmm.virtio.kicks import KickTable
 
 
 def run_in_thread(loop: EventLoop) -> threading.Thread:
@@ -63,11 +66,15 @@ def test_a_callback_queued_from_another_thread_wakes_the_loop() -> None:
         loop.close()
 
 
-def test_a_signal_handler_on_the_loop_thread_wakes_the_waiting_poll() -> None:
+@pytest.mark.parametrize("wait_in_c", [False, True])
+def test_a_signal_handler_on_the_loop_thread_wakes_the_waiting_poll(wait_in_c: bool) -> None:
     """A Python signal handler runs on the main thread inside the loop's poll, which
     CPython then retries with its timeout: a callback it queues must wake the poll (the
-    VMM's SIGTERM handler queues the shutdown this way)."""
+    VMM's SIGTERM handler queues the shutdown this way).  The same when the loop waits in
+    C (``KickTable``: the wait ends on EINTR)."""
     loop = EventLoop("test")
+    if wait_in_c:
+        KickTable.of(loop)
     stopped_by: list[str] = []
 
     def on_signal(_signum: int, _frame: object) -> None:

@@ -1,14 +1,12 @@
 """The loop's wait in C (``stratovmm.virtio.kicks.KickTable``) as an ``epoll.poll`` for
-everything it does not serve itself: Python's fds are dispatched, timeouts and signals
-behave as with ``epoll.poll``.  (What C serves, that it matches the Python path, and
-that an fd the loop stops watching is no longer C's, are in the blk and net plugins'
-tests.)"""
+everything it does not serve itself: Python's fds are dispatched and timeouts behave as
+with ``epoll.poll`` (signals: tests/unit/test_eventloop.py).  What C serves, that it
+matches the Python path, and that an fd the loop stops watching is no longer C's, are in
+the blk and net plugins' tests."""
 
 from __future__ import annotations
 
 import os
-import signal
-import threading
 
 from stratovmm.host.eventloop import EPOLLIN, EventLoop
 from stratovmm.virtio.kicks import KickTable
@@ -39,31 +37,3 @@ def test_fds_c_does_not_serve_are_dispatched_by_python() -> None:
         loop.close()
         os.close(read)
         os.close(write)
-
-
-def test_a_signal_handler_on_the_loop_thread_wakes_the_wait_in_c() -> None:
-    """As with ``epoll.poll``: the wait ends on EINTR and the handler's callback runs."""
-    loop = waiting_loop()
-    stopped_by: list[str] = []
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        loop.call_soon(lambda: (stopped_by.append("signal"), loop.stop()))
-
-    def watchdog() -> None:
-        if not stopped_by:
-            stopped_by.append("watchdog")
-            loop.stop()
-
-    previous = signal.signal(signal.SIGUSR1, on_signal)
-    sender = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
-    guard = threading.Timer(10, watchdog)
-    try:
-        sender.start()
-        guard.start()
-        loop.run()
-    finally:
-        sender.cancel()
-        guard.cancel()
-        signal.signal(signal.SIGUSR1, previous)
-        loop.close()
-    assert stopped_by[0] == "signal", "the queued callback waited for the watchdog"

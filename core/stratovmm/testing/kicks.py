@@ -51,13 +51,13 @@ class KickWiring:
         flags = os.EFD_NONBLOCK | os.EFD_CLOEXEC
         self.eventfds = {index: os.eventfd(0, flags)
                          for index, queue in enumerate(queues) if queue is not None}
-        self.irqfd = os.eventfd(0, flags)
+        self.irq = EventfdIrq()
         self.registers = RegisterCells(0, 0, 0, 0)     # InterruptStatus, as a transport's
         for index, efd in self.eventfds.items():
             loop.register(efd, EPOLLIN, self._handler(device, index, efd))
         device.fast_queues = serve_kicks_in_c(
             loop, device, queues, list(self.eventfds.items()),
-            self.registers.interrupt_status_address(), self.irqfd)
+            self.registers.interrupt_status_address(), self.irq.fd)
 
     @staticmethod
     def _handler(device: VirtioDevice, index: int, efd: int) -> Callable[[int], None]:
@@ -79,14 +79,11 @@ class KickWiring:
 
     def interrupts(self) -> int:
         """Edges raised on the irqfd since the last call."""
-        try:
-            return os.eventfd_read(self.irqfd)
-        except BlockingIOError:
-            return 0
+        return self.irq.edges()
 
     def close(self) -> None:
         """Stop watching and close the fds."""
         for efd in self.eventfds.values():
             self._loop.unregister(efd)
             os.close(efd)
-        os.close(self.irqfd)
+        self.irq.close()

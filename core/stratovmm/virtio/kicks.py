@@ -40,8 +40,11 @@ if TYPE_CHECKING:
 
 # chains one kick serves in C before the loop's other ready fds (the Python loop's budget)
 KICK_BUDGET = 256
-# with C serving and nothing for Python, Python still runs this often (its timers, counters)
-SLICE_NS = 10_000_000
+# with C serving and nothing for Python, Python still runs this often (it folds what the C
+# handlers counted; stats add what is not folded yet, and the wait ends for Python's timers
+# anyway): rarely, since at a few hundred packets a second a Python turn every 10 ms was
+# ~40 % of the device's CPU
+SLICE_NS = 1_000_000_000
 # the longest a queue served to empty is watched before the loop asks for its next kick and
 # sleeps (QEMU's iothreads: poll-max-ns 32768; the window adapts between 0 and this)
 POLL_MAX_NS = 32_000

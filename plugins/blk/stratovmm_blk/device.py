@@ -83,6 +83,8 @@ class BlockDevice(VirtioDevice):
         native = NativeBlk(backend) if backend is not None else None
         with self.lock:
             self.stop_native_kicks()     # (none in C with the old image once this returns)
+            if self._native is not None:
+                self._native.fold(self.counters)     # (its counts stay the device's)
             old, self.backend = self.backend, backend
             self.serial = serial.encode()[:ID_BYTES]
             self._native = native
@@ -107,7 +109,7 @@ class BlockDevice(VirtioDevice):
         try:
             self.serve(index, self._request, ops_limit=self._bucket, native=native.handler)
         finally:                 # also when the ring broke after C served some
-            native.fold(self.counters)
+            self.after_native(index)
 
     def native_kick(self, index: int) -> NativeHandler | None:
         """C may serve kicks without Python while there is no iops limit (its bucket is
@@ -116,9 +118,21 @@ class BlockDevice(VirtioDevice):
         return native.handler if native is not None and self._bucket is None else None
 
     def after_native(self, index: int) -> None:
-        """What C served in the loop's wait, into ``query-stats``'s counters."""
-        if self._native is not None:
-            self._native.fold(self.counters)
+        """What C served (in the loop's wait, or under ``serve``) into ``counters``; under
+        the lock, so that ``stats`` never counts it twice."""
+        with self.lock:
+            if self._native is not None:
+                self._native.fold(self.counters)
+
+    def unfolded_counts(self) -> dict[str, int]:
+        """What C served and ``after_native`` has not folded in yet."""
+        native = self._native
+        return native.unfolded() if native is not None else {}
+
+    def stats(self) -> dict[str, int]:
+        """The counters, C's unfolded ones included (under the lock: see ``after_native``)."""
+        with self.lock:
+            return super().stats()
 
     def _request(self, chain: DescriptorChain) -> int:
         """Execute one request; returns the bytes written to the guest (data + status)."""

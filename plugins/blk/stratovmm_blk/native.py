@@ -28,6 +28,11 @@ class NativeBlk:
             int(ffi.cast("uintptr_t", ffi.addressof(lib, "svmm_blk_request"))),
             int(ffi.cast("uintptr_t", self._state)), self._state, lib.SVMM_HANDLER_ABI)
 
+    def unfolded(self) -> dict[str, int]:
+        """What C counted since the last ``fold`` (read only: any thread)."""
+        values = ffi.unpack(self._state.counts, len(_COUNTERS))
+        return {name: value for name, value in zip(_COUNTERS, values, strict=True) if value}
+
     def fold(self, counters: dict[str, int]) -> None:
         """Add what C counted since the last call to ``counters``."""
         counts = self._state.counts

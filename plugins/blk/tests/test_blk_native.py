@@ -240,3 +240,31 @@ def test_a_kick_is_served_in_c_without_a_python_turn(monkeypatch: pytest.MonkeyP
         wiring.close()
         device.close()
         loop.close()
+
+
+def test_stats_include_what_c_counted_before_it_is_folded() -> None:
+    """``query-stats`` read from another thread while the loop waits in C sees the requests
+    C served since the last fold (``unfolded_counts``), and folding moves them without
+    counting them twice."""
+    path = os.path.join(TMP, "disk-stats.img")
+    with open(path, "wb") as f:
+        f.write(IMAGE)
+    memory = MappedGuestMemory(RAM)
+    lay_out(memory, [(1, 8, 4096, 1, "linux", False, True), (0, 8, 512, 1, "linux", False, True)])
+    loop = EventLoop()
+    device = BlockDevice("blk0", BlockBackend(path, False, False), "SERIAL", loop)
+    queue = SplitQueue(memory, SIZE, DESC, AVAIL, USED)
+    try:
+        device.memory, device.queues = memory, [queue]
+        device.active = True
+        native = device.native_kick(0)
+        assert native is not None
+        assert queue.serve_native(native, device.serving_flag, 8) == (2, 0)   # STOP_EMPTY
+        assert device.counters["requests"] == 0
+        stats = device.stats()
+        assert (stats["requests"], stats["bytes_written"], stats["bytes_read"]) == (2, 4096, 512)
+        device.after_native(0)
+        assert device.unfolded_counts() == {} and device.stats() == stats
+    finally:
+        device.close()
+        loop.close()

@@ -224,14 +224,14 @@ class NetDevice(VirtioDevice):
     def stats(self) -> dict[str, int]:
         """The net counters, plus the common names: requests = frames moved, bytes_read =
         bytes read from the tap (to the guest), bytes_written = bytes written to the tap."""
-        out = super().stats()
-        counters = self.counters
-        out["requests"] = counters["rx_packets"] + counters["tx_packets"]
-        out["bytes_read"] = counters["rx_bytes"]
-        out["bytes_written"] = counters["tx_bytes"]
+        with self.lock:
+            out = super().stats()
         for name in ("rx_packets", "rx_bytes", "rx_dropped", "tx_packets", "tx_bytes",
                      "tx_dropped", "tx_malformed", "tx_oversized"):
             out.setdefault(name, 0)
+        out["requests"] = out["rx_packets"] + out["tx_packets"]
+        out["bytes_read"] = out["rx_bytes"]
+        out["bytes_written"] = out["tx_bytes"]
         return out
 
     # -- lifecycle (device loop) ----------------------------------------------------------------
@@ -314,7 +314,7 @@ class NetDevice(VirtioDevice):
             elif index == TX:
                 self.serve(TX, self._transmit_chain, native=native.transmit)
         finally:                 # also when the ring broke after C served some
-            native.fold(self.counters)
+            self.after_native(index)
 
     def native_kick(self, index: int) -> NativeHandler | None:
         """C may serve kicks (and, for receive, the tap) while the tap works and no frame C
@@ -332,8 +332,14 @@ class NetDevice(VirtioDevice):
         return None
 
     def after_native(self, index: int) -> None:
-        """What C moved in the loop's wait, into ``query-stats``'s counters."""
-        self._native.fold(self.counters)
+        """What C moved (in the loop's wait, or under ``serve``) into ``counters``; under
+        the lock, so that ``stats`` never counts it twice."""
+        with self.lock:
+            self._native.fold(self.counters)
+
+    def unfolded_counts(self) -> dict[str, int]:
+        """What C moved and ``after_native`` has not folded in yet."""
+        return self._native.unfolded()
 
     # -- transmit (§5.1.6.2) -----------------------------------------------------------------------
 

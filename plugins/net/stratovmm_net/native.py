@@ -72,6 +72,11 @@ class NativeNet:
         still in the ring): the device should watch the tap."""
         return bool(self._state.waiting)
 
+    def unfolded(self) -> dict[str, int]:
+        """What C counted since the last ``fold`` (read only: any thread)."""
+        values = ffi.unpack(self._state.counts, len(_COUNTERS))
+        return {name: value for name, value in zip(_COUNTERS, values, strict=True) if value}
+
     def fold(self, counters: dict[str, int]) -> None:
         """Add what C counted since the last call to ``counters``."""
         counts = self._counts

@@ -520,7 +520,9 @@ class VirtioDevice(DeviceCounters):
             queue.stop()
 
     def after_native(self, index: int) -> None:
-        """Hook: C served queue ``index`` in the loop's wait (fold what the C handler counted)."""
+        """Hook: C served queue ``index`` in the loop's wait: fold what the C handler counted
+        into ``counters``, under ``self.lock`` (``unfolded_counts`` says what is not folded
+        yet, for ``stats`` read meanwhile from another thread)."""
 
     def watch_host_fd(self, index: int, fd: int, handler: Callable[[int], None]) -> None:
         """Watch ``fd`` (the host side of receive queue ``index``, e.g. a tap) for input:

@@ -12,8 +12,9 @@ the device's C handler, the interrupt raised as ``SplitQueue.needs_interrupt`` w
 C gives a queue back when Python must decide: a chain the C handler defers or the ring
 refuses (the Python path pops it again, counts and logs it, §2.7.5), a device reset, a
 receive queue whose host fd must start or stop being watched (a chain kept for host data,
-or no buffers left).  Budget: a kick serves at most ``SERVE_BUDGET * NATIVE_WEIGHT``
-chains, then its eventfd is written again so the other ready fds go first.
+or no buffers left).  Budget: a kick serves at most ``KICK_BUDGET`` chains (the Python
+loop's ``SERVE_BUDGET * NATIVE_WEIGHT``); the rest is served after the other ready fds,
+the queue being left to the poll (``svmm_serve_queue``'s ``SVMM_STOP_BUDGET``).
 
 A queue's state — its ring position (``svmm_serving``) and interrupt suppression state —
 belongs to Python while Python serves and to C while the loop waits: before each wait every
